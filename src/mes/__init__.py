@@ -1,0 +1,67 @@
+"""MES order service: one code base, two pools (operator UI, public API)."""
+from __future__ import annotations
+
+from flask import Flask, jsonify, redirect, url_for
+
+from .config import Settings
+from .errors import register_error_handlers
+from .extensions import csrf, limiter, login_manager
+from .logs import configure_logging, init_request_logging
+from .metrics import init_metrics
+from .web import init_db
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app for the pools named in settings (MES_POOLS): the table of contents of the service."""
+    cfg = settings or Settings.from_env()
+    pool = "+".join(cfg.pools)
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=cfg.secret_key,
+        MAX_CONTENT_LENGTH=cfg.max_body_bytes,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=cfg.session_cookie_secure,
+        SESSION_COOKIE_NAME=f"mes_{'_'.join(cfg.pools)}_session",
+        RATELIMIT_STORAGE_URI=cfg.redis_url or "memory://",
+        RATELIMIT_STRATEGY="moving-window",
+        RATELIMIT_KEY_PREFIX="mes",
+        WTF_CSRF_TIME_LIMIT=None,  # valid for the session: operators leave pages open for hours
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["mes_settings"] = cfg
+    configure_logging(cfg.log_level)
+    init_db(app, cfg, pool)
+    init_request_logging(app, pool)  # first, so that every later hook and error has a request id
+    register_blueprints(app, cfg.pools)  # before the limiter: the API authenticates first
+    register_extensions(app)
+    register_error_handlers(app)
+    app.extensions["mes_metrics"] = init_metrics(app, pool)
+    return app
+
+
+def register_blueprints(app: Flask, pools: tuple[str, ...]) -> None:
+    from . import health
+
+    app.register_blueprint(health.bp)
+    if "public" in pools:
+        from .api import bp as api_bp
+
+        csrf.exempt(api_bp)  # bearer keys, no cookies: CSRF does not apply
+        app.register_blueprint(api_bp)
+    if "operator" in pools:
+        from .operator import bp as operator_bp
+
+        app.register_blueprint(operator_bp)
+
+    @app.get("/")
+    def index():
+        if "operator" in pools:
+            return redirect(url_for("operator.queue"))
+        return jsonify(service="mes", api="/api/v1", openapi="/api/v1/openapi.yaml")
+
+
+def register_extensions(app: Flask) -> None:
+    limiter.init_app(app)
+    csrf.init_app(app)
+    login_manager.init_app(app)

@@ -1,0 +1,4 @@
+"""`python -m mes` runs the mes command."""
+from .cli import main
+
+main()

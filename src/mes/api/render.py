@@ -1,0 +1,52 @@
+"""JSON representations of orders and events, as the OpenAPI document describes them."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from ..domain.priority import Priority
+from ..models import Order, OrderEvent
+
+
+def iso(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def order_json(order: Order) -> dict:
+    base = f"/api/v1/orders/{order.id}"
+    return {
+        "id": order.id,
+        "reference": order.reference,
+        "partner_id": order.partner_id,
+        "product": order.product,
+        "material": order.material,
+        "quantity": order.quantity,
+        "notes": order.notes,
+        "priority": Priority(order.priority).label,
+        "promised_date": order.promised_date.isoformat(),
+        "status": order.status,
+        "status_version": order.status_version,
+        "created_at": iso(order.created_at),
+        "updated_at": iso(order.updated_at),
+        "links": {"self": base, "status": f"{base}/status"},
+    }
+
+
+def status_json(order_id: int, status: str, version: int, updated_at: datetime) -> dict:
+    return {"id": order_id, "status": status, "status_version": version, "updated_at": iso(updated_at)}
+
+
+def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:
+    return {
+        "cursor": cursor,
+        "order_id": event.order_id,
+        "reference": reference,
+        "from_status": event.from_status,
+        "to_status": event.to_status,
+        "status_version": event.status_version,
+        "reason": event.reason,
+        "occurred_at": iso(event.created_at),
+    }
+
+
+def etag(order_id: int, version: int) -> str:
+    return f"{order_id}-{version}"

@@ -1,0 +1,139 @@
+"""Endpoints of API v1. Each one parses, calls a service, renders; errors go to mes.errors."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from importlib.resources import files
+
+import yaml
+from flask import Response, g, jsonify, request, url_for
+
+from ..domain.errors import BadQuery
+from ..domain.idempotency import check_key, fingerprint
+from ..domain.lifecycle import Status
+from ..effects import order_created, status_changed
+from ..extensions import limiter
+from ..services import cursors
+from ..services import orders as svc
+from ..web import db_session, settings
+from . import bp
+from .render import etag, event_json, order_json, status_json
+from .schemas import CancelRequest, OrderCreate, json_body, validate
+
+OPENAPI_TEXT = files("mes.api").joinpath("openapi.yaml").read_text()
+OPENAPI = yaml.safe_load(OPENAPI_TEXT)
+STATUS_VALUES = [s.value for s in Status]
+
+
+def tier_limit() -> str:
+    """The rate limit of the calling client's tier (the key was checked before this runs)."""
+    client = g.get("client")
+    limits = settings().rate_limits
+    return limits.get(client.rate_tier, limits["standard"]) if client is not None else limits["standard"]
+
+
+limiter.limit(tier_limit)(bp)
+
+
+def _bad_query(field: str, message: str) -> BadQuery:
+    return BadQuery(f"Query parameter {field}: {message}.", errors=[{"field": field, "message": message}])
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise _bad_query(name, f"an integer from {low} to {high}")
+    return int(raw)
+
+
+@bp.post("/orders")
+def create_order():
+    key = check_key(request.headers.get("Idempotency-Key"))
+    data = json_body()
+    body = validate(OrderCreate, data)
+    new = svc.NewOrder(reference=body.reference, product=body.product, material=body.material,
+                       quantity=body.quantity, notes=body.notes, priority=body.priority_value,
+                       promised_date=body.promised_date)
+    result = svc.create_order(db_session(), g.actor, new, idempotency_key=key, fingerprint=fingerprint(data),
+                              lead_days=settings().promise_lead_days, render=order_json)
+    response = jsonify(result.body)
+    response.status_code = result.status
+    response.headers["Location"] = url_for("api.get_order", order_id=result.order_id)
+    if result.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    else:
+        order_created()
+    return response
+
+
+@bp.get("/orders")
+def list_orders():
+    status = request.args.get("status")
+    since = request.args.get("updated_since")
+    try:
+        since_ts = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
+    except ValueError:
+        raise _bad_query("updated_since", "an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z") from None
+    if since_ts is not None and since_ts.tzinfo is None:
+        raise _bad_query("updated_since", "needs a time zone (Z or +hh:mm)")
+    if status and status not in STATUS_VALUES:
+        raise _bad_query("status", "one of " + ", ".join(STATUS_VALUES))
+    status_value = Status(status) if status else None
+    page = svc.list_orders(db_session(), g.actor, status=status_value, updated_since=since_ts,
+                           after=request.args.get("cursor") or None, limit=_int_arg("limit", 50, 1, 200))
+    response = jsonify({"items": [order_json(o) for o in page.items], "next_cursor": page.next_cursor})
+    if page.next_cursor:
+        args = {k: v for k, v in request.args.items() if k != "cursor"}
+        response.headers["Link"] = f'<{url_for("api.list_orders", **args, cursor=page.next_cursor)}>; rel="next"'
+    return response
+
+
+@bp.get("/orders/<int:order_id>")
+def get_order(order_id: int):
+    order = svc.get_order(db_session(), g.actor, order_id)
+    response = jsonify(order_json(order))
+    response.set_etag(etag(order.id, order.status_version) + f"-{int(order.updated_at.timestamp() * 1e6)}")
+    return response
+
+
+@bp.get("/orders/<int:order_id>/status")
+def get_status(order_id: int):
+    """Small and cheap: partners and the CRM poll this, so it answers 304 when nothing changed."""
+    order = svc.get_order(db_session(), g.actor, order_id)
+    tag = etag(order.id, order.status_version)
+    if request.if_none_match.contains(tag):
+        response = Response(status=304)
+    else:
+        response = jsonify(status_json(order.id, order.status, order.status_version, order.updated_at))
+    response.set_etag(tag)
+    return response
+
+
+@bp.post("/orders/<int:order_id>/cancel")
+def cancel_order(order_id: int):
+    body = validate(CancelRequest, json_body(optional=True))
+    change = svc.change_status(db_session(), g.actor, order_id, Status.CANCELLED, reason=body.reason)
+    status_changed(change)
+    return jsonify(order_json(change.order))
+
+
+@bp.get("/status-changes")
+def status_changes():
+    page = svc.status_changes(db_session(), g.actor, after=request.args.get("after") or None,
+                              limit=_int_arg("limit", 100, 1, 500), settle_seconds=settings().feed_settle_seconds)
+    items = [event_json(ev, ref, cursors.encode(ev.id)) for ev, ref in page.items]
+    return jsonify({"items": items, "next_cursor": page.next_cursor})
+
+
+@bp.get("/openapi.yaml")
+@limiter.exempt
+def openapi_yaml():
+    return Response(OPENAPI_TEXT, mimetype="application/yaml")
+
+
+@bp.get("/openapi.json")
+@limiter.exempt
+def openapi_json():
+    return Response(json.dumps(OPENAPI), mimetype="application/json")

@@ -1,0 +1,66 @@
+"""Request bodies of the API: parsed strictly, so that unknown or read-only fields are refused."""
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Literal
+
+from flask import request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+
+from ..domain.errors import ValidationFailed
+from ..domain.priority import Priority
+
+Text64 = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class OrderCreate(Strict):
+    reference: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
+    product: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"\S")]
+    material: Text64
+    quantity: Annotated[int, Field(ge=1, le=100_000)]
+    notes: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    priority: Literal["urgent", "high", "normal", "low"] = "normal"
+    # JSON has no date type: accept the ISO string even in strict mode.
+    promised_date: Annotated[date, Field(strict=False)] | None = None
+
+    @property
+    def priority_value(self) -> Priority:
+        return Priority.from_label(self.priority)
+
+
+class CancelRequest(Strict):
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+def json_body(optional: bool = False) -> object:
+    """The parsed JSON body; 415 for another content type, 400 for malformed JSON."""
+    if optional and not request.content_length and not request.data:
+        return {}
+    if not request.is_json:
+        raise UnsupportedMediaType("Send the body as application/json.")
+    data = request.get_json(silent=True)
+    if data is None:
+        raise BadRequest("The body is not valid JSON.")
+    return data
+
+
+def validate(model: type[Strict], data: object) -> Strict:
+    """Pydantic errors become one 422 listing every field and what is wrong with it."""
+    if not isinstance(data, dict):
+        raise ValidationFailed("The body must be a JSON object.",
+                               errors=[{"field": "(body)", "message": "expected an object"}])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = []
+        for e in exc.errors():
+            field = ".".join(str(p) for p in e["loc"]) or "(body)"
+            message = "may not be set by clients" if e["type"] == "extra_forbidden" else e["msg"]
+            errors.append({"field": field, "message": message})
+        raise ValidationFailed("Some fields are invalid: " + ", ".join(x["field"] for x in errors) + ".",
+                               errors=errors) from None

@@ -1,0 +1,124 @@
+"""The `mes` command: Flask's CLI plus the operations of the order service."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import click
+from flask import current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from . import create_app, demo, migrate
+from .domain.errors import DomainError
+from .web import db_session
+
+
+def _run(action):
+    """Domain errors become a readable message and exit status 1, not a traceback."""
+    try:
+        return action()
+    except DomainError as err:
+        raise click.ClickException(err.detail) from None
+
+
+@click.group(cls=FlaskGroup, create_app=lambda: create_app(), add_version_option=False)
+def main():
+    """Operate the MES order service (settings come from the environment, see README)."""
+
+
+@main.command("migrate")
+@with_appcontext
+def migrate_command():
+    """Create or upgrade the schema (as MIGRATION_DATABASE_URL when set)."""
+    migrate.upgrade(current_app.extensions["mes_settings"])
+    click.echo("database is at the latest schema")
+
+
+@main.command("create-operator")
+@click.argument("login")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.option("--role", type=click.Choice(["operator", "supervisor"]), default="operator", show_default=True)
+@click.option("--name", "display_name", help="Name shown in the UI (default: the login).")
+@with_appcontext
+def create_operator(login, password, role, display_name):
+    """Add an operator who logs in to the operator UI."""
+    from .services.accounts import create_operator as create
+
+    op = _run(lambda: create(db_session(), login, password, role=role, display_name=display_name))
+    click.echo(f"operator {op.login} ({op.role}) created")
+
+
+@main.command("create-client")
+@click.argument("name")
+@click.option("--scope", type=click.Choice(["partner", "crm"]), default="partner", show_default=True)
+@click.option("--partner", "partner_name", help="The partner this client acts for (scope partner).")
+@click.option("--tier", default="standard", show_default=True, help="Rate-limit tier (MES_RATE_LIMIT_<TIER>).")
+@with_appcontext
+def create_client(name, scope, partner_name, tier):
+    """Register an API client and print its key (shown only this once)."""
+    from .services.accounts import create_client as create
+
+    if tier not in current_app.extensions["mes_settings"].rate_limits:
+        raise click.BadParameter(f"unknown tier {tier!r}", param_hint="--tier")
+    issued = _run(lambda: create(db_session(), name, scope=scope, partner_name=partner_name or None,
+                                 rate_tier=tier))
+    click.echo(f"client {name} ({scope}) created; its key, shown only now:")
+    click.echo(issued.key)
+
+
+@main.command("issue-key")
+@click.argument("name")
+@with_appcontext
+def issue_key(name):
+    """Replace a client's key with a new one (the old key stops working) and print it."""
+    from .services.accounts import find_client, issue_key as issue
+
+    session = db_session()
+    issued = _run(lambda: issue(session, find_client(session, name)))
+    click.echo(issued.key)
+
+
+@main.command("revoke-key")
+@click.argument("name")
+@with_appcontext
+def revoke_key(name):
+    """Revoke a client's key at once."""
+    from .services.accounts import revoke_key as revoke
+
+    _run(lambda: revoke(db_session(), name))
+    click.echo(f"key of {name} revoked")
+
+
+@main.command("purge-idempotency-keys")
+@with_appcontext
+def purge_idempotency_keys():
+    """Forget idempotency keys older than the retention (MES_IDEMPOTENCY_RETENTION_HOURS, at least 24)."""
+    from .services.orders import purge_idempotency_keys as purge
+
+    hours = max(24, current_app.extensions["mes_settings"].idempotency_retention_hours)
+    click.echo(f"{purge(db_session(), timedelta(hours=hours))} keys purged")
+
+
+@main.command("demo-data")
+@click.option("--orders", "count", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--partners", type=click.IntRange(min=1), default=25, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@with_appcontext
+def demo_data(count, partners, seed):
+    """Load N orders with a realistic spread of statuses, dates and partners (COPY on PostgreSQL)."""
+    engine = current_app.extensions["mes_engine"]
+    with click.progressbar(length=count, label="loading orders") as bar:
+        loaded = demo.load_orders(engine, count, partners=partners, seed=seed, progress=bar.update)
+    click.echo(f"{loaded.orders} orders and {loaded.events} status events loaded")
+
+
+@main.command("seed-demo")
+@click.option("--orders", "count", type=int, default=300, show_default=True)
+@with_appcontext
+def seed_demo(count):
+    """For development: a demo operator, a demo supervisor, a demo partner key, and some orders."""
+    for line in demo.seed(db_session(), current_app.extensions["mes_engine"], count):
+        click.echo(line)
+
+
+if __name__ == "__main__":
+    main()

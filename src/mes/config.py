@@ -1,0 +1,84 @@
+"""Settings, read once from the environment; one place for every knob of the app.
+
+Without DATABASE_URL the service runs on an embedded SQLite file with in-process
+cache and rate-limit storage, so that `make dev` needs nothing else.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+
+POOLS = ("operator", "public")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _pools(value: str) -> tuple[str, ...]:
+    pools = tuple(p.strip() for p in value.split(",") if p.strip())
+    unknown = set(pools) - set(POOLS)
+    if unknown or not pools:
+        raise RuntimeError(f"MES_POOLS must name one or more of {POOLS}, got {value!r}")
+    return pools
+
+
+@dataclass
+class Settings:
+    """Typed view of the environment. Tests build one directly."""
+
+    pools: tuple[str, ...] = POOLS
+    database_url: str = "sqlite:///var/mes.db"
+    # Migrations run as their own role with DDL rights; the app's role has none.
+    migration_database_url: str | None = None
+    app_db_role: str | None = None  # granted DML on migrated tables (PostgreSQL)
+    db_application_name: str | None = None
+    db_pool_size: int = 5
+    redis_url: str | None = None
+    secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    promise_lead_days: int = 21
+    max_body_bytes: int = 64 * 1024
+    idempotency_retention_hours: int = 48
+    feed_settle_seconds: float = 1.0
+    rate_limits: dict[str, str] = field(
+        default_factory=lambda: {"standard": "600/minute", "bulk": "3000/minute", "crm": "6000/minute"}
+    )
+    login_limit: str = "5/minute"
+    session_cookie_secure: bool = False
+    log_level: str = "INFO"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        defaults = cls()
+        limits = dict(defaults.rate_limits)
+        for tier in list(limits):
+            limits[tier] = _env(f"MES_RATE_LIMIT_{tier.upper()}", limits[tier])
+        secret = _env("SECRET_KEY")
+        database_url = _env("DATABASE_URL", defaults.database_url)
+        if secret is None and not database_url.startswith("sqlite"):
+            # Several gunicorn workers must share one key or sessions break between them.
+            raise RuntimeError("SECRET_KEY must be set when DATABASE_URL points to a server")
+        return cls(
+            pools=_pools(_env("MES_POOLS", ",".join(POOLS))),
+            database_url=database_url,
+            migration_database_url=_env("MIGRATION_DATABASE_URL"),
+            app_db_role=_env("MES_APP_DB_ROLE"),
+            db_application_name=_env("MES_DB_APPLICATION_NAME"),
+            db_pool_size=int(_env("MES_DB_POOL_SIZE", "5")),
+            redis_url=_env("REDIS_URL"),
+            secret_key=secret or defaults.secret_key,
+            promise_lead_days=int(_env("MES_PROMISE_LEAD_DAYS", "21")),
+            max_body_bytes=int(_env("MES_MAX_BODY_BYTES", str(defaults.max_body_bytes))),
+            idempotency_retention_hours=int(_env("MES_IDEMPOTENCY_RETENTION_HOURS", "48")),
+            feed_settle_seconds=float(_env("MES_FEED_SETTLE_SECONDS", "1.0")),
+            rate_limits=limits,
+            login_limit=_env("MES_LOGIN_LIMIT", defaults.login_limit),
+            session_cookie_secure=_env("MES_SECURE_COOKIES", "0") == "1",
+            log_level=_env("LOG_LEVEL", "INFO"),
+        )

@@ -1,0 +1,1 @@
+"""Domain rules of the order service: plain Python, no Flask, no database."""

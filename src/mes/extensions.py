@@ -1,0 +1,27 @@
+"""Flask extensions, created unbound here and bound to the app in the factory."""
+from __future__ import annotations
+
+from flask import g, request
+from flask_limiter import HeaderNames, Limiter
+from flask_login import LoginManager
+from flask_wtf import CSRFProtect
+
+
+def rate_limit_key() -> str:
+    """Per API client when the request carries a valid key, otherwise per source address."""
+    client = g.get("client")
+    return f"client:{client.id}" if client is not None else f"addr:{request.remote_addr}"
+
+
+limiter = Limiter(
+    key_func=rate_limit_key,
+    headers_enabled=True,
+    header_name_mapping={
+        HeaderNames.LIMIT: "RateLimit-Limit",
+        HeaderNames.REMAINING: "RateLimit-Remaining",
+        HeaderNames.RESET: "RateLimit-Reset",
+    },
+    retry_after="delta-seconds",
+)
+login_manager = LoginManager()
+csrf = CSRFProtect()

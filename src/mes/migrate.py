@@ -1,0 +1,34 @@
+"""Run the Alembic migrations as the migration role, then grant the app role what it needs (no DDL)."""
+from __future__ import annotations
+
+from importlib.resources import files
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, text
+
+from .config import Settings
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("mes").joinpath("migrations")))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(settings: Settings) -> None:
+    url = settings.migration_database_url or settings.database_url
+    command.upgrade(alembic_config(url), "head")
+    if settings.app_db_role and not url.startswith("sqlite"):
+        grant_app_role(url, settings.app_db_role)
+
+
+def grant_app_role(url: str, role: str) -> None:
+    """Reads and writes on every table, nothing more: the app cannot change the schema."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        quoted = conn.dialect.identifier_preparer.quote(role)
+        conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {quoted}"))
+        conn.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {quoted}"))
+    engine.dispose()

@@ -1,0 +1,1 @@
+"""Alembic migrations of the MES schema (run with `mes migrate`)."""

@@ -1,0 +1,172 @@
+"""Tables of the order service (SQLAlchemy 2.x); Alembic migrations create them."""
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+from sqlalchemy import (
+    BigInteger, Boolean, CheckConstraint, Date, DateTime, ForeignKey, Index, Integer, MetaData,
+    SmallInteger, String, Text, TypeDecorator, UniqueConstraint, text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from .domain.lifecycle import OPEN_STATUSES, Status
+
+# BIGINT on PostgreSQL, but INTEGER on SQLite so that it stays the rowid alias (autoincrement).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on both backends (SQLite keeps no zone, so we store UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Partner(Base):
+    __tablename__ = "partners"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiClient(Base):
+    """A key holder: a partner's integration, or the CRM (scope `crm`, no partner)."""
+
+    __tablename__ = "api_clients"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    partner_id: Mapped[int | None] = mapped_column(ForeignKey("partners.id"))
+    rate_tier: Mapped[str] = mapped_column(String(32), default="standard")
+    # The key is shown once; we keep its public prefix (to find the row) and a hash.
+    key_prefix: Mapped[str | None] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str | None] = mapped_column(String(64))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    partner: Mapped[Partner | None] = relationship()
+    __table_args__ = (
+        CheckConstraint("scope IN ('partner', 'crm')", name="scope"),
+        CheckConstraint("(scope = 'partner') = (partner_id IS NOT NULL)", name="partner_scope_has_partner"),
+    )
+
+
+class Operator(Base):
+    __tablename__ = "operators"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    login: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(120))
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16), default="operator")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    __table_args__ = (CheckConstraint("role IN ('operator', 'supervisor')", name="role"),)
+
+
+_open = ", ".join(f"'{s.value}'" for s in OPEN_STATUSES)
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id"))
+    reference: Mapped[str] = mapped_column(String(64))
+    product: Mapped[str] = mapped_column(String(64))
+    material: Mapped[str] = mapped_column(String(64))
+    quantity: Mapped[int] = mapped_column(Integer)
+    notes: Mapped[str | None] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(SmallInteger, default=2)
+    promised_date: Mapped[date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(16), default=Status.RECEIVED.value)
+    status_version: Mapped[int] = mapped_column(Integer, default=1)
+    holder_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    partner: Mapped[Partner] = relationship(lazy="joined")
+    holder: Mapped[Operator | None] = relationship()
+    __table_args__ = (
+        UniqueConstraint("partner_id", "reference"),
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        CheckConstraint("priority BETWEEN 0 AND 3", name="priority_range"),
+        CheckConstraint("status_version > 0", name="version_positive"),
+        # The operator queue: open orders by promised date, then priority (keyset pages).
+        Index("ix_orders_open_queue", "promised_date", "priority", "id",
+              postgresql_where=text(f"status IN ({_open})"), sqlite_where=text(f"status IN ({_open})")),
+        Index("ix_orders_status_queue", "status", "promised_date", "priority", "id"),
+        Index("ix_orders_promised_queue", "promised_date", "priority", "id"),
+        # The API's listings: by last change, per partner and for the CRM.
+        Index("ix_orders_partner_updated", "partner_id", "updated_at", "id"),
+        Index("ix_orders_updated", "updated_at", "id"),
+        Index("ix_orders_status_updated", "status", "updated_at", "id"),
+        Index("ix_orders_reference", "reference"),
+        Index("ix_orders_holder_status", "holder_id", "status"),
+    )
+
+
+class OrderEvent(Base):
+    """One status change (or the creation); the feed of status changes reads these."""
+
+    __tablename__ = "order_events"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    partner_id: Mapped[int] = mapped_column(Integer)  # copied so that a partner's feed is one index scan
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    status_version: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(140))
+    operator_id: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    __table_args__ = (
+        Index("ix_order_events_order", "order_id", "id"),
+        Index("ix_order_events_partner", "partner_id", "id"),
+        Index("ix_order_events_operator_day", "operator_id", "created_at"),
+    )
+
+
+class StatusCount(Base):
+    """Orders per status, kept in step with every change, so the queue never counts the table."""
+
+    __tablename__ = "status_counts"
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class IdempotencyRecord(Base):
+    """The first answer to a client's Idempotency-Key, replayed for retries."""
+
+    __tablename__ = "idempotency_keys"
+    client_id: Mapped[int] = mapped_column(ForeignKey("api_clients.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    response_status: Mapped[int | None] = mapped_column(SmallInteger)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    order_id: Mapped[int | None] = mapped_column(BigId)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

@@ -1,0 +1,80 @@
+"""Operator login and logout (session cookie, CSRF, throttled wrong passwords)."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import flash, g, redirect, render_template, request, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+
+from ..extensions import limiter, login_manager
+from ..models import Operator
+from ..services.accounts import check_operator_login, operator_actor
+from ..web import db_session, settings
+from . import bp
+from .forms import ActionForm, LoginForm
+
+login_manager.login_view = "operator.login"
+login_manager.login_message = "Please log in to see the orders queue."
+
+
+@login_manager.user_loader
+def load_operator(operator_id: str):
+    op = db_session().get(Operator, int(operator_id))
+    return OperatorUser(op) if op is not None and op.active else None
+
+
+class OperatorUser:
+    """Flask-Login's view of an operator row."""
+
+    is_authenticated = True
+    is_active = True
+    is_anonymous = False
+
+    def __init__(self, op: Operator):
+        self.op = op
+        self.actor = operator_actor(op)
+
+    def get_id(self) -> str:
+        return str(self.op.id)
+
+
+@bp.before_request
+def _set_actor():
+    if current_user.is_authenticated:
+        g.actor = current_user.actor
+
+
+def _login_throttle_key() -> str:
+    return f"login:{request.remote_addr}:{request.form.get('login', '').lower()}"
+
+
+def _safe_next(target: str | None) -> str:
+    """Only local paths, so that the login form cannot redirect elsewhere."""
+    if target and target.startswith("/") and not target.startswith("//") and not urlsplit(target).netloc:
+        return target
+    return url_for("operator.queue")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(lambda: settings().login_limit, key_func=_login_throttle_key, methods=["POST"],
+               deduct_when=lambda response: response.status_code != 302,
+               error_message="Too many failed logins; wait a minute and try again.")
+def login():
+    form = LoginForm(next=request.args.get("next"))
+    if form.validate_on_submit():
+        op = check_operator_login(db_session(), form.login.data.strip(), form.password.data)
+        if op is not None:
+            login_user(OperatorUser(op))
+            return redirect(_safe_next(form.next.data))
+        flash("Wrong login or password.", "error")
+        return render_template("operator/login.html", form=form), 401
+    return render_template("operator/login.html", form=form), 400 if form.errors else 200
+
+
+@bp.post("/logout")
+@login_required
+def logout():
+    ActionForm()  # CSRF is checked globally; the form only documents it
+    logout_user()
+    flash("You are logged out.", "info")
+    return redirect(url_for("operator.login"))

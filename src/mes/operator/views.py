@@ -1,0 +1,120 @@
+"""The orders queue, the order page and "my work"."""
+from __future__ import annotations
+
+from flask import flash, g, redirect, render_template, request, url_for
+from flask_login import login_required
+
+from ..domain import actors
+from ..domain.errors import DomainError, ValidationFailed
+from ..domain.lifecycle import ACTION_LABELS, OPEN_STATUSES, Status, is_rework
+from ..domain.priority import Priority
+from ..domain.promises import is_overdue
+from ..effects import status_changed
+from ..services import orders as svc
+from ..web import db_session, today
+from . import bp
+from .forms import ActionForm, StatusForm
+
+PAGE_SIZE = 50
+
+
+@bp.app_template_filter("priority")
+def _priority_label(value: int) -> str:
+    return Priority(value).label
+
+
+@bp.app_template_filter("status_label")
+def _status_label(value: str) -> str:
+    return value.replace("_", " ")
+
+
+@bp.get("/")
+@login_required
+def queue():
+    status = request.args.get("status", svc.QUEUE_OPEN)
+    if status not in {svc.QUEUE_OPEN, svc.QUEUE_ALL, *(s.value for s in Status)}:
+        raise ValidationFailed(f"Unknown status filter {status!r}.")
+    query = svc.QueueQuery(status=status, overdue_only=request.args.get("overdue") == "1",
+                           search=(request.args.get("q") or "").strip() or None,
+                           after=request.args.get("after") or None, limit=PAGE_SIZE)
+    session = db_session()
+    day = today()
+    page = svc.operator_queue(session, query, day)
+    overdue_cap = 1000
+    return render_template(
+        "operator/queue.html", page=page, query=query, counts=svc.status_counts(session),
+        overdue=svc.count_overdue(session, day, cap=overdue_cap), overdue_cap=overdue_cap,
+        statuses=list(Status), open_statuses=OPEN_STATUSES, today=day,
+        is_overdue=lambda o: is_overdue(Status(o.status), o.promised_date, day))
+
+
+@bp.get("/orders/<int:order_id>")
+@login_required
+def order(order_id: int):
+    session = db_session()
+    o = svc.get_order(session, g.actor, order_id)
+    facts = svc.facts(o)
+    moves = [(t, ACTION_LABELS[t], is_rework(facts.status, t)) for t in actors.allowed_moves(g.actor, facts)]
+    return render_template(
+        "operator/order.html", order=o, events=svc.history(session, order_id), moves=moves,
+        can_claim=actors.may_claim(g.actor, facts), can_release=actors.may_release(g.actor, facts),
+        overdue=is_overdue(facts.status, o.promised_date, today()), action_form=ActionForm(),
+        status_form=StatusForm(version=o.status_version))
+
+
+def _act(order_id: int, action) -> object:
+    """Run an action; a refusal becomes a message on the order page, nothing is lost."""
+    try:
+        message = action()
+        flash(message, "success")
+    except DomainError as err:
+        flash(err.detail, "error")
+    return redirect(url_for("operator.order", order_id=order_id))
+
+
+@bp.post("/orders/<int:order_id>/claim")
+@login_required
+def claim(order_id: int):
+    def take():
+        svc.claim(db_session(), g.actor, order_id)
+        return f"You hold order {order_id} now."
+
+    return _act(order_id, take)
+
+
+@bp.post("/orders/<int:order_id>/release")
+@login_required
+def release(order_id: int):
+    def give_back():
+        svc.release(db_session(), g.actor, order_id)
+        return f"Order {order_id} is back in the pool."
+
+    return _act(order_id, give_back)
+
+
+@bp.post("/orders/<int:order_id>/status")
+@login_required
+def change_status(order_id: int):
+    form = StatusForm()
+
+    def move():
+        if not form.validate():
+            raise ValidationFailed("The form was incomplete; reload the order and try again.")
+        try:
+            target = Status(form.target.data)
+        except ValueError:
+            raise ValidationFailed(f"Unknown status {form.target.data!r}.") from None
+        change = svc.change_status(db_session(), g.actor, order_id, target, reason=form.reason.data,
+                                   expected_version=form.version.data)
+        status_changed(change)
+        return f"Order {order_id} is now {target.value.replace('_', ' ')}."
+
+    return _act(order_id, move)
+
+
+@bp.get("/my-work")
+@login_required
+def my_work():
+    work = svc.my_work(db_session(), g.actor.id, svc.day_start())
+    return render_template("operator/my_work.html", work=work, today=today(),
+                           is_overdue=lambda o: is_overdue(Status(o.status), o.promised_date, today()))

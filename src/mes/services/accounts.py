@@ -1,0 +1,125 @@
+"""Operators, partners and API clients: creating them, keys, and checking credentials."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from ..domain.actors import Actor, Role, Scope
+from ..domain.errors import Conflict, NotFound, ValidationFailed
+from ..models import ApiClient, Operator, Partner, utcnow
+
+KEY_PREFIX = "mes"
+# Checked against when the login does not exist, so that a wrong login costs as long as a wrong password.
+_DUMMY_HASH = generate_password_hash("not-a-password")
+
+
+def hash_key(key: str) -> str:
+    """Keys are long random strings, so one SHA-256 is enough (unlike passwords)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def operator_actor(op: Operator) -> Actor:
+    return Actor(kind="operator", id=op.id, name=op.login, role=Role(op.role))
+
+
+def client_actor(client: ApiClient) -> Actor:
+    return Actor(kind="client", id=client.id, name=client.name, scope=Scope(client.scope),
+                 partner_id=client.partner_id)
+
+
+def create_operator(session: Session, login: str, password: str, *, role: str = "operator",
+                    display_name: str | None = None) -> Operator:
+    if len(password) < 8:
+        raise ValidationFailed("Passwords need at least 8 characters.",
+                               errors=[{"field": "password", "message": "at least 8 characters"}])
+    if session.scalar(select(Operator).where(Operator.login == login)):
+        raise Conflict(f"An operator with login {login!r} exists already.")
+    op = Operator(login=login, display_name=display_name or login, role=Role(role).value,
+                  password_hash=generate_password_hash(password))
+    session.add(op)
+    session.commit()
+    return op
+
+
+def check_operator_login(session: Session, login: str, password: str) -> Operator | None:
+    """The active operator with these credentials, or None."""
+    op = session.scalar(select(Operator).where(Operator.login == login))
+    if op is None:
+        check_password_hash(_DUMMY_HASH, password)
+        return None
+    if not check_password_hash(op.password_hash, password) or not op.active:
+        return None
+    return op
+
+
+def get_or_create_partner(session: Session, name: str) -> Partner:
+    partner = session.scalar(select(Partner).where(Partner.name == name))
+    if partner is None:
+        partner = Partner(name=name)
+        session.add(partner)
+        session.flush()
+    return partner
+
+
+@dataclass
+class IssuedKey:
+    client: ApiClient
+    key: str  # shown once, never stored
+
+
+def create_client(session: Session, name: str, *, scope: str, partner_name: str | None = None,
+                  rate_tier: str = "standard") -> IssuedKey:
+    """Register an API client and issue its first key."""
+    scope = Scope(scope)
+    if scope is Scope.PARTNER and not partner_name:
+        raise ValidationFailed("A partner client needs a partner name.")
+    if scope is Scope.CRM and partner_name:
+        raise ValidationFailed("A CRM client reads every order and belongs to no partner.")
+    if session.scalar(select(ApiClient).where(ApiClient.name == name)):
+        raise Conflict(f"A client named {name!r} exists already; issue it a new key instead.")
+    partner = get_or_create_partner(session, partner_name) if partner_name else None
+    client = ApiClient(name=name, scope=scope.value, partner=partner, rate_tier=rate_tier)
+    session.add(client)
+    return issue_key(session, client)
+
+
+def issue_key(session: Session, client: ApiClient) -> IssuedKey:
+    """Give the client a new key (the old one stops working) and commit."""
+    prefix = secrets.token_hex(4)
+    key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+    client.key_prefix, client.key_hash, client.revoked_at = prefix, hash_key(key), None
+    session.commit()
+    return IssuedKey(client, key)
+
+
+def find_client(session: Session, name: str) -> ApiClient:
+    client = session.scalar(select(ApiClient).where(ApiClient.name == name))
+    if client is None:
+        raise NotFound(f"No API client named {name!r}.")
+    return client
+
+
+def revoke_key(session: Session, name: str) -> ApiClient:
+    client = find_client(session, name)
+    client.revoked_at = utcnow()
+    session.commit()
+    return client
+
+
+def authenticate_key(session: Session, key: str) -> ApiClient | None:
+    """The client that holds this key, unless the key is unknown or revoked."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        return None
+    client = session.scalar(select(ApiClient).where(ApiClient.key_prefix == parts[1]))
+    if client is None or client.revoked_at is not None or client.key_hash is None:
+        return None
+    if not hmac.compare_digest(client.key_hash, hash_key(key)):
+        return None
+    return client

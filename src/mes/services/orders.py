@@ -1,0 +1,334 @@
+"""Order use cases: create (idempotent), change status, claim, and the reads behind the queue and the API."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..db import begin_write
+from ..domain import actors
+from ..domain.actors import Actor, OrderFacts
+from ..domain.errors import AlreadyClaimed, Conflict, Forbidden, NotFound, ReferenceConflict, VersionConflict
+from ..domain.idempotency import check_replay
+from ..domain.lifecycle import OPEN_STATUSES, Status, check_transition
+from ..domain.priority import Priority
+from ..domain.promises import promised_date
+from ..models import IdempotencyRecord, Operator, Order, OrderEvent, StatusCount, utcnow
+from . import cursors
+
+
+def facts(order: Order) -> OrderFacts:
+    return OrderFacts(status=Status(order.status), partner_id=order.partner_id, holder_id=order.holder_id)
+
+
+def get_order(session: Session, actor: Actor, order_id: int, *, for_update: bool = False) -> Order:
+    """The order if this actor may see it; another partner's order is as missing as a missing one."""
+    stmt = select(Order).where(Order.id == order_id)
+    if for_update:
+        stmt = stmt.with_for_update(of=Order)
+    order = session.scalar(stmt)
+    if order is None or not actors.sees_order(actor, facts(order)):
+        raise NotFound(f"Order {order_id} does not exist.")
+    return order
+
+
+def _bump_counts(session: Session, old: str | None, new: str) -> None:
+    if old is not None:
+        session.execute(update(StatusCount).where(StatusCount.status == old).values(count=StatusCount.count - 1))
+    session.execute(update(StatusCount).where(StatusCount.status == new).values(count=StatusCount.count + 1))
+
+
+# ----------------------------------------------------------------------------------------------- create
+@dataclass
+class NewOrder:
+    reference: str
+    product: str
+    material: str
+    quantity: int
+    notes: str | None = None
+    priority: Priority = Priority.NORMAL
+    promised_date: date | None = None
+
+
+@dataclass
+class CreateResult:
+    status: int
+    body: dict
+    replayed: bool
+    order_id: int
+
+
+def create_order(session: Session, actor: Actor, new: NewOrder, *, idempotency_key: str, fingerprint: str,
+                 lead_days: int, render: Callable[[Order], dict]) -> CreateResult:
+    """Create an order once per Idempotency-Key; a retry gets the first answer back.
+
+    The key's row is inserted first, in the same transaction as the order: a concurrent
+    request with the same key waits on it (PostgreSQL's unique index, SQLite's write lock)
+    and then replays the committed answer instead of creating a second order.
+    """
+    actors.may_create_orders(actor)
+    begin_write(session)
+    try:
+        earlier = session.get(IdempotencyRecord, (actor.id, idempotency_key))
+        if earlier is not None:
+            return _replay(earlier, fingerprint)
+        record = IdempotencyRecord(client_id=actor.id, key=idempotency_key, fingerprint=fingerprint)
+        session.add(record)
+        try:
+            session.flush()
+        except IntegrityError:
+            session.rollback()  # a concurrent request with this key committed first: replay its answer
+            return _replay(session.get(IdempotencyRecord, (actor.id, idempotency_key)), fingerprint)
+        order = _insert_order(session, actor, new, lead_days)
+        body = render(order)
+        record.response_status, record.response_body, record.order_id = 201, json.dumps(body), order.id
+        session.commit()
+        return CreateResult(201, body, False, order.id)
+    finally:
+        session.rollback()  # no-op after commit; ends the read transaction of a replay or an error
+
+
+def _insert_order(session: Session, actor: Actor, new: NewOrder, lead_days: int) -> Order:
+    now = utcnow()
+    order = Order(partner_id=actor.partner_id, reference=new.reference, product=new.product,
+                  material=new.material, quantity=new.quantity, notes=new.notes, priority=int(new.priority),
+                  promised_date=promised_date(now.date(), lead_days, new.promised_date),
+                  status=Status.RECEIVED.value, status_version=1, created_at=now, updated_at=now)
+    session.add(order)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        existing = session.scalar(select(Order.id).where(Order.partner_id == actor.partner_id,
+                                                         Order.reference == new.reference))
+        raise ReferenceConflict(f"Reference {new.reference!r} is already used by order {existing}.",
+                                existing_order_id=existing) from None
+    session.add(OrderEvent(order_id=order.id, partner_id=order.partner_id, from_status=None,
+                           to_status=order.status, status_version=1, actor=actor.label, created_at=now))
+    _bump_counts(session, None, order.status)
+    return order
+
+
+def _replay(record: IdempotencyRecord | None, fingerprint: str) -> CreateResult:
+    if record is None:  # the other request rolled back after we collided: the client may retry
+        raise Conflict("A request with this Idempotency-Key was in flight and failed; retry it.")
+    check_replay(record.fingerprint, fingerprint)
+    return CreateResult(record.response_status, json.loads(record.response_body), True, record.order_id)
+
+
+def purge_idempotency_keys(session: Session, older_than: timedelta) -> int:
+    """Forget keys past their retention (at least 24 h is promised to clients)."""
+    cutoff = utcnow() - older_than
+    result = session.execute(IdempotencyRecord.__table__.delete().where(IdempotencyRecord.created_at < cutoff))
+    session.commit()
+    return result.rowcount
+
+
+# ----------------------------------------------------------------------------------------------- changes
+@dataclass
+class StatusChanged:
+    order: Order
+    previous: Status
+
+
+def change_status(session: Session, actor: Actor, order_id: int, target: Status, *,
+                  reason: str | None = None, expected_version: int | None = None) -> StatusChanged:
+    """Move an order along the lifecycle; the row lock makes concurrent changes queue, and the
+    loser sees either the new status (invalid transition) or a newer version (version conflict)."""
+    begin_write(session)
+    try:
+        order = get_order(session, actor, order_id, for_update=True)
+        current = Status(order.status)
+        if expected_version is not None and order.status_version != expected_version:
+            raise VersionConflict(
+                f"Order {order_id} changed meanwhile: it is now {current.value!r} (version {order.status_version}).",
+                current_status=current.value, status_version=order.status_version)
+        check_transition(current, target, reason)
+        actors.require_move(actor, facts(order), target)
+        now = utcnow()
+        order.status, order.status_version, order.updated_at = target.value, order.status_version + 1, now
+        session.add(OrderEvent(order_id=order.id, partner_id=order.partner_id, from_status=current.value,
+                               to_status=target.value, status_version=order.status_version, actor=actor.label,
+                               operator_id=actor.id if actor.kind == "operator" else None,
+                               reason=(reason or "").strip() or None, created_at=now))
+        _bump_counts(session, current.value, target.value)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return StatusChanged(order, current)
+
+
+def claim(session: Session, actor: Actor, order_id: int) -> Order:
+    """Take an unheld order; of two operators who click at once, exactly one wins."""
+    begin_write(session)
+    order = get_order(session, actor, order_id)
+    if not actors.may_claim(actor, facts(order)) and order.holder_id is None:
+        session.rollback()
+        raise Forbidden(f"Order {order_id} is {order.status} and cannot be claimed.")
+    won = session.execute(
+        update(Order).where(Order.id == order_id, Order.holder_id.is_(None),
+                            Order.status.in_([s.value for s in OPEN_STATUSES + (Status.SHIPPED,)]))
+        .values(holder_id=actor.id)
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+    session.commit()
+    session.refresh(order)
+    if not won:
+        holder = session.get(Operator, order.holder_id) if order.holder_id else None
+        who = "you" if order.holder_id == actor.id else (holder.display_name if holder else "someone else")
+        raise AlreadyClaimed(f"Order {order_id} is already held by {who}.", holder=who)
+    return order
+
+
+def release(session: Session, actor: Actor, order_id: int) -> Order:
+    """Give a held order back to the pool (its holder, or a supervisor)."""
+    begin_write(session)
+    order = get_order(session, actor, order_id)
+    if not actors.may_release(actor, facts(order)):
+        session.rollback()
+        raise Forbidden(f"Only the holder of order {order_id} or a supervisor may release it.")
+    stmt = update(Order).where(Order.id == order_id, Order.holder_id == order.holder_id).values(holder_id=None)
+    done = session.execute(stmt.execution_options(synchronize_session=False)).rowcount == 1
+    session.commit()
+    session.refresh(order)
+    if not done:
+        raise AlreadyClaimed(f"Order {order_id} changed hands meanwhile.")
+    return order
+
+
+def history(session: Session, order_id: int) -> list[OrderEvent]:
+    return list(session.scalars(select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.id)))
+
+
+# ----------------------------------------------------------------------------------------------- queue
+QUEUE_OPEN = "open"
+QUEUE_ALL = "all"
+
+
+@dataclass
+class QueueQuery:
+    status: str = QUEUE_OPEN  # a Status value, "open" or "all"
+    overdue_only: bool = False
+    search: str | None = None
+    after: str | None = None  # cursor of the last row seen
+    limit: int = 50
+
+
+@dataclass
+class Page:
+    items: list
+    next_cursor: str | None
+
+
+def operator_queue(session: Session, q: QueueQuery, today: date) -> Page:
+    """Open orders by promised date, then priority: each page is one index range (keyset, no OFFSET)."""
+    stmt = select(Order)
+    if q.status == QUEUE_OPEN:
+        stmt = stmt.where(Order.status.in_([s.value for s in OPEN_STATUSES]))
+    elif q.status != QUEUE_ALL:
+        stmt = stmt.where(Order.status == Status(q.status).value)
+    if q.overdue_only:
+        stmt = stmt.where(Order.promised_date < today,
+                          Order.status.in_([s.value for s in OPEN_STATUSES]))
+    if q.search:
+        term = q.search.strip()
+        cond = Order.reference == term
+        if term.isdigit():
+            cond = cond | (Order.id == int(term))
+        stmt = stmt.where(cond)
+    if q.after:
+        d, prio, oid = cursors.decode(q.after, 3)
+        stmt = stmt.where(tuple_(Order.promised_date, Order.priority, Order.id) >
+                          tuple_(date.fromisoformat(d), prio, oid))
+    rows = list(session.scalars(
+        stmt.order_by(Order.promised_date, Order.priority, Order.id).limit(q.limit + 1)))
+    more = len(rows) > q.limit
+    rows = rows[: q.limit]
+    nxt = cursors.encode(rows[-1].promised_date.isoformat(), rows[-1].priority, rows[-1].id) if more else None
+    return Page(rows, nxt)
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    """Orders per status from the counter table (kept in step by every change)."""
+    counts = {s.value: 0 for s in Status}
+    counts.update({row.status: row.count for row in session.execute(select(StatusCount.status, StatusCount.count))})
+    return counts
+
+
+def count_overdue(session: Session, today: date, *, cap: int | None = None) -> int:
+    """Open orders past their promised date; with `cap`, stop counting there (for the page)."""
+    inner = select(Order.id).where(Order.status.in_([s.value for s in OPEN_STATUSES]),
+                                   Order.promised_date < today)
+    if cap is not None:
+        inner = inner.limit(cap)
+    return session.scalar(select(func.count()).select_from(inner.subquery()))
+
+
+@dataclass
+class MyWork:
+    in_progress: list[Order]
+    done_today: list[OrderEvent]
+
+
+def my_work(session: Session, operator_id: int, day_start: datetime) -> MyWork:
+    held = session.scalars(
+        select(Order).where(Order.holder_id == operator_id, Order.status.in_([s.value for s in OPEN_STATUSES]))
+        .order_by(Order.promised_date, Order.priority, Order.id))
+    done = session.scalars(
+        select(OrderEvent).where(OrderEvent.operator_id == operator_id, OrderEvent.created_at >= day_start)
+        .order_by(OrderEvent.id.desc()))
+    return MyWork(list(held), list(done))
+
+
+# ----------------------------------------------------------------------------------------------- API reads
+def list_orders(session: Session, actor: Actor, *, status: Status | None, updated_since: datetime | None,
+                after: str | None, limit: int) -> Page:
+    """Orders by time of last change (oldest first), so a client can sync with updated_since + cursor."""
+    stmt = select(Order)
+    if actor.kind == "client" and actor.scope is actors.Scope.PARTNER:
+        stmt = stmt.where(Order.partner_id == actor.partner_id)
+    if status is not None:
+        stmt = stmt.where(Order.status == status.value)
+    if updated_since is not None:
+        stmt = stmt.where(Order.updated_at >= updated_since)
+    if after:
+        ts, oid = cursors.decode(after, 2)
+        try:
+            ts = datetime.fromisoformat(ts)
+        except (TypeError, ValueError):
+            raise cursors.BadCursor("The cursor is not valid; use next_cursor from a previous page.") from None
+        stmt = stmt.where(tuple_(Order.updated_at, Order.id) > tuple_(ts, oid))
+    rows = list(session.scalars(stmt.order_by(Order.updated_at, Order.id).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = cursors.encode(rows[-1].updated_at.isoformat(), rows[-1].id) if more else None
+    return Page(rows, nxt)
+
+
+def status_changes(session: Session, actor: Actor, *, after: str | None, limit: int,
+                   settle_seconds: float) -> Page:
+    """The feed of status events after a cursor. Events younger than `settle_seconds` wait for the
+    next poll, so that a transaction that took its id earlier but committed later is not skipped."""
+    last = cursors.decode(after, 1)[0] if after else 0
+    if not isinstance(last, int):
+        raise cursors.BadCursor("The cursor is not valid; use next_cursor from a previous page.")
+    stmt = (select(OrderEvent, Order.reference).join(Order, Order.id == OrderEvent.order_id)
+            .where(OrderEvent.id > last))
+    if actor.kind == "client" and actor.scope is actors.Scope.PARTNER:
+        stmt = stmt.where(OrderEvent.partner_id == actor.partner_id)
+    if settle_seconds > 0:
+        stmt = stmt.where(OrderEvent.created_at <= utcnow() - timedelta(seconds=settle_seconds))
+    rows = list(session.execute(stmt.order_by(OrderEvent.id).limit(limit)))
+    nxt = cursors.encode(rows[-1][0].id if rows else last)
+    return Page(rows, nxt)
+
+
+def day_start(now: datetime | None = None) -> datetime:
+    now = now or utcnow()
+    return datetime(now.year, now.month, now.day, tzinfo=timezone.utc)

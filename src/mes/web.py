@@ -1,0 +1,40 @@
+"""The few request-scoped helpers every blueprint uses: settings, the DB session, today's date."""
+from __future__ import annotations
+
+from datetime import date
+
+from flask import Flask, current_app, g
+from sqlalchemy.orm import Session
+
+from .config import Settings
+from .db import make_engine, make_sessionmaker
+from .models import utcnow
+
+
+def settings() -> Settings:
+    return current_app.extensions["mes_settings"]
+
+
+def init_db(app: Flask, cfg: Settings, pool: str) -> None:
+    """One engine per process; a session per request, closed when the request ends."""
+    engine = make_engine(cfg.database_url, application_name=cfg.db_application_name or f"mes-{pool}",
+                         pool_size=cfg.db_pool_size)
+    app.extensions["mes_engine"] = engine
+    app.extensions["mes_sessionmaker"] = make_sessionmaker(engine)
+
+    @app.teardown_appcontext
+    def _close_session(_exc):
+        session = g.pop("db", None)
+        if session is not None:
+            session.close()
+
+
+def db_session() -> Session:
+    if "db" not in g:
+        g.db = current_app.extensions["mes_sessionmaker"]()
+    return g.db
+
+
+def today() -> date:
+    """The factory's calendar is UTC, the same as the stored timestamps."""
+    return utcnow().date()
