@@ -5,7 +5,7 @@ import logging
 
 from flask import Flask, Response, current_app, g, jsonify, render_template, request
 from flask_limiter.errors import RateLimitExceeded
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException
 
 from .domain.errors import DomainError
 
@@ -72,5 +72,5 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
         log.exception("unhandled error", extra={"request_id": g.get("request_id")})
-        return render_error(500, "internal-error", InternalServerError.name,
+        return render_error(500, "internal-error", "Internal server error",
                             "Something went wrong on our side; the request id helps us find it.")

@@ -99,9 +99,9 @@ def _insert_order(session: Session, actor: Actor, new: NewOrder, lead_days: int)
                   material=new.material, quantity=new.quantity, notes=new.notes, priority=int(new.priority),
                   promised_date=promised_date(now.date(), lead_days, new.promised_date),
                   status=Status.RECEIVED.value, status_version=1, created_at=now, updated_at=now)
-    session.add(order)
     try:
-        with session.begin_nested():
+        with session.begin_nested():  # a savepoint, so that a duplicate reference leaves the rest intact
+            session.add(order)
             session.flush()
     except IntegrityError:
         existing = session.scalar(select(Order.id).where(Order.partner_id == actor.partner_id,

@@ -1,0 +1,156 @@
+"""Fixtures: every test that touches the database runs twice, on SQLite and on a real PostgreSQL 15
+that the suite starts itself in a temporary folder (MES_TEST_BACKENDS=sqlite narrows it)."""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from werkzeug.serving import make_server
+
+from mes import create_app
+from mes.config import Settings
+from mes.extensions import limiter
+from mes.migrate import upgrade
+from mes.services import accounts
+from mes.testing.postgres import UNSAFE_FAST_SETTINGS, create_mes_database, temporary_postgres
+
+BACKENDS = [b for b in os.environ.get("MES_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+TABLES = ["order_events", "idempotency_keys", "orders", "api_clients", "operators", "partners"]
+TEST_LIMITS = {"standard": "100000/minute", "bulk": "100000/minute", "crm": "100000/minute", "tiny": "3/minute"}
+
+
+@dataclass
+class Backend:
+    name: str
+    app_url: str  # the app's own role: no DDL
+    owner_url: str  # migrations and test cleanup
+
+    def settings(self, **overrides) -> Settings:
+        base = Settings(database_url=self.app_url, migration_database_url=self.owner_url,
+                        secret_key="test-secret", feed_settle_seconds=0, rate_limits=dict(TEST_LIMITS),
+                        log_level="WARNING")
+        return replace(base, **overrides)
+
+    def reset(self) -> None:
+        engine = create_engine(self.owner_url)
+        with engine.begin() as conn:
+            if self.name == "postgresql":
+                conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+            else:
+                for table in TABLES:
+                    conn.execute(text(f"DELETE FROM {table}"))
+            conn.execute(text("UPDATE status_counts SET count = 0"))
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """One real PostgreSQL for the session (durability off: this data is thrown away)."""
+    with temporary_postgres(settings=UNSAFE_FAST_SETTINGS) as server:
+        yield server
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request, tmp_path_factory) -> Backend:
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "mes.db"
+        be = Backend("sqlite", f"sqlite:///{path}", f"sqlite:///{path}")
+        upgrade(be.settings(migration_database_url=None))
+    else:
+        server = request.getfixturevalue("postgres_server")
+        owner_url, app_url = create_mes_database(server)
+        be = Backend("postgresql", app_url, owner_url)
+        upgrade(be.settings(app_db_role="mes_app"))
+    return be
+
+
+@pytest.fixture
+def settings(backend) -> Settings:
+    return backend.settings()
+
+
+@pytest.fixture
+def app(backend, settings):
+    app = create_app(settings)
+    yield app
+    app.extensions["mes_engine"].dispose()
+    limiter.reset()
+    backend.reset()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def db(app):
+    session = app.extensions["mes_sessionmaker"]()
+    yield session
+    session.close()
+
+
+class Accounts:
+    """Creates operators and API clients for a test, and builds their auth headers."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def partner(self, name: str = "acme-erp", partner: str = "ACME", tier: str = "standard") -> dict:
+        issued = accounts.create_client(self.session, name, scope="partner", partner_name=partner, rate_tier=tier)
+        return {"Authorization": f"Bearer {issued.key}", "_client_id": issued.client.id,
+                "_partner_id": issued.client.partner_id}
+
+    def crm(self, name: str = "crm") -> dict:
+        issued = accounts.create_client(self.session, name, scope="crm", rate_tier="crm")
+        return {"Authorization": f"Bearer {issued.key}", "_client_id": issued.client.id}
+
+    def operator(self, login: str = "olga", password: str = "secret-pass", role: str = "operator"):
+        return accounts.create_operator(self.session, login, password, role=role)
+
+
+@pytest.fixture
+def accounts_(db) -> Accounts:
+    return Accounts(db)
+
+
+def auth(headers: dict) -> dict:
+    """The HTTP part of an Accounts.partner()/crm() result."""
+    return {k: v for k, v in headers.items() if not k.startswith("_")}
+
+
+NEW_ORDER = {"reference": "PO-1", "product": "BRKT-200", "material": "steel S235", "quantity": 10}
+
+
+def create_order(client, headers, key: str | None = None, **fields):
+    body = {**NEW_ORDER, **fields}
+    return client.post("/api/v1/orders", json=body,
+                       headers={**auth(headers), "Idempotency-Key": key or f"key-{body['reference']}"})
+
+
+@dataclass
+class LiveServer:
+    url: str
+    app: object
+
+
+@pytest.fixture
+def live_server(app):
+    """The app on a real socket (threaded), for the browser and concurrency tests."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield LiveServer(f"http://127.0.0.1:{server.server_port}", app)
+    server.shutdown()
+    thread.join(5)
+
+
+def pytest_report_header(config):
+    return f"database backends: {', '.join(BACKENDS)}"
+
+
+ROOT = Path(__file__).resolve().parent.parent
