@@ -109,8 +109,9 @@ class Accounts:
         issued = accounts.create_client(self.session, name, scope="crm", rate_tier="crm")
         return {"Authorization": f"Bearer {issued.key}", "_client_id": issued.client.id}
 
-    def operator(self, login: str = "olga", password: str = "secret-pass", role: str = "operator"):
-        return accounts.create_operator(self.session, login, password, role=role)
+    def operator(self, login: str = "olga", password: str = "secret-pass", role: str = "operator",
+                 display_name: str | None = None):
+        return accounts.create_operator(self.session, login, password, role=role, display_name=display_name)
 
 
 @pytest.fixture
