@@ -25,10 +25,11 @@ def upgrade(settings: Settings) -> None:
 
 
 def grant_app_role(url: str, role: str) -> None:
-    """Reads and writes on every table, nothing more: the app cannot change the schema."""
+    """Reads and writes on every table, nothing more: the app cannot change the schema.
+    UPDATE on sequences lets the bulk loader move them past the ids it wrote (setval)."""
     engine = create_engine(url)
     with engine.begin() as conn:
         quoted = conn.dialect.identifier_preparer.quote(role)
         conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {quoted}"))
-        conn.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {quoted}"))
+        conn.execute(text(f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {quoted}"))
     engine.dispose()

@@ -1,0 +1,648 @@
+#!/usr/bin/env python
+"""Benchmark (not a test): does the orders queue stay fast when the orders table grows 100x?
+
+It measures the server time of the operator queue page (GET /operator/) and of the API's order
+list (GET /api/v1/orders) on a real PostgreSQL holding 10,000 and then 1,000,000 orders.  The
+goal is that p95 at 1,000,000 orders stays within 1.5x of p95 at 10,000: every page must be one
+index range (keyset pagination) and no request may count the whole table.
+
+One throwaway PostgreSQL serves the whole run.  It is loaded with the smallest size, measured,
+then grown to the next size (same database, same indexes) and measured again.  Growing rather
+than reloading keeps the run short and is what happens in production: the table gets bigger
+under its indexes.  The server is always stopped and its folder deleted, also on Ctrl-C, SIGTERM
+or an error.
+
+Requests go through Flask's test client in this process, so no HTTP server or network is timed.
+Server time is the app's own `Server-Timing: app;dur=<ms>` header; wall time around the call is
+kept as well.  CSRF protection is switched off in this app instance only so that the operator can
+log in with a plain form POST; it plays no part in the GET requests that are measured.
+
+    python bench/queue_bench.py [--sizes 10000,1000000] [--requests 300] [--warmup 50]
+
+Results: bench/results/queue_bench.json, plans in bench/results/plans-<size>.txt, and a
+Markdown table on stdout for BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+# Measure the code of this checkout, not whatever version of `mes` happens to be installed.
+sys.path.insert(0, str(ROOT / "src"))
+
+from sqlalchemy import create_engine, event, text  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
+
+from mes import create_app  # noqa: E402
+from mes.config import Settings  # noqa: E402
+from mes.demo import PARTNER_NAMES, load_orders  # noqa: E402
+from mes.extensions import limiter  # noqa: E402
+from mes.migrate import upgrade  # noqa: E402
+from mes.services import accounts  # noqa: E402
+from mes.testing.postgres import PostgresServer, create_mes_database, temporary_postgres  # noqa: E402
+
+GOAL_RATIO = 1.5
+# Durable (fsync stays on).  Bigger buffers so that 1M orders and their indexes fit in memory, as
+# they would on the production host; a large max_wal_size so the bulk load is not one checkpoint
+# after another.  Everything else is PostgreSQL's default (JIT and autovacuum included).
+PG_SETTINGS = {"shared_buffers": "1GB", "max_wal_size": "8GB", "checkpoint_timeout": "30min"}
+# High enough that no measured request is ever rate limited.
+NO_LIMITS = {"standard": "10000000/minute", "bulk": "10000000/minute", "crm": "10000000/minute"}
+OPERATOR = ("bench-operator", "bench-password")
+PAGES_FOLLOWED = 5  # "next page" scenarios start this many pages in
+SERVER_TIMING = re.compile(r"\bapp;dur=([0-9.]+)")
+NEXT_LINK = re.compile(r'<a rel="next" href="([^"]+)"')
+ORDER_ROW = re.compile(r"data-order-id=")
+
+
+class BenchError(RuntimeError):
+    """The run would measure the wrong thing (an error page, a redirect to the login...)."""
+
+
+# --------------------------------------------------------------------------------------------- setup
+@dataclass
+class Database:
+    server: PostgresServer
+    owner_url: str  # migrations, loading, VACUUM, EXPLAIN
+    app_url: str  # what the app connects as: rows only, no DDL, like in production
+
+    def owner_engine(self, **kwargs) -> Engine:
+        return create_engine(self.owner_url, **kwargs)
+
+
+@dataclass
+class Keys:
+    partner: str
+    crm: str
+
+
+def app_settings(db: Database) -> Settings:
+    return Settings(pools=("operator", "public"), database_url=db.app_url, migration_database_url=db.owner_url,
+                    app_db_role="mes_app", secret_key="bench-secret", rate_limits=dict(NO_LIMITS),
+                    log_level="WARNING")
+
+
+def prepare_database(server: PostgresServer) -> Database:
+    """The production privilege split: the owner migrates, the app role only reads and writes rows."""
+    owner_url, app_url = create_mes_database(server)
+    db = Database(server, owner_url, app_url)
+    upgrade(app_settings(db))
+    return db
+
+
+def create_accounts(db: Database) -> Keys:
+    """One operator, one partner key and one CRM key.
+
+    They exist before the orders are loaded, so the operator holds some orders (the loader
+    hands held orders to active operators) and the partner is one of the loader's partners
+    (it has its 1/25 share of the orders).
+    """
+    engine = db.owner_engine()
+    try:
+        from sqlalchemy.orm import Session
+
+        with Session(engine) as session:
+            accounts.create_operator(session, *OPERATOR)
+            partner = accounts.create_client(session, "bench-partner", scope="partner",
+                                             partner_name=PARTNER_NAMES[0])
+            crm = accounts.create_client(session, "bench-crm", scope="crm", rate_tier="crm")
+            return Keys(partner=partner.key, crm=crm.key)
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class Growth:
+    added: int
+    load_seconds: float
+    vacuum_seconds: float
+
+
+def grow(db: Database, count: int, seed: int) -> Growth:
+    """Append `count` orders with mes.demo.load_orders (COPY), then VACUUM ANALYZE and CHECKPOINT.
+
+    The vacuum and checkpoint are there so that autovacuum and a checkpoint do not start in the
+    middle of the measurement: the table is measured in the steady state it reaches in production
+    minutes after a load, and their cost is reported apart from the load.
+    """
+    engine = db.owner_engine()
+    try:
+        started = time.perf_counter()
+        load_orders(engine, count, seed=seed, progress=_progress_printer(count, started))
+        load_seconds = time.perf_counter() - started
+    finally:
+        engine.dispose()
+    started = time.perf_counter()
+    vacuum = db.owner_engine(isolation_level="AUTOCOMMIT")
+    try:
+        with vacuum.connect() as conn:
+            conn.exec_driver_sql("VACUUM (ANALYZE) orders")
+            conn.exec_driver_sql("VACUUM (ANALYZE) order_events")
+    finally:
+        vacuum.dispose()
+    db.server.psql("CHECKPOINT;")  # superuser only: over the server's local socket
+    return Growth(count, load_seconds, time.perf_counter() - started)
+
+
+def _progress_printer(total: int, started: float) -> Callable[[int], None]:
+    """Print a line every ~10% of a load, so that a long load visibly moves."""
+    done = 0
+    step = max(total // 10, 1)
+
+    def progress(n: int) -> None:
+        nonlocal done
+        before, done = done, done + n
+        if done // step != before // step or done == total:
+            elapsed = time.perf_counter() - started
+            log(f"  loaded {done:>9,} / {total:,} orders  {elapsed:6.1f} s  ({done / elapsed:,.0f}/s)")
+
+    return progress
+
+
+def table_sizes(db: Database) -> dict[str, int]:
+    engine = db.owner_engine()
+    try:
+        with engine.connect() as conn:
+            return {
+                "orders": conn.scalar(text("SELECT count(*) FROM orders")),
+                "order_events": conn.scalar(text("SELECT count(*) FROM order_events")),
+                "open_orders": conn.scalar(text(
+                    "SELECT count(*) FROM orders WHERE status IN "
+                    "('received', 'queued', 'in_production', 'quality_check', 'packed')")),
+                "orders_bytes_with_indexes": conn.scalar(text("SELECT pg_total_relation_size('orders')")),
+            }
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------------------------- scenarios
+@dataclass
+class Scenario:
+    """One kind of request; `urls` are cycled (several when it stands for "the next pages")."""
+
+    name: str
+    description: str
+    urls: list[str]
+    as_operator: bool
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Clients:
+    operator: object  # Flask test client with the operator's session cookie
+    api: object  # Flask test client without cookies: API calls carry a bearer key
+
+
+def open_clients(app) -> Clients:
+    """Log the operator in through the real login form (CSRF is off in this app instance)."""
+    operator = app.test_client()
+    resp = operator.post("/operator/login", data={"login": OPERATOR[0], "password": OPERATOR[1]})
+    if resp.status_code != 302:
+        raise BenchError(f"operator login failed: HTTP {resp.status_code}")
+    return Clients(operator=operator, api=app.test_client())
+
+
+def get_ok(client, url: str, headers: dict[str, str] | None = None):
+    resp = client.get(url, headers=headers or {})
+    if resp.status_code != 200:
+        raise BenchError(f"GET {url} answered HTTP {resp.status_code}, not 200: the run would time an error")
+    return resp
+
+
+def follow_queue_pages(client, first_url: str, pages: int) -> list[str]:
+    """The URLs of pages 2..pages+1, found as a user finds them: the "Next page" link."""
+    urls, url = [], first_url
+    for _ in range(pages):
+        match = NEXT_LINK.search(get_ok(client, url).get_data(as_text=True))
+        if match is None:
+            break
+        url = html.unescape(match.group(1))
+        urls.append(url)
+    return urls
+
+
+def follow_api_pages(client, first_url: str, headers: dict[str, str], pages: int) -> list[str]:
+    """The URLs of pages 2..pages+1, following next_cursor as an API client does."""
+    urls, url = [], first_url
+    base, _, query = first_url.partition("?")
+    for _ in range(pages):
+        cursor = get_ok(client, url, headers).get_json()["next_cursor"]
+        if not cursor:
+            break
+        url = f"{base}?{query + '&' if query else ''}{urlencode({'cursor': cursor})}"
+        urls.append(url)
+    return urls
+
+
+def existing_open_reference(db: Database) -> str:
+    """A reference an operator would search for: the newest order waiting in the queue."""
+    engine = db.owner_engine()
+    try:
+        with engine.connect() as conn:
+            ref = conn.scalar(text("SELECT reference FROM orders WHERE status = 'queued' ORDER BY id DESC LIMIT 1"))
+    finally:
+        engine.dispose()
+    if ref is None:
+        raise BenchError("no queued order to search for")
+    return ref
+
+
+def build_scenarios(db: Database, clients: Clients, keys: Keys) -> list[Scenario]:
+    """The requests to time.  Cursors depend on the data, so they are followed anew at each size."""
+    partner = {"Authorization": f"Bearer {keys.partner}"}
+    crm = {"Authorization": f"Bearer {keys.crm}"}
+    deep = follow_queue_pages(clients.operator, "/operator/", PAGES_FOLLOWED)
+    if len(deep) < PAGES_FOLLOWED:
+        raise BenchError(f"the queue has fewer than {PAGES_FOLLOWED + 1} pages; load more orders")
+    ref = existing_open_reference(db)
+
+    def api_next(headers: dict[str, str]) -> list[str]:
+        urls = follow_api_pages(clients.api, "/api/v1/orders", headers, PAGES_FOLLOWED)
+        if not urls:
+            raise BenchError("the API list has a single page; load more orders")
+        return urls
+
+    n = PAGES_FOLLOWED + 1
+    return [
+        Scenario("queue_default", "GET /operator/ (open orders by promised date, priority)", ["/operator/"], True),
+        Scenario("queue_in_production", "GET /operator/?status=in_production",
+                 ["/operator/?status=in_production"], True),
+        Scenario("queue_overdue", "GET /operator/?overdue=1", ["/operator/?overdue=1"], True),
+        Scenario("queue_search", "GET /operator/?q=<existing reference>", [f"/operator/?{urlencode({'q': ref})}"],
+                 True),
+        Scenario("queue_deep_page", f"GET /operator/?after=... (page {n}, via Next links)", [deep[-1]], True),
+        Scenario("api_partner_first", "GET /api/v1/orders, partner key", ["/api/v1/orders"], False, partner),
+        Scenario("api_partner_next", f"GET /api/v1/orders?cursor=..., partner key (pages 2-{n})",
+                 api_next(partner), False, partner),
+        Scenario("api_partner_queued", "GET /api/v1/orders?status=queued, partner key",
+                 ["/api/v1/orders?status=queued"], False, partner),
+        Scenario("api_crm_first", "GET /api/v1/orders, crm key", ["/api/v1/orders"], False, crm),
+        Scenario("api_crm_next", f"GET /api/v1/orders?cursor=..., crm key (pages 2-{n})",
+                 api_next(crm), False, crm),
+        Scenario("api_crm_queued", "GET /api/v1/orders?status=queued, crm key",
+                 ["/api/v1/orders?status=queued"], False, crm),
+    ]
+
+
+# --------------------------------------------------------------------------------------------- timing
+@dataclass
+class Timings:
+    server_ms: list[float] = field(default_factory=list)
+    wall_ms: list[float] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+
+
+def rows_in(resp) -> int:
+    """Rows on the page, to show what was timed (an empty page is cheap at any size)."""
+    if resp.mimetype == "application/json":
+        return len(resp.get_json()["items"])
+    return len(ORDER_ROW.findall(resp.get_data(as_text=True)))
+
+
+def timed_get(clients: Clients, scenario: Scenario, i: int) -> tuple[float, float, int]:
+    client = clients.operator if scenario.as_operator else clients.api
+    url = scenario.urls[i % len(scenario.urls)]
+    started = time.perf_counter()
+    resp = get_ok(client, url, scenario.headers)
+    wall = (time.perf_counter() - started) * 1000
+    match = SERVER_TIMING.search(resp.headers.get("Server-Timing", ""))
+    if match is None:
+        raise BenchError(f"GET {url} has no Server-Timing app;dur header")
+    return float(match.group(1)), wall, rows_in(resp)
+
+
+def run_requests(clients: Clients, scenarios: list[Scenario], warmup: int, requests: int) -> dict[str, Timings]:
+    """Warm up, then round-robin: one request of every scenario per round, so that noise from
+    the machine (other processes, the page cache, GC) spreads evenly over the scenarios."""
+    for i in range(warmup):
+        for sc in scenarios:
+            timed_get(clients, sc, i)
+    timings = {sc.name: Timings() for sc in scenarios}
+    for i in range(requests):
+        for sc in scenarios:
+            server, wall, rows = timed_get(clients, sc, i)
+            t = timings[sc.name]
+            t.server_ms.append(server)
+            t.wall_ms.append(wall)
+            t.rows.append(rows)
+    return timings
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile: an actually observed value, no interpolation."""
+    ordered = sorted(values)
+    return ordered[max(math.ceil(p / 100 * len(ordered)) - 1, 0)]
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    return {"p50": round(percentile(values, 50), 2), "p95": round(percentile(values, 95), 2),
+            "p99": round(percentile(values, 99), 2), "max": round(max(values), 2),
+            "mean": round(sum(values) / len(values), 2)}
+
+
+# --------------------------------------------------------------------------------------------- plans
+@contextmanager
+def captured_sql(engine: Engine) -> Iterator[list[tuple[str, object]]]:
+    """The statements the app sends while the block runs, with their parameters."""
+    seen: list[tuple[str, object]] = []
+
+    def record(_conn, _cursor, statement, parameters, _context, _executemany):
+        seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def explain(db: Database, app, clients: Clients, scenarios: list[Scenario]) -> list[dict]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the exact SQL each scenario sends to the orders table.
+
+    The statements are captured from the app's engine during one real request and replayed
+    with their parameters inlined, so the plans are those of the app's queries, not of a
+    hand-written approximation.
+    """
+    plans = []
+    owner = db.owner_engine()
+    try:
+        for sc in scenarios:
+            with captured_sql(app.extensions["mes_engine"]) as seen:
+                timed_get(clients, sc, 0)
+            with owner.connect() as conn:
+                cursor = conn.connection.dbapi_connection.cursor()
+                for statement, params in seen:
+                    if not re.search(r"\bFROM orders\b", statement):
+                        continue  # accounts, the status counter table, pings
+                    sql = cursor.mogrify(statement, params).decode()
+                    cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)
+                    plan = "\n".join(row[0] for row in cursor.fetchall())
+                    plans.append({"scenario": sc.name, "url": sc.urls[0], "sql": sql, "plan": plan,
+                                  **plan_facts(plan)})
+                conn.rollback()
+    finally:
+        owner.dispose()
+    return plans
+
+
+def plan_facts(plan: str) -> dict:
+    """What the plan says about scaling: which indexes, any sequential scan of orders, any sort."""
+    timing = re.search(r"Execution Time: ([0-9.]+) ms", plan)
+    return {
+        "indexes": sorted(set(re.findall(r"Index (?:Only )?Scan(?: Backward)? using (\w+)", plan))
+                          | set(re.findall(r"Bitmap Index Scan on (\w+)", plan))),
+        "seq_scan_on_orders": bool(re.search(r"Seq Scan on orders\b", plan)),
+        "sort": "Sort Method" in plan,
+        "rows_removed_by_filter": sum(int(n) for n in re.findall(r"Rows Removed by Filter: (\d+)", plan)),
+        "execution_ms": float(timing.group(1)) if timing else None,
+    }
+
+
+def write_plans(path: Path, size: int, plans: list[dict]) -> None:
+    lines = [f"-- EXPLAIN (ANALYZE, BUFFERS) of the app's own queries on the orders table at {size:,} orders.",
+             f"-- Written by bench/queue_bench.py on {now_iso()}; the statements were captured from real requests.",
+             ""]
+    first_seen: dict[str, str] = {}
+    for p in plans:
+        if p["sql"] in first_seen:  # e.g. the overdue count, which every queue page runs
+            lines += [f"-- ===== {p['scenario']}: GET {p['url']}",
+                      f"-- also runs the statement shown under {first_seen[p['sql']]} (same plan)", ""]
+            continue
+        first_seen[p["sql"]] = p["scenario"]
+        flags = [f"indexes: {', '.join(p['indexes']) or 'none'}"]
+        if p["seq_scan_on_orders"]:
+            flags.append("SEQ SCAN ON ORDERS")
+        if p["rows_removed_by_filter"]:
+            flags.append(f"rows removed by filter: {p['rows_removed_by_filter']:,}")
+        lines += [f"-- ===== {p['scenario']}: GET {p['url']}", f"-- {'; '.join(flags)}", p["sql"] + ";", "",
+                  p["plan"], ""]
+    write_atomically(path, "\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------------- one size
+def measure_size(db: Database, keys: Keys, size: int, args) -> dict:
+    """A fresh app (own pool, own limiter state) against the database as it is now."""
+    app = create_app(app_settings(db))
+    app.config["WTF_CSRF_ENABLED"] = False  # the login POST only; the measured requests are GETs
+    try:
+        clients = open_clients(app)
+        scenarios = build_scenarios(db, clients, keys)
+        log(f"  {len(scenarios)} scenarios: {args.warmup} warm-up + {args.requests} timed requests each")
+        load_before = os.getloadavg()
+        started = time.perf_counter()
+        timings = run_requests(clients, scenarios, args.warmup, args.requests)
+        elapsed = time.perf_counter() - started
+        load_after = os.getloadavg()
+        plans = explain(db, app, clients, scenarios)
+        write_plans(RESULTS / f"plans-{label(size).lower()}.txt", size, plans)
+    finally:
+        app.extensions["mes_engine"].dispose()
+        limiter.reset()
+    return {
+        "measure_seconds": round(elapsed, 1),
+        # 1-minute load average of the machine before and after: noise from other processes shows here.
+        "loadavg_1min": [round(load_before[0], 2), round(load_after[0], 2)],
+        "scenarios": {sc.name: {"description": sc.description, "urls": sc.urls,
+                                "server_ms": summarize(timings[sc.name].server_ms),
+                                "wall_ms": summarize(timings[sc.name].wall_ms),
+                                "rows_per_page": max(timings[sc.name].rows)}
+                      for sc in scenarios},
+        "plans": [{k: v for k, v in p.items() if k not in ("plan", "sql")} for p in plans],
+    }
+
+
+def compare(results: dict[int, dict], small: int, large: int) -> dict[str, dict]:
+    """p95(large)/p95(small) per scenario, and whether it meets the goal."""
+    out = {}
+    for name, s in results[small]["scenarios"].items():
+        l = results[large]["scenarios"][name]
+        ratio = l["server_ms"]["p95"] / s["server_ms"]["p95"]
+        out[name] = {"p95_ratio": round(ratio, 2),
+                     "p50_ratio": round(l["server_ms"]["p50"] / s["server_ms"]["p50"], 2),
+                     "meets_goal": ratio <= GOAL_RATIO}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- report
+def label(size: int) -> str:
+    if size % 1_000_000 == 0:
+        return f"{size // 1_000_000}M"
+    if size % 1_000 == 0:
+        return f"{size // 1_000}k"
+    return str(size)
+
+
+def markdown_tables(report: dict) -> str:
+    """Server time with the ratio (the goal), then wall time (the test client's view) for reference."""
+    sizes = [int(s) for s in report["sizes"]]
+    small, large = sizes[0], sizes[-1]
+    names = list(report["sizes"][str(small)]["scenarios"])
+
+    def scenario(size: int, name: str) -> dict:
+        return report["sizes"][str(size)]["scenarios"][name]
+
+    head = ["Scenario", "rows " + "/".join(label(s) for s in sizes)]
+    head += [f"{label(s)} p50 / p95 / p99" for s in sizes]
+    if len(sizes) > 1:
+        head.append(f"p95 {label(large)}/{label(small)}")
+    server = [_row(head), "|" + "---|" * len(head)]
+    for name in names:
+        cells = [f"`{name}`", "/".join(str(scenario(s, name)["rows_per_page"]) for s in sizes)]
+        cells += [_three(scenario(s, name)["server_ms"]) for s in sizes]
+        if len(sizes) > 1:
+            c = report["comparison"][name]
+            cells.append(f"**{c['p95_ratio']:.2f}**" + ("" if c["meets_goal"] else " ✗"))
+        server.append(_row(cells))
+    head = ["Scenario"] + [f"{label(s)} wall p50 / p95 / p99" for s in sizes]
+    wall = [_row(head), "|" + "---|" * len(head)]
+    for name in names:
+        wall.append(_row([f"`{name}`"] + [_three(scenario(s, name)["wall_ms"]) for s in sizes]))
+    return ("Server time (Server-Timing app;dur), ms\n\n" + "\n".join(server)
+            + "\n\nWall time around the test-client call, ms\n\n" + "\n".join(wall))
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _three(ms: dict) -> str:
+    return f"{ms['p50']:.1f} / {ms['p95']:.1f} / {ms['p99']:.1f}"
+
+
+def environment() -> dict:
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "git_commit": _git("rev-parse", "HEAD"),
+            "src_modified": bool(_git("status", "--porcelain", "--", "src")),
+            "postgres_settings": PG_SETTINGS}
+
+
+def _git(*argv: str) -> str | None:
+    try:
+        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def postgres_version(db: Database) -> str:
+    engine = db.owner_engine()
+    try:
+        with engine.connect() as conn:
+            return conn.scalar(text("SHOW server_version"))
+    finally:
+        engine.dispose()
+
+
+def write_atomically(path: Path, content: str) -> None:
+    """Through a .tmp file (git-ignored), so an interrupted run never leaves half a result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(content, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------- main
+def parse_sizes(value: str) -> list[int]:
+    """"10000,1000000" or "10k,1m"; sorted, because the database only grows."""
+    sizes = []
+    for part in value.split(","):
+        part = part.strip().lower().replace("_", "")
+        scale = {"k": 1_000, "m": 1_000_000}.get(part[-1:], 1)
+        sizes.append(int(part.rstrip("km")) * scale)
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError("sizes must be positive")
+    return sorted(set(sizes))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=parse_sizes, default=[10_000, 1_000_000],
+                        help="order counts to measure at, comma-separated (default: 10000,1000000)")
+    parser.add_argument("--requests", type=int, default=300, help="timed requests per scenario (default: 300)")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed requests per scenario first (default: 50)")
+    return parser.parse_args(argv)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM/SIGHUP end the run like Ctrl-C does, so the `finally` blocks stop PostgreSQL."""
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+
+def run(args: argparse.Namespace) -> dict:
+    report = {"started": now_iso(), "goal": f"p95 at the largest size <= {GOAL_RATIO}x p95 at the smallest",
+              "requests_per_scenario": args.requests, "warmup_per_scenario": args.warmup,
+              "environment": environment(), "sizes": {}}
+    log("starting a throwaway PostgreSQL")
+    with temporary_postgres(settings=PG_SETTINGS) as server:
+        log(f"  PostgreSQL in {server.datadir}, port {server.port} (removed at the end)")
+        db = prepare_database(server)
+        report["environment"]["postgres"] = postgres_version(db)
+        keys = create_accounts(db)
+        have = 0
+        for seed, size in enumerate(args.sizes, start=1):
+            log(f"growing the orders table from {have:,} to {size:,}")
+            growth = grow(db, size - have, seed=seed)
+            have = size
+            log(f"  loaded {growth.added:,} orders in {growth.load_seconds:.1f} s, "
+                f"VACUUM ANALYZE + CHECKPOINT {growth.vacuum_seconds:.1f} s; measuring at {size:,}")
+            result = {"loaded_orders": growth.added, "load_seconds": round(growth.load_seconds, 1),
+                      "vacuum_checkpoint_seconds": round(growth.vacuum_seconds, 1), "tables": table_sizes(db)}
+            result.update(measure_size(db, keys, size, args))
+            report["sizes"][str(size)] = result
+        report["load_seconds_total"] = round(sum(r["load_seconds"] for r in report["sizes"].values()), 1)
+    if len(args.sizes) > 1:
+        report["comparison"] = compare({int(k): v for k, v in report["sizes"].items()},
+                                       args.sizes[0], args.sizes[-1])
+        report["goal_met"] = all(c["meets_goal"] for c in report["comparison"].values())
+    report["finished"] = now_iso()
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stop_on_signals()
+    try:
+        report = run(args)
+    except KeyboardInterrupt:
+        log("interrupted; the temporary PostgreSQL was stopped and removed")
+        return 130
+    write_atomically(RESULTS / "queue_bench.json", json.dumps(report, indent=2) + "\n")
+    print(markdown_tables(report))
+    if "goal_met" in report:
+        print(f"\nGoal (p95 ratio <= {GOAL_RATIO}): {'met' if report['goal_met'] else 'MISSED'}")
+    print(f"Orders loaded in {report['load_seconds_total']:.0f} s in total; details in "
+          f"{(RESULTS / 'queue_bench.json').relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

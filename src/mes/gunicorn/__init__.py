@@ -1,0 +1,1 @@
+"""Gunicorn configurations, one module per pool: `gunicorn -c python:mes.gunicorn.operator`."""

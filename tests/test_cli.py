@@ -1,0 +1,109 @@
+"""The `mes` command: migrate, accounts and keys, demo data."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.exc import ProgrammingError
+
+from mes.cli import main
+from mes.config import Settings
+from mes.migrate import upgrade
+from mes.testing.postgres import create_mes_database
+from mes.models import Order, OrderEvent
+from mes.services import orders as svc
+
+
+@pytest.fixture
+def mes_cli(backend, app):
+    """Runs `mes ...` in-process with the environment a deployment would set."""
+    env = {"DATABASE_URL": backend.app_url, "MIGRATION_DATABASE_URL": backend.owner_url,
+           "SECRET_KEY": "cli-test", "LOG_LEVEL": "WARNING", "MES_TEST_MARKER": "1"}
+    if backend.name == "postgresql":
+        env["MES_APP_DB_ROLE"] = "mes_app"
+    runner = CliRunner()
+
+    def run(*args, input=None):
+        return runner.invoke(main, list(args), env=env, input=input, catch_exceptions=False)
+
+    return run
+
+
+def test_migrate_is_repeatable(mes_cli):
+    r = mes_cli("migrate")
+    assert r.exit_code == 0 and "latest schema" in r.output
+
+
+def test_create_operator_and_duplicate(mes_cli, client):
+    r = mes_cli("create-operator", "anna", "--role", "supervisor", "--password", "long-enough")
+    assert r.exit_code == 0 and "anna (supervisor) created" in r.output
+    again = mes_cli("create-operator", "anna", "--password", "long-enough")
+    assert again.exit_code == 1 and "exists already" in again.output
+    short = mes_cli("create-operator", "bob", "--password", "short")
+    assert short.exit_code == 1 and "at least 8" in short.output
+
+
+def test_client_key_is_printed_once_and_works_until_revoked(mes_cli, client):
+    r = mes_cli("create-client", "acme-erp", "--partner", "ACME", "--tier", "bulk")
+    assert r.exit_code == 0
+    key = r.output.strip().splitlines()[-1]
+    assert key.startswith("mes_")
+    h = {"Authorization": f"Bearer {key}"}
+    assert client.get("/api/v1/orders", headers=h).status_code == 200
+    new = mes_cli("issue-key", "acme-erp").output.strip().splitlines()[-1]
+    assert client.get("/api/v1/orders", headers=h).status_code == 401  # the old key stops working
+    h = {"Authorization": f"Bearer {new}"}
+    assert client.get("/api/v1/orders", headers=h).status_code == 200
+    assert mes_cli("revoke-key", "acme-erp").exit_code == 0
+    assert client.get("/api/v1/orders", headers=h).status_code == 401
+    assert mes_cli("revoke-key", "nobody").exit_code == 1
+    assert mes_cli("create-client", "crm", "--scope", "crm").exit_code == 0
+    assert mes_cli("create-client", "x", "--tier", "platinum", "--partner", "X").exit_code == 2
+
+
+def test_demo_data_has_a_realistic_spread_and_consistent_counts(mes_cli, db):
+    r = mes_cli("demo-data", "--orders", "3000", "--partners", "7")
+    assert r.exit_code == 0 and "3000 orders" in r.output
+    counts = svc.status_counts(db)
+    actual = dict(db.execute(select(Order.status, func.count()).group_by(Order.status)).all())
+    assert {k: v for k, v in counts.items() if v} == actual
+    assert sum(actual.values()) == 3000
+    assert actual["delivered"] > 1000 and actual["received"] + actual["queued"] > 20
+    assert actual["cancelled"] > 0 and actual["in_production"] > 20
+    assert svc.count_overdue(db, svc.day_start().date()) > 0
+    # Every order's history ends in its current status, with one event per version.
+    events = db.scalar(select(func.count()).select_from(OrderEvent))
+    versions = db.scalar(select(func.sum(Order.status_version)))
+    assert events == versions
+    assert db.scalar(select(func.count(func.distinct(Order.partner_id)))) == 7
+
+
+def test_purge_keeps_fresh_idempotency_keys(mes_cli):
+    r = mes_cli("purge-idempotency-keys")
+    assert r.exit_code == 0 and "0 keys purged" in r.output
+
+
+def test_python_dash_m_mes_runs(backend):
+    out = subprocess.run([sys.executable, "-m", "mes", "--help"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "DATABASE_URL": backend.app_url, "SECRET_KEY": "x",
+                              "PYTHONPATH": ":".join(sys.path)}, timeout=60)
+    assert out.returncode == 0 and "demo-data" in out.stdout and "create-client" in out.stdout
+
+
+def test_the_app_role_cannot_change_the_schema(postgres_server):
+    """On PostgreSQL the app connects as a role without DDL rights; migrations use their own."""
+    owner_url, app_url = create_mes_database(postgres_server, dbname="ddl_check",
+                                             owner=("ddl_owner", "pw1"), app=("ddl_app", "pw2"))
+    upgrade(Settings(database_url=app_url, migration_database_url=owner_url, app_db_role="ddl_app"))
+    engine = create_engine(app_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM status_counts")).scalar() == 8
+        for ddl in ("CREATE TABLE intruder (id int)", "DROP TABLE orders", "ALTER TABLE orders ADD COLUMN x int",
+                    "TRUNCATE orders"):
+            with pytest.raises(ProgrammingError, match="permission denied|must be owner"):
+                conn.execute(text(ddl))
+            conn.rollback()
+    engine.dispose()

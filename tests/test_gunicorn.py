@@ -1,0 +1,114 @@
+"""Both pools under real gunicorn with several workers: metrics merged across workers, JSON request logs."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import NEW_ORDER, auth
+
+from mes.testing.postgres import free_port
+
+
+class Gunicorn:
+    def __init__(self, pool: str, backend, tmp: Path, workers: int = 3):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / f"{pool}.log"
+        env = {**os.environ, "DATABASE_URL": backend.app_url, "SECRET_KEY": "gunicorn-test",
+               "GUNICORN_BIND": f"127.0.0.1:{self.port}", "GUNICORN_WORKERS": str(workers),
+               "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"{pool}-metrics"), "MES_RATE_LIMIT_STANDARD": "100000/minute",
+               "PYTHONPATH": os.pathsep.join(sys.path)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", f"python:mes.gunicorn.{pool}"],
+                                     env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if requests.get(f"{self.url}/healthz/ready", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"gunicorn {pool} did not become ready:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+
+    def log_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def public_pool(app, backend, tmp_path):
+    server = Gunicorn("public", backend, tmp_path)
+    yield server
+    server.stop()
+
+
+def scrape(url: str) -> str:
+    return requests.get(f"{url}/metrics", timeout=10).text
+
+
+def sample(text: str, name: str, **labels) -> float:
+    """Sum of a metric's samples whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
+        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def test_public_pool_metrics_add_up_across_workers(public_pool, accounts_):
+    partner = accounts_.partner()
+    for i in range(30):
+        assert requests.get(f"{public_pool.url}/api/v1/orders", headers=auth(partner), timeout=10).status_code == 200
+    for i in range(4):
+        r = requests.post(f"{public_pool.url}/api/v1/orders", json={**NEW_ORDER, "reference": f"G-{i}"},
+                          headers={**auth(partner), "Idempotency-Key": f"g-{i}"}, timeout=10)
+        assert r.status_code == 201
+    text = scrape(public_pool.url)
+    assert sample(text, "flask_http_request_total", method="GET", status="200", pool="public") >= 30
+    assert sample(text, "flask_http_request_duration_seconds_count", url_rule="/api/v1/orders", pool="public") == 34
+    assert sample(text, "flask_http_request_duration_seconds_count", url_rule="/api/v1/orders/<int:order_id>") == 0
+    assert re.search(r"^mes_orders_received_total(\{\})? 4\.0$", text, re.M)
+    assert sample(text, "mes_status_transitions_total", from_status="none", to_status="received") == 4
+    assert re.search(r"^mes_orders_overdue(\{[^}]*\})? 0\.0$", text, re.M)
+
+
+def test_one_json_log_line_per_request_without_secrets(public_pool, accounts_):
+    partner = accounts_.partner()
+    key = partner["Authorization"].split()[1]
+    r = requests.get(f"{public_pool.url}/api/v1/orders", headers={**auth(partner), "X-Request-ID": "trace-42"},
+                     timeout=10)
+    assert r.headers["X-Request-ID"] == "trace-42"
+    requests.get(f"{public_pool.url}/api/v1/orders", headers={"Authorization": "Bearer mes_bad_key"}, timeout=10)
+    time.sleep(0.5)
+    lines = public_pool.log_lines()
+    mine = [x for x in lines if x.get("request_id") == "trace-42"]
+    assert len(mine) == 1
+    line = mine[0]
+    assert line["pool"] == "public" and line["rule"] == "/api/v1/orders" and line["status"] == 200
+    assert line["client_id"] == partner["_client_id"] and line["duration_ms"] >= 0
+    assert any(x.get("status") == 401 for x in lines if x.get("rule") == "/api/v1/orders")
+    raw = public_pool.log.read_text()
+    assert key not in raw and "mes_bad_key" not in raw
+
+
+def test_operator_pool_serves_only_the_ui(app, backend, tmp_path):
+    server = Gunicorn("operator", backend, tmp_path, workers=2)
+    try:
+        assert "Operator login" in requests.get(f"{server.url}/operator/login", timeout=10).text
+        assert requests.get(f"{server.url}/api/v1/orders", timeout=10).status_code == 404
+        assert "flask_http_request_total" in scrape(server.url)
+    finally:
+        server.stop()
