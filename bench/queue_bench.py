@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sqlalchemy import create_engine, event, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
 
 from mes import create_app  # noqa: E402
 from mes.config import Settings  # noqa: E402
@@ -83,8 +84,14 @@ class Database:
     owner_url: str  # migrations, loading, VACUUM, EXPLAIN
     app_url: str  # what the app connects as: rows only, no DDL, like in production
 
-    def owner_engine(self, **kwargs) -> Engine:
-        return create_engine(self.owner_url, **kwargs)
+    @contextmanager
+    def owner_engine(self, **kwargs) -> Iterator[Engine]:
+        """A short-lived engine, disposed afterwards, so no idle connection outlives its use."""
+        engine = create_engine(self.owner_url, **kwargs)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
 
 @dataclass
@@ -114,18 +121,11 @@ def create_accounts(db: Database) -> Keys:
     hands held orders to active operators) and the partner is one of the loader's partners
     (it has its 1/25 share of the orders).
     """
-    engine = db.owner_engine()
-    try:
-        from sqlalchemy.orm import Session
-
-        with Session(engine) as session:
-            accounts.create_operator(session, *OPERATOR)
-            partner = accounts.create_client(session, "bench-partner", scope="partner",
-                                             partner_name=PARTNER_NAMES[0])
-            crm = accounts.create_client(session, "bench-crm", scope="crm", rate_tier="crm")
-            return Keys(partner=partner.key, crm=crm.key)
-    finally:
-        engine.dispose()
+    with db.owner_engine() as engine, Session(engine) as session:
+        accounts.create_operator(session, *OPERATOR)
+        partner = accounts.create_client(session, "bench-partner", scope="partner", partner_name=PARTNER_NAMES[0])
+        crm = accounts.create_client(session, "bench-crm", scope="crm", rate_tier="crm")
+        return Keys(partner=partner.key, crm=crm.key)
 
 
 @dataclass
@@ -142,21 +142,14 @@ def grow(db: Database, count: int, seed: int) -> Growth:
     middle of the measurement: the table is measured in the steady state it reaches in production
     minutes after a load, and their cost is reported apart from the load.
     """
-    engine = db.owner_engine()
-    try:
+    with db.owner_engine() as engine:
         started = time.perf_counter()
         load_orders(engine, count, seed=seed, progress=_progress_printer(count, started))
         load_seconds = time.perf_counter() - started
-    finally:
-        engine.dispose()
     started = time.perf_counter()
-    vacuum = db.owner_engine(isolation_level="AUTOCOMMIT")
-    try:
-        with vacuum.connect() as conn:
-            conn.exec_driver_sql("VACUUM (ANALYZE) orders")
-            conn.exec_driver_sql("VACUUM (ANALYZE) order_events")
-    finally:
-        vacuum.dispose()
+    with db.owner_engine(isolation_level="AUTOCOMMIT") as engine, engine.connect() as conn:
+        conn.exec_driver_sql("VACUUM (ANALYZE) orders")
+        conn.exec_driver_sql("VACUUM (ANALYZE) order_events")
     db.server.psql("CHECKPOINT;")  # superuser only: over the server's local socket
     return Growth(count, load_seconds, time.perf_counter() - started)
 
@@ -177,19 +170,15 @@ def _progress_printer(total: int, started: float) -> Callable[[int], None]:
 
 
 def table_sizes(db: Database) -> dict[str, int]:
-    engine = db.owner_engine()
-    try:
-        with engine.connect() as conn:
-            return {
-                "orders": conn.scalar(text("SELECT count(*) FROM orders")),
-                "order_events": conn.scalar(text("SELECT count(*) FROM order_events")),
-                "open_orders": conn.scalar(text(
-                    "SELECT count(*) FROM orders WHERE status IN "
-                    "('received', 'queued', 'in_production', 'quality_check', 'packed')")),
-                "orders_bytes_with_indexes": conn.scalar(text("SELECT pg_total_relation_size('orders')")),
-            }
-    finally:
-        engine.dispose()
+    with db.owner_engine() as engine, engine.connect() as conn:
+        return {
+            "orders": conn.scalar(text("SELECT count(*) FROM orders")),
+            "order_events": conn.scalar(text("SELECT count(*) FROM order_events")),
+            "open_orders": conn.scalar(text(
+                "SELECT count(*) FROM orders WHERE status IN "
+                "('received', 'queued', 'in_production', 'quality_check', 'packed')")),
+            "orders_bytes_with_indexes": conn.scalar(text("SELECT pg_total_relation_size('orders')")),
+        }
 
 
 # --------------------------------------------------------------------------------------------- scenarios
@@ -253,12 +242,8 @@ def follow_api_pages(client, first_url: str, headers: dict[str, str], pages: int
 
 def existing_open_reference(db: Database) -> str:
     """A reference an operator would search for: the newest order waiting in the queue."""
-    engine = db.owner_engine()
-    try:
-        with engine.connect() as conn:
-            ref = conn.scalar(text("SELECT reference FROM orders WHERE status = 'queued' ORDER BY id DESC LIMIT 1"))
-    finally:
-        engine.dispose()
+    with db.owner_engine() as engine, engine.connect() as conn:
+        ref = conn.scalar(text("SELECT reference FROM orders WHERE status = 'queued' ORDER BY id DESC LIMIT 1"))
     if ref is None:
         raise BenchError("no queued order to search for")
     return ref
@@ -381,8 +366,7 @@ def explain(db: Database, app, clients: Clients, scenarios: list[Scenario]) -> l
     hand-written approximation.
     """
     plans = []
-    owner = db.owner_engine()
-    try:
+    with db.owner_engine() as owner:
         for sc in scenarios:
             with captured_sql(app.extensions["mes_engine"]) as seen:
                 timed_get(clients, sc, 0)
@@ -397,8 +381,6 @@ def explain(db: Database, app, clients: Clients, scenarios: list[Scenario]) -> l
                     plans.append({"scenario": sc.name, "url": sc.urls[0], "sql": sql, "plan": plan,
                                   **plan_facts(plan)})
                 conn.rollback()
-    finally:
-        owner.dispose()
     return plans
 
 
@@ -542,12 +524,8 @@ def _git(*argv: str) -> str | None:
 
 
 def postgres_version(db: Database) -> str:
-    engine = db.owner_engine()
-    try:
-        with engine.connect() as conn:
-            return conn.scalar(text("SHOW server_version"))
-    finally:
-        engine.dispose()
+    with db.owner_engine() as engine, engine.connect() as conn:
+        return conn.scalar(text("SHOW server_version"))
 
 
 def write_atomically(path: Path, content: str) -> None:
@@ -640,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     if "goal_met" in report:
         print(f"\nGoal (p95 ratio <= {GOAL_RATIO}): {'met' if report['goal_met'] else 'MISSED'}")
     print(f"Orders loaded in {report['load_seconds_total']:.0f} s in total; details in "
-          f"{(RESULTS / 'queue_bench.json').relative_to(ROOT)}")
+          f"{os.path.relpath(RESULTS / 'queue_bench.json')}")
     return 0
 
 

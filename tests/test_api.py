@@ -160,7 +160,7 @@ def test_list_pages_with_cursor_and_filters(client, accounts_, db):
 def test_list_rejects_bad_query_parameters(client, accounts_):
     h = auth(accounts_.partner())
     for query in ("limit=0", "limit=201", "limit=x", "status=done", "cursor=%%%", "cursor=WzFd",
-                  "updated_since=yesterday", "updated_since=2026-01-01T00:00:00"):
+                  "updated_since=yesterday", "updated_since=2026-01-01T00:00:00", "stauts=queued", "cursor="):
         assert client.get(f"/api/v1/orders?{query}", headers=h).status_code == 400, query
 
 

@@ -8,7 +8,7 @@ from .errors import register_error_handlers
 from .extensions import csrf, limiter, login_manager
 from .logs import configure_logging, init_request_logging
 from .metrics import init_metrics
-from .web import init_db
+from .web import RowIdConverter, init_db
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.extensions["mes_settings"] = cfg
+    app.url_map.converters["id"] = RowIdConverter
     configure_logging(cfg.log_level)
     init_db(app, cfg, pool)
     init_request_logging(app, pool)  # first, so that every later hook and error has a request id

@@ -5,6 +5,7 @@ from datetime import date
 
 from flask import Flask, current_app, g
 from sqlalchemy.orm import Session
+from werkzeug.routing import IntegerConverter
 
 from .config import Settings
 from .db import make_engine, make_sessionmaker
@@ -38,3 +39,10 @@ def db_session() -> Session:
 def today() -> date:
     """The factory's calendar is UTC, the same as the stored timestamps."""
     return utcnow().date()
+
+
+class RowIdConverter(IntegerConverter):
+    """`<id:order_id>`: a positive 64-bit id; anything else is a plain 404, never a database error."""
+
+    def __init__(self, url_map):
+        super().__init__(url_map, min=1, max=2**63 - 1)

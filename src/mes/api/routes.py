@@ -25,6 +25,32 @@ OPENAPI = yaml.safe_load(OPENAPI_TEXT)
 STATUS_VALUES = [s.value for s in Status]
 
 
+def _documented_query_params(spec: dict) -> dict[tuple[str, str], set[str]]:
+    """(path template, method) -> the query parameters the OpenAPI document allows there."""
+    allowed = {}
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if isinstance(op, dict) and "responses" in op:
+                params = op.get("parameters", []) + item.get("parameters", [])
+                allowed[(path, method.upper())] = {p["name"] for p in params if p.get("in") == "query"}
+    return allowed
+
+
+QUERY_PARAMS = _documented_query_params(OPENAPI)
+
+
+@bp.before_request
+def reject_unknown_query_parameters():
+    """A misspelt filter (`?stauts=queued`) must not silently return everything."""
+    if request.url_rule is None:
+        return
+    template = request.url_rule.rule.removeprefix(bp.url_prefix).replace("<id:order_id>", "{order_id}")
+    method = "GET" if request.method == "HEAD" else request.method
+    unknown = set(request.args) - QUERY_PARAMS.get((template, method), set())
+    if unknown:
+        raise _bad_query(sorted(unknown)[0], "unknown parameter")
+
+
 def tier_limit() -> str:
     """The rate limit of the calling client's tier (the key was checked before this runs)."""
     client = g.get("client")
@@ -68,21 +94,34 @@ def create_order():
     return response
 
 
+def _cursor_arg(name: str) -> str | None:
+    value = request.args.get(name)
+    if value is not None and not value:
+        raise _bad_query(name, "empty; leave it out to start from the beginning")
+    return value
+
+
+def _timestamp_arg(name: str) -> datetime | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise _bad_query(name, "an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z") from None
+    if value.tzinfo is None or "T" not in raw.upper():
+        raise _bad_query(name, "an RFC 3339 date-time with a time zone (Z or +hh:mm)")
+    return value
+
+
 @bp.get("/orders")
 def list_orders():
     status = request.args.get("status")
-    since = request.args.get("updated_since")
-    try:
-        since_ts = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
-    except ValueError:
-        raise _bad_query("updated_since", "an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z") from None
-    if since_ts is not None and since_ts.tzinfo is None:
-        raise _bad_query("updated_since", "needs a time zone (Z or +hh:mm)")
-    if status and status not in STATUS_VALUES:
+    if status is not None and status not in STATUS_VALUES:
         raise _bad_query("status", "one of " + ", ".join(STATUS_VALUES))
-    status_value = Status(status) if status else None
-    page = svc.list_orders(db_session(), g.actor, status=status_value, updated_since=since_ts,
-                           after=request.args.get("cursor") or None, limit=_int_arg("limit", 50, 1, 200))
+    page = svc.list_orders(db_session(), g.actor, status=Status(status) if status else None,
+                           updated_since=_timestamp_arg("updated_since"), after=_cursor_arg("cursor"),
+                           limit=_int_arg("limit", 50, 1, 200))
     response = jsonify({"items": [order_json(o) for o in page.items], "next_cursor": page.next_cursor})
     if page.next_cursor:
         args = {k: v for k, v in request.args.items() if k != "cursor"}
@@ -90,7 +129,7 @@ def list_orders():
     return response
 
 
-@bp.get("/orders/<int:order_id>")
+@bp.get("/orders/<id:order_id>")
 def get_order(order_id: int):
     order = svc.get_order(db_session(), g.actor, order_id)
     response = jsonify(order_json(order))
@@ -98,7 +137,7 @@ def get_order(order_id: int):
     return response
 
 
-@bp.get("/orders/<int:order_id>/status")
+@bp.get("/orders/<id:order_id>/status")
 def get_status(order_id: int):
     """Small and cheap: partners and the CRM poll this, so it answers 304 when nothing changed."""
     order = svc.get_order(db_session(), g.actor, order_id)
@@ -111,7 +150,7 @@ def get_status(order_id: int):
     return response
 
 
-@bp.post("/orders/<int:order_id>/cancel")
+@bp.post("/orders/<id:order_id>/cancel")
 def cancel_order(order_id: int):
     body = validate(CancelRequest, json_body(optional=True))
     change = svc.change_status(db_session(), g.actor, order_id, Status.CANCELLED, reason=body.reason)
@@ -121,7 +160,7 @@ def cancel_order(order_id: int):
 
 @bp.get("/status-changes")
 def status_changes():
-    page = svc.status_changes(db_session(), g.actor, after=request.args.get("after") or None,
+    page = svc.status_changes(db_session(), g.actor, after=_cursor_arg("after"),
                               limit=_int_arg("limit", 100, 1, 500), settle_seconds=settings().feed_settle_seconds)
     items = [event_json(ev, ref, cursors.encode(ev.id)) for ev, ref in page.items]
     return jsonify({"items": items, "next_cursor": page.next_cursor})

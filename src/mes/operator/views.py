@@ -48,7 +48,7 @@ def queue():
         is_overdue=lambda o: is_overdue(Status(o.status), o.promised_date, day))
 
 
-@bp.get("/orders/<int:order_id>")
+@bp.get("/orders/<id:order_id>")
 @login_required
 def order(order_id: int):
     session = db_session()
@@ -72,7 +72,7 @@ def _act(order_id: int, action) -> object:
     return redirect(url_for("operator.order", order_id=order_id))
 
 
-@bp.post("/orders/<int:order_id>/claim")
+@bp.post("/orders/<id:order_id>/claim")
 @login_required
 def claim(order_id: int):
     def take():
@@ -82,7 +82,7 @@ def claim(order_id: int):
     return _act(order_id, take)
 
 
-@bp.post("/orders/<int:order_id>/release")
+@bp.post("/orders/<id:order_id>/release")
 @login_required
 def release(order_id: int):
     def give_back():
@@ -92,7 +92,7 @@ def release(order_id: int):
     return _act(order_id, give_back)
 
 
-@bp.post("/orders/<int:order_id>/status")
+@bp.post("/orders/<id:order_id>/status")
 @login_required
 def change_status(order_id: int):
     form = StatusForm()
