@@ -107,3 +107,13 @@ def test_the_app_role_cannot_change_the_schema(postgres_server):
                 conn.execute(text(ddl))
             conn.rollback()
     engine.dispose()
+
+
+def test_seed_demo_prints_working_accounts_and_gives_the_demo_partner_orders(mes_cli, client):
+    out = mes_cli("seed-demo", "--orders", "200").output
+    assert "operator login: demo / demo-pass" in out and "200 demo orders loaded" in out
+    key = next(line.split()[-1] for line in out.splitlines() if "partner API key" in line)
+    orders = client.get("/api/v1/orders", headers={"Authorization": f"Bearer {key}"}).get_json()["items"]
+    assert len(orders) > 0
+    again = mes_cli("seed-demo", "--orders", "200").output  # a second run re-issues keys, loads nothing
+    assert "demo orders loaded" not in again and key not in again

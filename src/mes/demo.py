@@ -42,9 +42,9 @@ class Loaded:
     events: int = 0
 
 
-def _partners(session: Session, count: int) -> list[int]:
-    names = [PARTNER_NAMES[i % len(PARTNER_NAMES)] + (f" {i // len(PARTNER_NAMES) + 1}" if i >= len(PARTNER_NAMES) else "")
-             for i in range(count)]
+def _partners(session: Session, count: int, first: list[str]) -> list[int]:
+    names = first + [PARTNER_NAMES[i % len(PARTNER_NAMES)] + (f" {i // len(PARTNER_NAMES) + 1}" if i >= len(PARTNER_NAMES) else "")
+             for i in range(count - len(first))]
     return [accounts.get_or_create_partner(session, name).id for name in names]
 
 
@@ -107,12 +107,13 @@ def _copy(raw_cursor, table: str, cols: list[str], rows: list[tuple]) -> None:
 
 
 def load_orders(engine: Engine, count: int, *, partners: int = 25, seed: int = 1,
-                progress: Callable[[int], None] = lambda n: None) -> Loaded:
-    """Append `count` orders with their histories; run it on a quiet database (it picks ids itself)."""
+                progress: Callable[[int], None] = lambda n: None, include_partners: list[str] = ()) -> Loaded:
+    """Append `count` orders with their histories; run it on a quiet database (it picks ids itself).
+    `include_partners` are among the partners that get orders (e.g. the demo partner)."""
     rng = random.Random(seed)
     now = utcnow()
     with Session(engine) as session:
-        partner_ids = _partners(session, partners)
+        partner_ids = _partners(session, max(partners, len(include_partners)), list(include_partners))
         session.commit()
         operators = list(session.scalars(select(Operator.id).where(Operator.active)))
         next_order = (session.scalar(select(func.max(Order.id))) or 0) + 1
@@ -167,6 +168,6 @@ def seed(session: Session, engine: Engine, order_count: int) -> Iterator[str]:
                   else accounts.create_client(session, name, scope=scope, partner_name=partner))
         yield f"{scope} API key ({name}): {issued.key}"
     if session.scalar(select(func.count()).select_from(Order)) == 0 and order_count > 0:
-        loaded = load_orders(engine, order_count)
+        loaded = load_orders(engine, order_count, partners=6, include_partners=["Demo Partner"])
         yield f"{loaded.orders} demo orders loaded"
     session.commit()
