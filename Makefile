@@ -8,9 +8,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 DEV_DB := var/mes.db
-# Debian packages the tests need: PostgreSQL 15 (started by the tests in a temporary folder),
+# Debian packages the tests need: PostgreSQL 15 and Redis (started by the tests in temporary folders),
 # Chromium for the browser test, and venv support for Debian's own Python.
-TEST_PACKAGES := postgresql-15 chromium python3-venv
+TEST_PACKAGES := postgresql-15 chromium python3-venv redis-server
 DEV_PACKAGES := python3-venv
 
 .PHONY: dev test test-fast bench venv packages-dev packages-test clean

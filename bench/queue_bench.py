@@ -2,25 +2,25 @@
 """Benchmark (not a test): does the orders queue stay fast when the orders table grows 100x?
 
 It measures the server time of the operator queue page (GET /operator/) and of the API's order
-list (GET /api/v1/orders) on a real PostgreSQL holding 10,000 and then 1,000,000 orders.  The
-goal is that p95 at 1,000,000 orders stays within 1.5x of p95 at 10,000: every page must be one
-index range (keyset pagination) and no request may count the whole table.
+list (GET /api/v1/orders) on a real PostgreSQL holding 10,000 and 1,000,000 orders.  The goal:
+p95 at 1,000,000 orders within 1.5x of p95 at 10,000, which needs every page to be one index
+range (keyset pagination) and no request to count the whole table.
 
-One throwaway PostgreSQL serves the whole run.  It is loaded with the smallest size, measured,
-then grown to the next size (same database, same indexes) and measured again.  Growing rather
-than reloading keeps the run short and is what happens in production: the table gets bigger
-under its indexes.  The server is always stopped and its folder deleted, also on Ctrl-C, SIGTERM
-or an error.
+One throwaway PostgreSQL holds one database per size, each loaded from scratch with
+mes.demo.load_orders.  Both are measured in the same interleaved, shuffled sequence of
+requests, so a burst of noise on this (shared, 2-core) machine hits both sizes alike instead of
+whichever size happened to be measured at that moment; the ratio compares like with like.  The
+server is always stopped and its folder deleted, also on Ctrl-C, SIGTERM or an error.
 
-Requests go through Flask's test client in this process, so no HTTP server or network is timed.
-Server time is the app's own `Server-Timing: app;dur=<ms>` header; wall time around the call is
-kept as well.  CSRF protection is switched off in this app instance only so that the operator can
-log in with a plain form POST; it plays no part in the GET requests that are measured.
+Requests go through Flask's test client in this process: no HTTP server or network is timed.
+Server time is the app's own `Server-Timing: app;dur=<ms>` header; the wall time around the call
+is kept as well.  CSRF protection is switched off in the benchmark's app instances only, so that
+the operator can log in with a plain form POST; the measured requests are all GETs.
 
-    python bench/queue_bench.py [--sizes 10000,1000000] [--requests 300] [--warmup 50]
+    python bench/queue_bench.py [--sizes 10000,1000000] [--requests 300] [--warmup 50] [--out DIR]
 
-Results: bench/results/queue_bench.json, plans in bench/results/plans-<size>.txt, and a
-Markdown table on stdout for BENCHMARKS.md.
+Writes bench/results/queue_bench.json and bench/results/plans-<size>.txt (EXPLAIN ANALYZE of
+the app's own queries), and prints Markdown tables for BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +48,7 @@ RESULTS = ROOT / "bench" / "results"
 # Measure the code of this checkout, not whatever version of `mes` happens to be installed.
 sys.path.insert(0, str(ROOT / "src"))
 
+from flask import Flask  # noqa: E402
 from sqlalchemy import create_engine, event, text  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
@@ -68,8 +69,9 @@ PG_SETTINGS = {"shared_buffers": "1GB", "max_wal_size": "8GB", "checkpoint_timeo
 # High enough that no measured request is ever rate limited.
 NO_LIMITS = {"standard": "10000000/minute", "bulk": "10000000/minute", "crm": "10000000/minute"}
 OPERATOR = ("bench-operator", "bench-password")
+LOAD_SEED = 1  # every database gets the same generator stream: the small one is the large one's start
 SHUFFLE_SEED = 20261126
-PAGES_FOLLOWED = 5  # "next page" scenarios start this many pages in
+PAGES_FOLLOWED = 5  # "deep"/"next" scenarios are this many pages in
 SERVER_TIMING = re.compile(r"\bapp;dur=([0-9.]+)")
 NEXT_LINK = re.compile(r'<a rel="next" href="([^"]+)"')
 ORDER_ROW = re.compile(r"data-order-id=")
@@ -79,12 +81,17 @@ class BenchError(RuntimeError):
     """The run would measure the wrong thing (an error page, a redirect to the login...)."""
 
 
-# --------------------------------------------------------------------------------------------- setup
+# --------------------------------------------------------------------------------------------- databases
 @dataclass
 class Database:
+    """One application database with the production privilege split: the owner migrates and
+    loads, the app role (which the app connects as) only reads and writes rows."""
+
     server: PostgresServer
-    owner_url: str  # migrations, loading, VACUUM, EXPLAIN
-    app_url: str  # what the app connects as: rows only, no DDL, like in production
+    size: int
+    owner_url: str
+    app_url: str
+    app_role: str
 
     @contextmanager
     def owner_engine(self, **kwargs) -> Iterator[Engine]:
@@ -95,6 +102,11 @@ class Database:
         finally:
             engine.dispose()
 
+    def settings(self) -> Settings:
+        return Settings(pools=("operator", "public"), database_url=self.app_url,
+                        migration_database_url=self.owner_url, app_db_role=self.app_role,
+                        secret_key="bench-secret", rate_limits=dict(NO_LIMITS), log_level="WARNING")
+
 
 @dataclass
 class Keys:
@@ -102,17 +114,19 @@ class Keys:
     crm: str
 
 
-def app_settings(db: Database) -> Settings:
-    return Settings(pools=("operator", "public"), database_url=db.app_url, migration_database_url=db.owner_url,
-                    app_db_role="mes_app", secret_key="bench-secret", rate_limits=dict(NO_LIMITS),
-                    log_level="WARNING")
+@dataclass
+class Loaded:
+    seconds: float
+    vacuum_seconds: float
 
 
-def prepare_database(server: PostgresServer) -> Database:
-    """The production privilege split: the owner migrates, the app role only reads and writes rows."""
-    owner_url, app_url = create_mes_database(server)
-    db = Database(server, owner_url, app_url)
-    upgrade(app_settings(db))
+def create_database(server: PostgresServer, size: int) -> Database:
+    """A migrated database of its own per size (roles are per cluster, so they are per size too)."""
+    tag = label(size).lower()
+    owner_url, app_url = create_mes_database(server, dbname=f"mes_{tag}", owner=(f"mes_owner_{tag}", "owner-pw"),
+                                             app=(f"mes_app_{tag}", "app-pw"))
+    db = Database(server, size, owner_url, app_url, app_role=f"mes_app_{tag}")
+    upgrade(db.settings())
     return db
 
 
@@ -121,7 +135,7 @@ def create_accounts(db: Database) -> Keys:
 
     They exist before the orders are loaded, so the operator holds some orders (the loader
     hands held orders to active operators) and the partner is one of the loader's partners
-    (it has its 1/25 share of the orders).
+    (it gets its 1/25 share of the orders).
     """
     with db.owner_engine() as engine, Session(engine) as session:
         accounts.create_operator(session, *OPERATOR)
@@ -130,30 +144,23 @@ def create_accounts(db: Database) -> Keys:
         return Keys(partner=partner.key, crm=crm.key)
 
 
-@dataclass
-class Growth:
-    added: int
-    load_seconds: float
-    vacuum_seconds: float
+def load(db: Database) -> Loaded:
+    """Load the orders with mes.demo.load_orders (COPY), then VACUUM ANALYZE and CHECKPOINT.
 
-
-def grow(db: Database, count: int, seed: int) -> Growth:
-    """Append `count` orders with mes.demo.load_orders (COPY), then VACUUM ANALYZE and CHECKPOINT.
-
-    The vacuum and checkpoint are there so that autovacuum and a checkpoint do not start in the
-    middle of the measurement: the table is measured in the steady state it reaches in production
-    minutes after a load, and their cost is reported apart from the load.
+    The vacuum and checkpoint are there so that neither autovacuum nor a checkpoint starts in
+    the middle of the measurement: the table is measured in the steady state it reaches in
+    production a few minutes after a load.  Their cost is reported apart from the load.
     """
     with db.owner_engine() as engine:
         started = time.perf_counter()
-        load_orders(engine, count, seed=seed, progress=_progress_printer(count, started))
-        load_seconds = time.perf_counter() - started
+        load_orders(engine, db.size, seed=LOAD_SEED, progress=_progress_printer(db.size, started))
+        seconds = time.perf_counter() - started
     started = time.perf_counter()
     with db.owner_engine(isolation_level="AUTOCOMMIT") as engine, engine.connect() as conn:
         conn.exec_driver_sql("VACUUM (ANALYZE) orders")
         conn.exec_driver_sql("VACUUM (ANALYZE) order_events")
     db.server.psql("CHECKPOINT;")  # superuser only: over the server's local socket
-    return Growth(count, load_seconds, time.perf_counter() - started)
+    return Loaded(seconds, time.perf_counter() - started)
 
 
 def _progress_printer(total: int, started: float) -> Callable[[int], None]:
@@ -171,7 +178,7 @@ def _progress_printer(total: int, started: float) -> Callable[[int], None]:
     return progress
 
 
-def table_sizes(db: Database) -> dict[str, int]:
+def table_facts(db: Database) -> dict[str, int]:
     with db.owner_engine() as engine, engine.connect() as conn:
         return {
             "orders": conn.scalar(text("SELECT count(*) FROM orders")),
@@ -183,7 +190,16 @@ def table_sizes(db: Database) -> dict[str, int]:
         }
 
 
-# --------------------------------------------------------------------------------------------- scenarios
+def existing_open_reference(db: Database) -> str:
+    """A reference an operator would search for: the newest order waiting in the queue."""
+    with db.owner_engine() as engine, engine.connect() as conn:
+        ref = conn.scalar(text("SELECT reference FROM orders WHERE status = 'queued' ORDER BY id DESC LIMIT 1"))
+    if ref is None:
+        raise BenchError("no queued order to search for")
+    return ref
+
+
+# --------------------------------------------------------------------------------------------- the app
 @dataclass
 class Scenario:
     """One kind of request; `urls` are cycled (several when it stands for "the next pages")."""
@@ -196,18 +212,32 @@ class Scenario:
 
 
 @dataclass
-class Clients:
-    operator: object  # Flask test client with the operator's session cookie
+class Target:
+    """One size under test: its database, an app on it, and the requests to time."""
+
+    db: Database
+    app: Flask
+    operator: object  # Flask test client holding the operator's session cookie
     api: object  # Flask test client without cookies: API calls carry a bearer key
+    scenarios: list[Scenario] = field(default_factory=list)
+
+    def client(self, scenario: Scenario):
+        return self.operator if scenario.as_operator else self.api
 
 
-def open_clients(app) -> Clients:
-    """Log the operator in through the real login form (CSRF is off in this app instance)."""
-    operator = app.test_client()
-    resp = operator.post("/operator/login", data={"login": OPERATOR[0], "password": OPERATOR[1]})
-    if resp.status_code != 302:
-        raise BenchError(f"operator login failed: HTTP {resp.status_code}")
-    return Clients(operator=operator, api=app.test_client())
+@contextmanager
+def open_target(db: Database) -> Iterator[Target]:
+    """An app on this database with the operator logged in through the real login form."""
+    app = create_app(db.settings())
+    app.config["WTF_CSRF_ENABLED"] = False  # for the login POST; the measured requests are GETs
+    try:
+        operator = app.test_client()
+        resp = operator.post("/operator/login", data={"login": OPERATOR[0], "password": OPERATOR[1]})
+        if resp.status_code != 302:
+            raise BenchError(f"operator login failed: HTTP {resp.status_code}")
+        yield Target(db, app, operator, app.test_client())
+    finally:
+        app.extensions["mes_engine"].dispose()
 
 
 def get_ok(client, url: str, headers: dict[str, str] | None = None):
@@ -242,28 +272,19 @@ def follow_api_pages(client, first_url: str, headers: dict[str, str], pages: int
     return urls
 
 
-def existing_open_reference(db: Database) -> str:
-    """A reference an operator would search for: the newest order waiting in the queue."""
-    with db.owner_engine() as engine, engine.connect() as conn:
-        ref = conn.scalar(text("SELECT reference FROM orders WHERE status = 'queued' ORDER BY id DESC LIMIT 1"))
-    if ref is None:
-        raise BenchError("no queued order to search for")
-    return ref
-
-
-def build_scenarios(db: Database, clients: Clients, keys: Keys) -> list[Scenario]:
-    """The requests to time.  Cursors depend on the data, so they are followed anew at each size."""
+def build_scenarios(target: Target, keys: Keys) -> list[Scenario]:
+    """The requests to time.  Cursors depend on the data, so they are followed in each database."""
     partner = {"Authorization": f"Bearer {keys.partner}"}
     crm = {"Authorization": f"Bearer {keys.crm}"}
-    deep = follow_queue_pages(clients.operator, "/operator/", PAGES_FOLLOWED)
+    deep = follow_queue_pages(target.operator, "/operator/", PAGES_FOLLOWED)
     if len(deep) < PAGES_FOLLOWED:
-        raise BenchError(f"the queue has fewer than {PAGES_FOLLOWED + 1} pages; load more orders")
-    ref = existing_open_reference(db)
+        raise BenchError(f"the queue has fewer than {PAGES_FOLLOWED + 1} pages; use a larger size")
+    ref = existing_open_reference(target.db)
 
     def api_next(headers: dict[str, str]) -> list[str]:
-        urls = follow_api_pages(clients.api, "/api/v1/orders", headers, PAGES_FOLLOWED)
+        urls = follow_api_pages(target.api, "/api/v1/orders", headers, PAGES_FOLLOWED)
         if not urls:
-            raise BenchError("the API list has a single page; load more orders")
+            raise BenchError("the API list has a single page; use a larger size")
         return urls
 
     n = PAGES_FOLLOWED + 1
@@ -272,16 +293,17 @@ def build_scenarios(db: Database, clients: Clients, keys: Keys) -> list[Scenario
         Scenario("queue_in_production", "GET /operator/?status=in_production",
                  ["/operator/?status=in_production"], True),
         Scenario("queue_overdue", "GET /operator/?overdue=1", ["/operator/?overdue=1"], True),
-        Scenario("queue_search", "GET /operator/?q=<existing reference>", [f"/operator/?{urlencode({'q': ref})}"],
-                 True),
-        Scenario("queue_deep_page", f"GET /operator/?after=... (page {n}, via Next links)", [deep[-1]], True),
+        Scenario("queue_search", "GET /operator/?q=<reference of an open order>",
+                 [f"/operator/?{urlencode({'q': ref})}"], True),
+        Scenario("queue_deep_page", f"GET /operator/?status=open&after=... (page {n}, via the Next links)",
+                 [deep[-1]], True),
         Scenario("api_partner_first", "GET /api/v1/orders, partner key", ["/api/v1/orders"], False, partner),
-        Scenario("api_partner_next", f"GET /api/v1/orders?cursor=..., partner key (pages 2-{n})",
+        Scenario("api_partner_next", f"GET /api/v1/orders?cursor=..., partner key (pages 2-{n} in turn)",
                  api_next(partner), False, partner),
         Scenario("api_partner_queued", "GET /api/v1/orders?status=queued, partner key",
                  ["/api/v1/orders?status=queued"], False, partner),
         Scenario("api_crm_first", "GET /api/v1/orders, crm key", ["/api/v1/orders"], False, crm),
-        Scenario("api_crm_next", f"GET /api/v1/orders?cursor=..., crm key (pages 2-{n})",
+        Scenario("api_crm_next", f"GET /api/v1/orders?cursor=..., crm key (pages 2-{n} in turn)",
                  api_next(crm), False, crm),
         Scenario("api_crm_queued", "GET /api/v1/orders?status=queued, crm key",
                  ["/api/v1/orders?status=queued"], False, crm),
@@ -297,17 +319,16 @@ class Timings:
 
 
 def rows_in(resp) -> int:
-    """Rows on the page, to show what was timed (an empty page is cheap at any size)."""
+    """Rows on the page, to show what was timed (a short page is cheaper at any size)."""
     if resp.mimetype == "application/json":
         return len(resp.get_json()["items"])
     return len(ORDER_ROW.findall(resp.get_data(as_text=True)))
 
 
-def timed_get(clients: Clients, scenario: Scenario, i: int) -> tuple[float, float, int]:
-    client = clients.operator if scenario.as_operator else clients.api
+def timed_get(target: Target, scenario: Scenario, i: int) -> tuple[float, float, int]:
     url = scenario.urls[i % len(scenario.urls)]
     started = time.perf_counter()
-    resp = get_ok(client, url, scenario.headers)
+    resp = get_ok(target.client(scenario), url, scenario.headers)
     wall = (time.perf_counter() - started) * 1000
     match = SERVER_TIMING.search(resp.headers.get("Server-Timing", ""))
     if match is None:
@@ -315,25 +336,25 @@ def timed_get(clients: Clients, scenario: Scenario, i: int) -> tuple[float, floa
     return float(match.group(1)), wall, rows_in(resp)
 
 
-def run_requests(clients: Clients, scenarios: list[Scenario], warmup: int, requests: int) -> dict[str, Timings]:
-    """Warm up, then round-robin: one request of every scenario per round, so that noise from
-    the machine (other processes, the page cache) spreads evenly over the scenarios.
+def run_requests(targets: list[Target], warmup: int, requests: int) -> dict[tuple[int, str], Timings]:
+    """Warm up, then rounds of one request per (size, scenario) pair, timed.
 
-    Each round is shuffled (with a fixed seed): in a fixed order, anything periodic in the
-    process (garbage collection, a timer thread) can line up with one scenario and inflate
-    only its p95, which a first version of this bench did.
+    Interleaving the sizes makes noise from the machine hit them alike.  Each round is shuffled
+    (with a fixed seed): in a fixed order, something periodic in the process (garbage
+    collection, a timer thread) lined up with the same two scenarios in a first version of
+    this bench and inflated only their p95.
     """
+    jobs = [(t, sc) for t in targets for sc in t.scenarios]
     for i in range(warmup):
-        for sc in scenarios:
-            timed_get(clients, sc, i)
-    timings = {sc.name: Timings() for sc in scenarios}
+        for target, sc in jobs:
+            timed_get(target, sc, i)
+    timings = {(t.db.size, sc.name): Timings() for t, sc in jobs}
     rng = random.Random(SHUFFLE_SEED)
-    order = list(scenarios)
     for i in range(requests):
-        rng.shuffle(order)
-        for sc in order:
-            server, wall, rows = timed_get(clients, sc, i)
-            t = timings[sc.name]
+        rng.shuffle(jobs)
+        for target, sc in jobs:
+            server, wall, rows = timed_get(target, sc, i)
+            t = timings[(target.db.size, sc.name)]
             t.server_ms.append(server)
             t.wall_ms.append(wall)
             t.rows.append(rows)
@@ -368,18 +389,18 @@ def captured_sql(engine: Engine) -> Iterator[list[tuple[str, object]]]:
         event.remove(engine, "before_cursor_execute", record)
 
 
-def explain(db: Database, app, clients: Clients, scenarios: list[Scenario]) -> list[dict]:
+def explain(target: Target) -> list[dict]:
     """EXPLAIN (ANALYZE, BUFFERS) of the exact SQL each scenario sends to the orders table.
 
     The statements are captured from the app's engine during one real request and replayed
     with their parameters inlined, so the plans are those of the app's queries, not of a
-    hand-written approximation.
+    hand-written approximation.  Run after the timing, on a warm cache, like the requests.
     """
     plans = []
-    with db.owner_engine() as owner:
-        for sc in scenarios:
-            with captured_sql(app.extensions["mes_engine"]) as seen:
-                timed_get(clients, sc, 0)
+    with target.db.owner_engine() as owner:
+        for sc in target.scenarios:
+            with captured_sql(target.app.extensions["mes_engine"]) as seen:
+                timed_get(target, sc, 0)
             with owner.connect() as conn:
                 cursor = conn.connection.dbapi_connection.cursor()
                 for statement, params in seen:
@@ -397,12 +418,14 @@ def explain(db: Database, app, clients: Clients, scenarios: list[Scenario]) -> l
 def plan_facts(plan: str) -> dict:
     """What the plan says about scaling: which indexes, any sequential scan of orders, any sort."""
     timing = re.search(r"Execution Time: ([0-9.]+) ms", plan)
+    buffers = re.search(r"Buffers: shared hit=(\d+)(?: read=(\d+))?", plan)  # the top node's: the total
     return {
         "indexes": sorted(set(re.findall(r"Index (?:Only )?Scan(?: Backward)? using (\w+)", plan))
                           | set(re.findall(r"Bitmap Index Scan on (\w+)", plan))),
         "seq_scan_on_orders": bool(re.search(r"Seq Scan on orders\b", plan)),
         "sort": "Sort Method" in plan,
         "rows_removed_by_filter": sum(int(n) for n in re.findall(r"Rows Removed by Filter: (\d+)", plan)),
+        "buffers": sum(int(n or 0) for n in buffers.groups()) if buffers else None,
         "execution_ms": float(timing.group(1)) if timing else None,
     }
 
@@ -413,66 +436,48 @@ def write_plans(path: Path, size: int, plans: list[dict]) -> None:
              ""]
     first_seen: dict[str, str] = {}
     for p in plans:
+        lines.append(f"-- ===== {p['scenario']}: GET {p['url']}")
         if p["sql"] in first_seen:  # e.g. the overdue count, which every queue page runs
-            lines += [f"-- ===== {p['scenario']}: GET {p['url']}",
-                      f"-- also runs the statement shown under {first_seen[p['sql']]} (same plan)", ""]
+            lines += [f"-- also runs the statement shown under {first_seen[p['sql']]} (same plan)", ""]
             continue
         first_seen[p["sql"]] = p["scenario"]
-        flags = [f"indexes: {', '.join(p['indexes']) or 'none'}"]
+        flags = [f"indexes: {', '.join(p['indexes']) or 'none'}", f"buffers: {p['buffers']}"]
         if p["seq_scan_on_orders"]:
             flags.append("SEQ SCAN ON ORDERS")
         if p["rows_removed_by_filter"]:
             flags.append(f"rows removed by filter: {p['rows_removed_by_filter']:,}")
-        lines += [f"-- ===== {p['scenario']}: GET {p['url']}", f"-- {'; '.join(flags)}", p["sql"] + ";", "",
-                  p["plan"], ""]
+        lines += [f"-- {'; '.join(flags)}", p["sql"] + ";", "", p["plan"], ""]
     write_atomically(path, "\n".join(lines))
 
 
-# --------------------------------------------------------------------------------------------- one size
-def measure_size(db: Database, keys: Keys, size: int, args) -> dict:
-    """A fresh app (own pool, own limiter state) against the database as it is now."""
-    app = create_app(app_settings(db))
-    app.config["WTF_CSRF_ENABLED"] = False  # the login POST only; the measured requests are GETs
-    try:
-        clients = open_clients(app)
-        scenarios = build_scenarios(db, clients, keys)
-        log(f"  {len(scenarios)} scenarios: {args.warmup} warm-up + {args.requests} timed requests each")
-        load_before = os.getloadavg()
-        started = time.perf_counter()
-        timings = run_requests(clients, scenarios, args.warmup, args.requests)
-        elapsed = time.perf_counter() - started
-        load_after = os.getloadavg()
-        plans = explain(db, app, clients, scenarios)
-        write_plans(RESULTS / f"plans-{label(size).lower()}.txt", size, plans)
-    finally:
-        app.extensions["mes_engine"].dispose()
-        limiter.reset()
+# --------------------------------------------------------------------------------------------- report
+def size_report(target: Target, loaded: Loaded, timings: dict[tuple[int, str], Timings], plans: list[dict]) -> dict:
+    size = target.db.size
     return {
-        "measure_seconds": round(elapsed, 1),
-        # 1-minute load average of the machine before and after: noise from other processes shows here.
-        "loadavg_1min": [round(load_before[0], 2), round(load_after[0], 2)],
+        "load_seconds": round(loaded.seconds, 1),
+        "vacuum_checkpoint_seconds": round(loaded.vacuum_seconds, 1),
+        "tables": table_facts(target.db),
         "scenarios": {sc.name: {"description": sc.description, "urls": sc.urls,
-                                "server_ms": summarize(timings[sc.name].server_ms),
-                                "wall_ms": summarize(timings[sc.name].wall_ms),
-                                "rows_per_page": max(timings[sc.name].rows)}
-                      for sc in scenarios},
+                                "server_ms": summarize(timings[(size, sc.name)].server_ms),
+                                "wall_ms": summarize(timings[(size, sc.name)].wall_ms),
+                                "rows_per_page": max(timings[(size, sc.name)].rows)}
+                      for sc in target.scenarios},
         "plans": [{k: v for k, v in p.items() if k not in ("plan", "sql")} for p in plans],
     }
 
 
-def compare(results: dict[int, dict], small: int, large: int) -> dict[str, dict]:
+def compare(sizes: dict[str, dict], small: int, large: int) -> dict[str, dict]:
     """p95(large)/p95(small) per scenario, and whether it meets the goal."""
     out = {}
-    for name, s in results[small]["scenarios"].items():
-        l = results[large]["scenarios"][name]
-        ratio = l["server_ms"]["p95"] / s["server_ms"]["p95"]
+    for name, s in sizes[str(small)]["scenarios"].items():
+        big = sizes[str(large)]["scenarios"][name]
+        ratio = big["server_ms"]["p95"] / s["server_ms"]["p95"]
         out[name] = {"p95_ratio": round(ratio, 2),
-                     "p50_ratio": round(l["server_ms"]["p50"] / s["server_ms"]["p50"], 2),
+                     "p50_ratio": round(big["server_ms"]["p50"] / s["server_ms"]["p50"], 2),
                      "meets_goal": ratio <= GOAL_RATIO}
     return out
 
 
-# --------------------------------------------------------------------------------------------- report
 def label(size: int) -> str:
     if size % 1_000_000 == 0:
         return f"{size // 1_000_000}M"
@@ -556,13 +561,16 @@ def log(message: str) -> None:
 
 # --------------------------------------------------------------------------------------------- main
 def parse_sizes(value: str) -> list[int]:
-    """"10000,1000000" or "10k,1m"; sorted, because the database only grows."""
+    """"10000,1000000" or "10k,1m", sorted: the first is the baseline of the ratio, the last is compared."""
     sizes = []
     for part in value.split(","):
         part = part.strip().lower().replace("_", "")
         scale = {"k": 1_000, "m": 1_000_000}.get(part[-1:], 1)
-        sizes.append(int(part.rstrip("km")) * scale)
-    if not sizes or min(sizes) <= 0:
+        try:
+            sizes.append(int(part.rstrip("km")) * scale)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a size: {part!r}") from None
+    if min(sizes) <= 0:
         raise argparse.ArgumentTypeError("sizes must be positive")
     return sorted(set(sizes))
 
@@ -570,9 +578,14 @@ def parse_sizes(value: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=parse_sizes, default=[10_000, 1_000_000],
-                        help="order counts to measure at, comma-separated (default: 10000,1000000)")
-    parser.add_argument("--requests", type=int, default=300, help="timed requests per scenario (default: 300)")
-    parser.add_argument("--warmup", type=int, default=50, help="untimed requests per scenario first (default: 50)")
+                        help="order counts, comma-separated; one database each (default: 10000,1000000)")
+    parser.add_argument("--requests", type=int, default=300,
+                        help="timed requests per scenario and size (default: 300)")
+    parser.add_argument("--warmup", type=int, default=50,
+                        help="untimed requests per scenario and size first (default: 50)")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="folder for the JSON and the plans (default: bench/results); "
+                             "point trial runs elsewhere so they do not replace the published results")
     return parser.parse_args(argv)
 
 
@@ -590,26 +603,34 @@ def run(args: argparse.Namespace) -> dict:
               "requests_per_scenario": args.requests, "warmup_per_scenario": args.warmup,
               "environment": environment(), "sizes": {}}
     log("starting a throwaway PostgreSQL")
-    with temporary_postgres(settings=PG_SETTINGS) as server:
-        log(f"  PostgreSQL in {server.datadir}, port {server.port} (removed at the end)")
-        db = prepare_database(server)
-        report["environment"]["postgres"] = postgres_version(db)
-        keys = create_accounts(db)
-        have = 0
-        for seed, size in enumerate(args.sizes, start=1):
-            log(f"growing the orders table from {have:,} to {size:,}")
-            growth = grow(db, size - have, seed=seed)
-            have = size
-            log(f"  loaded {growth.added:,} orders in {growth.load_seconds:.1f} s, "
-                f"VACUUM ANALYZE + CHECKPOINT {growth.vacuum_seconds:.1f} s; measuring at {size:,}")
-            result = {"loaded_orders": growth.added, "load_seconds": round(growth.load_seconds, 1),
-                      "vacuum_checkpoint_seconds": round(growth.vacuum_seconds, 1), "tables": table_sizes(db)}
-            result.update(measure_size(db, keys, size, args))
-            report["sizes"][str(size)] = result
-        report["load_seconds_total"] = round(sum(r["load_seconds"] for r in report["sizes"].values()), 1)
+    with temporary_postgres(settings=PG_SETTINGS) as server, ExitStack() as apps:
+        log(f"  data in {server.datadir}, port {server.port} (removed at the end)")
+        targets, loads = [], {}
+        for size in args.sizes:
+            log(f"loading {size:,} orders into a database of their own")
+            db = create_database(server, size)
+            keys = create_accounts(db)
+            loads[size] = load(db)
+            log(f"  {size:,} orders loaded in {loads[size].seconds:.1f} s "
+                f"(then VACUUM ANALYZE + CHECKPOINT {loads[size].vacuum_seconds:.1f} s)")
+            target = apps.enter_context(open_target(db))
+            target.scenarios = build_scenarios(target, keys)
+            targets.append(target)
+        report["environment"]["postgres"] = postgres_version(targets[0].db)
+        log(f"timing {len(targets)} sizes x {len(targets[0].scenarios)} scenarios, interleaved: "
+            f"{args.warmup} warm-up + {args.requests} timed requests each")
+        load_before, started = os.getloadavg()[0], time.perf_counter()
+        timings = run_requests(targets, args.warmup, args.requests)
+        report["measure_seconds"] = round(time.perf_counter() - started, 1)
+        # The machine's 1-minute load average before and after: noise from other processes shows here.
+        report["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        for target in targets:
+            plans = explain(target)
+            write_plans(args.out / f"plans-{label(target.db.size).lower()}.txt", target.db.size, plans)
+            report["sizes"][str(target.db.size)] = size_report(target, loads[target.db.size], timings, plans)
+        limiter.reset()
     if len(args.sizes) > 1:
-        report["comparison"] = compare({int(k): v for k, v in report["sizes"].items()},
-                                       args.sizes[0], args.sizes[-1])
+        report["comparison"] = compare(report["sizes"], args.sizes[0], args.sizes[-1])
         report["goal_met"] = all(c["meets_goal"] for c in report["comparison"].values())
     report["finished"] = now_iso()
     return report
@@ -623,12 +644,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted; the temporary PostgreSQL was stopped and removed")
         return 130
-    write_atomically(RESULTS / "queue_bench.json", json.dumps(report, indent=2) + "\n")
+    write_atomically(args.out / "queue_bench.json", json.dumps(report, indent=2) + "\n")
     print(markdown_tables(report))
     if "goal_met" in report:
-        print(f"\nGoal (p95 ratio <= {GOAL_RATIO}): {'met' if report['goal_met'] else 'MISSED'}")
-    print(f"Orders loaded in {report['load_seconds_total']:.0f} s in total; details in "
-          f"{os.path.relpath(RESULTS / 'queue_bench.json')}")
+        print(f"\nGoal (p95 ratio <= {GOAL_RATIO} in every scenario): {'met' if report['goal_met'] else 'MISSED'}")
+    for size, r in report["sizes"].items():
+        print(f"{int(size):,} orders loaded in {r['load_seconds']:.0f} s")
+    print(f"Details: {os.path.relpath(args.out / 'queue_bench.json')}")
     return 0
 
 

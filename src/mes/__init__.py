@@ -4,10 +4,12 @@ from __future__ import annotations
 from flask import Flask, jsonify, redirect, url_for
 
 from .config import Settings
+from .consistency import WriteTracker
 from .errors import register_error_handlers
 from .extensions import csrf, limiter, login_manager
 from .logs import configure_logging, init_request_logging
 from .metrics import init_metrics
+from .status_cache import StatusCache, make_redis
 from .web import RowIdConverter, init_db
 
 
@@ -24,6 +26,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         SESSION_COOKIE_SECURE=cfg.session_cookie_secure,
         SESSION_COOKIE_NAME=f"mes_{'_'.join(cfg.pools)}_session",
         RATELIMIT_STORAGE_URI=cfg.redis_url or "memory://",
+        # Redis down must not turn into 5xx: count in memory until it is back.
+        RATELIMIT_SWALLOW_ERRORS=True,
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
         RATELIMIT_STRATEGY="moving-window",
         RATELIMIT_KEY_PREFIX="mes",
         WTF_CSRF_TIME_LIMIT=None,  # valid for the session: operators leave pages open for hours
@@ -33,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.converters["id"] = RowIdConverter
     configure_logging(cfg.log_level)
     init_db(app, cfg, pool)
+    init_caches(app, cfg)
     init_request_logging(app, pool)  # first, so that every later hook and error has a request id
     register_blueprints(app, cfg.pools)  # before the limiter: the API authenticates first
     register_extensions(app)
@@ -60,6 +66,14 @@ def register_blueprints(app: Flask, pools: tuple[str, ...]) -> None:
         if "operator" in pools:
             return redirect(url_for("operator.queue"))
         return jsonify(service="mes", api="/api/v1", openapi="/api/v1/openapi.yaml")
+
+
+def init_caches(app: Flask, cfg: Settings) -> None:
+    """The status cache and the read-your-writes tracker share one Redis client (none on SQLite)."""
+    client = make_redis(cfg.redis_url)
+    app.extensions["mes_status_cache"] = StatusCache(client, ttl=cfg.status_cache_ttl)
+    app.extensions["mes_write_tracker"] = WriteTracker(
+        client, enabled=cfg.read_your_writes and not cfg.is_sqlite)
 
 
 def register_extensions(app: Flask) -> None:

@@ -37,6 +37,9 @@ class Settings:
     db_application_name: str | None = None
     db_pool_size: int = 5
     redis_url: str | None = None
+    status_cache_ttl: int = 86400
+    # Behind Pgpool-II with replicas: an actor's reads go to the primary until its write is replicated.
+    read_your_writes: bool = False
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
     promise_lead_days: int = 21
     max_body_bytes: int = 64 * 1024
@@ -72,6 +75,8 @@ class Settings:
             db_application_name=_env("MES_DB_APPLICATION_NAME"),
             db_pool_size=int(_env("MES_DB_POOL_SIZE", "5")),
             redis_url=_env("REDIS_URL"),
+            status_cache_ttl=int(_env("MES_STATUS_CACHE_TTL", "86400")),
+            read_your_writes=_env("MES_READ_YOUR_WRITES", "0") == "1",
             secret_key=secret or defaults.secret_key,
             promise_lead_days=int(_env("MES_PROMISE_LEAD_DAYS", "21")),
             max_body_bytes=int(_env("MES_MAX_BODY_BYTES", str(defaults.max_body_bytes))),

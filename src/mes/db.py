@@ -29,14 +29,37 @@ def make_engine(url: str, *, application_name: str | None = None, pool_size: int
 
         return engine
     connect_args = {"application_name": application_name} if application_name else {}
-    return create_engine(
+    engine = create_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
         pool_recycle=1800, connect_args=connect_args,
     )
 
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _primary_hint(conn, cursor, statement, parameters, context, executemany):
+        # Pgpool-II sends a statement that starts with this comment to the primary, never to a
+        # replica; without pgpool the comment is harmless.
+        if conn.info.get("primary"):
+            statement = PRIMARY_HINT + statement
+        return statement, parameters
+
+    @event.listens_for(engine, "checkin")
+    def _forget_route(dbapi_conn, record):
+        record.info.pop("primary", None)
+
+    return engine
+
+
+PRIMARY_HINT = "/*NO LOAD BALANCE*/ "
+
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    factory = sessionmaker(engine, expire_on_commit=False)
+
+    @event.listens_for(factory, "after_begin")
+    def _route(session, transaction, connection):
+        connection.info["primary"] = bool(session.info.get("primary"))
+
+    return factory
 
 
 def begin_write(session: Session) -> None:
@@ -48,4 +71,14 @@ def begin_write(session: Session) -> None:
     """
     if session.in_transaction():
         session.commit()
+    # Reads inside a write transaction (idempotency lookup, row lock) must see the primary's data.
+    session.info["primary"] = True
     session.connection(execution_options={"write_intent": True})
+
+
+def use_primary(session: Session) -> None:
+    """Send this session's reads to the primary from its next transaction on (they must see a fresh write)."""
+    if not session.info.get("primary"):
+        session.info["primary"] = True
+        if session.in_transaction():
+            session.commit()

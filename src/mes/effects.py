@@ -1,17 +1,57 @@
-"""What follows a committed change: the business metrics (and, later, caches). One place, so
-that the API and the operator UI cannot drift apart in what they report."""
+"""What follows a committed change, before it is acknowledged: the status cache (write-through),
+the read-your-writes marker, and the business metrics. One place, so that the API and the
+operator UI cannot drift apart."""
 from __future__ import annotations
 
+from flask import current_app, g
+
+from .consistency import WriteTracker
 from .domain.lifecycle import Status
 from .metrics import business_metrics
+from .models import Order, iso
 from .services.orders import StatusChanged
+from .status_cache import StatusCache, StatusEntry
+from .web import db_session
 
 
-def order_created() -> None:
+def status_cache() -> StatusCache:
+    return current_app.extensions["mes_status_cache"]
+
+
+def write_tracker() -> WriteTracker:
+    return current_app.extensions["mes_write_tracker"]
+
+
+def actor_key() -> str:
+    return f"{g.actor.kind}:{g.actor.id}"
+
+
+def cache_entry(order: Order) -> StatusEntry:
+    return StatusEntry(id=order.id, partner_id=order.partner_id, status=order.status,
+                       status_version=order.status_version, updated_at=iso(order.updated_at))
+
+
+def order_created(body: dict) -> None:
+    """`body` is the API's representation of the new order (what the client is answered)."""
+    status_cache().put(StatusEntry(id=body["id"], partner_id=body["partner_id"], status=body["status"],
+                                   status_version=body["status_version"], updated_at=body["updated_at"]))
+    write_tracker().remember(db_session(), actor_key())
     metrics = business_metrics()
     metrics.orders_received.inc()
     metrics.transitions.labels(from_status="none", to_status=Status.RECEIVED.value).inc()
 
 
 def status_changed(change: StatusChanged) -> None:
+    status_cache().put(cache_entry(change.order))
+    write_tracker().remember(db_session(), actor_key())
     business_metrics().transitions.labels(from_status=change.previous.value, to_status=change.order.status).inc()
+
+
+def holder_changed() -> None:
+    """A claim or release: no status change, but the actor's next page must show it."""
+    write_tracker().remember(db_session(), actor_key())
+
+
+def route_reads() -> None:
+    """Before a request's reads: the primary for an actor whose last write is not replicated yet."""
+    write_tracker().route(db_session(), actor_key())

@@ -27,6 +27,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def iso(ts: datetime) -> str:
+    """RFC 3339 in UTC with a Z, as the API shows timestamps."""
+    return ts.isoformat().replace("+00:00", "Z")
+
+
 class UTCDateTime(TypeDecorator):
     """Timezone-aware UTC datetimes on both backends (SQLite keeps no zone, so we store UTC)."""
 

@@ -1,14 +1,8 @@
 """JSON representations of orders and events, as the OpenAPI document describes them."""
 from __future__ import annotations
 
-from datetime import datetime
-
 from ..domain.priority import Priority
-from ..models import Order, OrderEvent
-
-
-def iso(ts: datetime) -> str:
-    return ts.isoformat().replace("+00:00", "Z")
+from ..models import Order, OrderEvent, iso
 
 
 def order_json(order: Order) -> dict:
@@ -29,10 +23,6 @@ def order_json(order: Order) -> dict:
         "updated_at": iso(order.updated_at),
         "links": {"self": base, "status": f"{base}/status"},
     }
-
-
-def status_json(order_id: int, status: str, version: int, updated_at: datetime) -> dict:
-    return {"id": order_id, "status": status, "status_version": version, "updated_at": iso(updated_at)}
 
 
 def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:

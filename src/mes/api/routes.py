@@ -11,13 +11,17 @@ from flask import Response, g, jsonify, request, url_for
 from ..domain.errors import BadQuery
 from ..domain.idempotency import check_key, fingerprint
 from ..domain.lifecycle import Status
-from ..effects import order_created, status_changed
+from ..db import use_primary
+from ..domain.actors import OrderFacts, sees_order
+from ..domain.errors import NotFound
+from ..effects import cache_entry, order_created, route_reads, status_cache, status_changed
+from ..status_cache import StatusEntry
 from ..extensions import limiter
 from ..services import cursors
 from ..services import orders as svc
 from ..web import db_session, settings
 from . import bp
-from .render import etag, event_json, order_json, status_json
+from .render import etag, event_json, order_json
 from .schemas import CancelRequest, OrderCreate, json_body, validate
 
 OPENAPI_TEXT = files("mes.api").joinpath("openapi.yaml").read_text()
@@ -37,6 +41,12 @@ def _documented_query_params(spec: dict) -> dict[tuple[str, str], set[str]]:
 
 
 QUERY_PARAMS = _documented_query_params(OPENAPI)
+
+
+@bp.before_request
+def route_reads_of_recent_writers():
+    if g.get("actor") is not None:
+        route_reads()
 
 
 @bp.before_request
@@ -90,7 +100,7 @@ def create_order():
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     else:
-        order_created()
+        order_created(result.body)
     return response
 
 
@@ -139,15 +149,30 @@ def get_order(order_id: int):
 
 @bp.get("/orders/<id:order_id>/status")
 def get_status(order_id: int):
-    """Small and cheap: partners and the CRM poll this, so it answers 304 when nothing changed."""
-    order = svc.get_order(db_session(), g.actor, order_id)
-    tag = etag(order.id, order.status_version)
+    """Small and cheap: served from the write-through cache, 304 when nothing changed."""
+    entry = current_status(order_id)
+    tag = etag(entry.id, entry.status_version)
     if request.if_none_match.contains(tag):
         response = Response(status=304)
     else:
-        response = jsonify(status_json(order.id, order.status, order.status_version, order.updated_at))
+        response = jsonify({"id": entry.id, "status": entry.status, "status_version": entry.status_version,
+                            "updated_at": entry.updated_at})
     response.set_etag(tag)
     return response
+
+
+def current_status(order_id: int) -> StatusEntry:
+    """From the cache; a miss reads the primary (a replica may lag) and fills the cache."""
+    cache = status_cache()
+    entry = cache.get(order_id)
+    if entry is None:
+        session = db_session()
+        use_primary(session)
+        entry = cache_entry(svc.get_order(session, g.actor, order_id))
+        cache.put(entry)
+    elif not sees_order(g.actor, OrderFacts(Status(entry.status), entry.partner_id, None)):
+        raise NotFound(f"Order {order_id} does not exist.")
+    return entry
 
 
 @bp.post("/orders/<id:order_id>/cancel")

@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 from flask import flash, g, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
+from ..effects import route_reads
 from ..extensions import limiter, login_manager
 from ..models import Operator
 from ..services.accounts import check_operator_login, operator_actor
@@ -42,6 +43,7 @@ class OperatorUser:
 def _set_actor():
     if current_user.is_authenticated:
         g.actor = current_user.actor
+        route_reads()
 
 
 def _login_throttle_key() -> str:

@@ -9,7 +9,7 @@ from ..domain.errors import DomainError, ValidationFailed
 from ..domain.lifecycle import ACTION_LABELS, OPEN_STATUSES, Status, is_rework
 from ..domain.priority import Priority
 from ..domain.promises import is_overdue
-from ..effects import status_changed
+from ..effects import holder_changed, status_changed
 from ..services import orders as svc
 from ..web import db_session, today
 from . import bp
@@ -77,6 +77,7 @@ def _act(order_id: int, action) -> object:
 def claim(order_id: int):
     def take():
         svc.claim(db_session(), g.actor, order_id)
+        holder_changed()
         return f"You hold order {order_id} now."
 
     return _act(order_id, take)
@@ -87,6 +88,7 @@ def claim(order_id: int):
 def release(order_id: int):
     def give_back():
         svc.release(db_session(), g.actor, order_id)
+        holder_changed()
         return f"Order {order_id} is back in the pool."
 
     return _act(order_id, give_back)

@@ -1,0 +1,79 @@
+"""`mes_topology` for one machine: every component on loopback, ports from stack/local.yml or
+MES_PORT_<NAME>, folders under the state folder."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from .base import GROUP_VARS, LOCAL_LAYOUT, Ctx, load_secrets
+
+TOPOLOGIES = ("split", "single")
+
+
+def pg_bindir() -> str:
+    try:
+        return subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "/usr/lib/postgresql/15/bin"
+
+
+def ports() -> dict[str, int]:
+    layout = yaml.safe_load(LOCAL_LAYOUT.read_text())
+    return {name: int(os.environ.get(f"MES_PORT_{name.upper()}", port)) for name, port in layout["ports"].items()}
+
+
+def build(state: Path, topology: str = "split") -> dict:
+    if topology not in TOPOLOGIES:
+        raise SystemExit(f"TOPOLOGY must be one of {TOPOLOGIES}, not {topology!r}")
+    host = yaml.safe_load(LOCAL_LAYOUT.read_text())["host"]
+    p = ports()
+    single = topology == "single"
+    app = lambda name: {"name": name, "host": host, "port": p[name]}  # noqa: E731
+    nodes = [{"id": 0, "name": "pg0", "host": host, "port": p["pg0"], "data_dir": str(state / "pg0" / "data"),
+              "exporter_port": p["pg0_exporter"]}]
+    if not single:
+        nodes.append({"id": 1, "name": "pg1", "host": host, "port": p["pg1"],
+                      "data_dir": str(state / "pg1" / "data"), "exporter_port": p["pg1_exporter"]})
+    return {
+        "single": single,
+        "pg_bindir": pg_bindir(),
+        "pg_nodes": nodes,
+        "pgpool": {"host": host, "port": p["pgpool"], "pcp_port": p["pgpool_pcp"], "dir": str(state / "pgpool")},
+        "redis": {"host": host, "port": p["redis"], "dir": str(state / "redis"), "exporter_port": p["redis_exporter"]},
+        "app_operator": [] if single else [app("operator1"), app("operator2")],
+        "app_public": [] if single else [app("public1"), app("public2")],
+        "app_single": [app("single1")] if single else [],
+        "haproxy": {"bind": host, "public_port": p["public"], "operator_port": p["operator"],
+                    "stats_port": p["haproxy_stats"], "dir": str(state / "haproxy")},
+        "prometheus": {"host": host, "port": p["prometheus"], "dir": str(state / "prometheus")},
+        "node_exporters": [{"name": "local", "host": host, "port": p["node_exporter"]}],
+        "fence": "local",
+    }
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("MES_STACK_DIR") or Path.cwd() / "var" / "stack").resolve()
+
+
+def make_ctx(topology: str | None = None) -> Ctx:
+    """The context of this machine's stack; the topology is remembered from the first `up`."""
+    state = state_dir()
+    remembered = state / "topology"
+    if topology is None:
+        topology = remembered.read_text().strip() if remembered.exists() else "split"
+    elif remembered.exists() and remembered.read_text().strip() != topology:
+        raise SystemExit(f"The stack in {state} is the {remembered.read_text().strip()!r} topology; "
+                         f"run `make down` and `make reset` before switching to {topology!r}.")
+    settings = yaml.safe_load(GROUP_VARS.read_text())
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o755)
+    variables = {**settings, "mes_topology": build(state, topology), "mes_secrets": load_secrets(state)}
+    return Ctx(state=state, vars=variables)
+
+
+def wipe(ctx: Ctx) -> None:
+    shutil.rmtree(ctx.state)
