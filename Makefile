@@ -1,5 +1,6 @@
-# The MES order service. `make dev` runs it on an embedded SQLite; `make test` runs every test.
-# Both work on a fresh Debian 12 machine as root: missing Debian packages and the virtualenv are installed first.
+# The MES order service. `make up` runs the whole topology on this machine; `make test` runs every test;
+# `make dev` runs the app alone on an embedded SQLite. All work on a fresh Debian 12 machine as root:
+# missing Debian packages and the virtualenv are installed first.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -8,12 +9,15 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 5000
 DEV_DB := var/mes.db
-# Debian packages the tests need: PostgreSQL 15 and Redis (started by the tests in temporary folders),
-# Chromium for the browser test, and venv support for Debian's own Python.
-TEST_PACKAGES := postgresql-15 chromium python3-venv redis-server
+TOPOLOGY ?= split
+# Debian packages of the topology (`make up`); the tests start the same programs in temporary
+# folders, and drive the operator UI in Chromium.
+STACK_PACKAGES := python3-venv postgresql-15 pgpool2 haproxy redis-server prometheus \
+	prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter wrk
+TEST_PACKAGES := $(STACK_PACKAGES) chromium
 DEV_PACKAGES := python3-venv
 
-.PHONY: dev test test-fast bench venv packages-dev packages-test clean
+.PHONY: up down status reset dev test test-fast bench venv packages-dev packages-test packages-stack clean
 
 define ensure_packages
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -29,6 +33,9 @@ packages-dev:
 packages-test:
 	$(call ensure_packages,$(TEST_PACKAGES))
 
+packages-stack:
+	$(call ensure_packages,$(STACK_PACKAGES))
+
 $(BIN)/activate: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -37,6 +44,19 @@ $(BIN)/activate: requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 venv: $(BIN)/activate
+
+## The whole topology as processes on loopback (TOPOLOGY=single: the "before" topology).
+up: packages-stack venv
+	$(BIN)/python -m stack up --topology $(TOPOLOGY)
+
+down: venv
+	$(BIN)/python -m stack down
+
+status: venv
+	$(BIN)/python -m stack status
+
+reset: venv
+	$(BIN)/python -m stack reset
 
 ## Run both pools on http://127.0.0.1:5000 with SQLite, a demo operator and demo API keys.
 dev: packages-dev venv

@@ -8,7 +8,7 @@ range (keyset pagination) and no request to count the whole table.
 
 One throwaway PostgreSQL holds one database per size, each loaded from scratch with
 mes.demo.load_orders.  Both are measured in the same interleaved, shuffled sequence of
-requests, so a burst of noise on this (shared, 2-core) machine hits both sizes alike instead of
+requests, so a burst of noise on a shared machine hits both sizes alike instead of
 whichever size happened to be measured at that moment; the ratio compares like with like.  The
 server is always stopped and its folder deleted, also on Ctrl-C, SIGTERM or an error.
 

@@ -130,9 +130,10 @@ def _env(extra: dict | None) -> dict:
 
 
 def as_user(argv: list[str], user: str | None) -> list[str]:
-    """Run as another system user when we are root (PostgreSQL refuses to run as root)."""
+    """Run as another system user when we are root (PostgreSQL refuses to run as root). setpriv
+    execs the program, so the pid we record is the program's own and our signals reach it."""
     if user and os.geteuid() == 0 and user != "root":
-        return ["runuser", "-u", user, "--", *argv]
+        return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *argv]
     return list(argv)
 
 

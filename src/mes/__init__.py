@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify, redirect, url_for
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import Settings
 from .consistency import WriteTracker
@@ -35,6 +36,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.extensions["mes_settings"] = cfg
+    if cfg.trusted_proxies:
+        # The client's address for login throttling and logs, as HAProxy saw it.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=cfg.trusted_proxies, x_proto=cfg.trusted_proxies)
     app.url_map.converters["id"] = RowIdConverter
     configure_logging(cfg.log_level)
     init_db(app, cfg, pool)

@@ -51,6 +51,8 @@ class Settings:
     login_limit: str = "5/minute"
     session_cookie_secure: bool = False
     log_level: str = "INFO"
+    # How many proxies (HAProxy) stand in front and set X-Forwarded-For; 0 when clients connect directly.
+    trusted_proxies: int = 0
 
     @property
     def is_sqlite(self) -> bool:
@@ -59,9 +61,9 @@ class Settings:
     @classmethod
     def from_env(cls) -> "Settings":
         defaults = cls()
-        limits = dict(defaults.rate_limits)
-        for tier in list(limits):
-            limits[tier] = _env(f"MES_RATE_LIMIT_{tier.upper()}", limits[tier])
+        limits = dict(defaults.rate_limits)  # tiers beyond these come from MES_RATE_LIMIT_<TIER>
+        limits.update({name.removeprefix("MES_RATE_LIMIT_").lower(): value for name, value in os.environ.items()
+                       if name.startswith("MES_RATE_LIMIT_") and value})
         secret = _env("SECRET_KEY")
         database_url = _env("DATABASE_URL", defaults.database_url)
         if secret is None and not database_url.startswith("sqlite"):
@@ -86,4 +88,5 @@ class Settings:
             login_limit=_env("MES_LOGIN_LIMIT", defaults.login_limit),
             session_cookie_secure=_env("MES_SECURE_COOKIES", "0") == "1",
             log_level=_env("LOG_LEVEL", "INFO"),
+            trusted_proxies=int(_env("MES_TRUSTED_PROXIES", "0")),
         )

@@ -128,6 +128,7 @@ class Order(Base):
         Index("ix_orders_promised_queue", "promised_date", "priority", "id"),
         # The API's listings: by last change, per partner and for the CRM.
         Index("ix_orders_partner_updated", "partner_id", "updated_at", "id"),
+        Index("ix_orders_partner_status_updated", "partner_id", "status", "updated_at", "id"),
         Index("ix_orders_updated", "updated_at", "id"),
         Index("ix_orders_status_updated", "status", "updated_at", "id"),
         Index("ix_orders_reference", "reference"),

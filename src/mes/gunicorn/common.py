@@ -16,7 +16,8 @@ def env_int(name: str, default: int) -> int:
 
 def metrics_dir(pool: str) -> str:
     """Where workers write metric samples; set before any worker imports prometheus_client."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(tempfile.gettempdir(), f"mes-{pool}-metrics")
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(
+        tempfile.gettempdir(), f"mes-{pool.replace(',', '+')}-metrics")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     return path
 
@@ -63,7 +64,7 @@ def pool_settings(pool: str, *, bind: str, timeout: int, workers: int) -> dict:
         "keepalive": env_int("GUNICORN_KEEPALIVE", 5),
         "max_requests": env_int("GUNICORN_MAX_REQUESTS", 5000),
         "max_requests_jitter": env_int("GUNICORN_MAX_REQUESTS", 5000) // 10,
-        "proc_name": f"mes-{pool}",
+        "proc_name": f"mes-{pool.replace(',', '+')}",
         "pidfile": os.environ.get("GUNICORN_PIDFILE") or None,
         "accesslog": None,  # the app logs one JSON line per request itself
         "logconfig_dict": LOGCONFIG,

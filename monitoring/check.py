@@ -1,0 +1,146 @@
+"""Check the monitoring configuration: `python monitoring/check.py` (jinja2 and pyyaml, promtool on PATH).
+
+1. renders prometheus.yml.j2 for the split and the single topology the way the local stack does
+   (plain Jinja2, StrictUndefined, trim_blocks/lstrip_blocks, `to_json`), with group_vars and the
+   topology of stack/topology.py (the contract's example when that cannot be imported), copies
+   rules/ next to it and runs `promtool check config`;
+2. `promtool check rules rules/*.yml`;
+3. `promtool test rules tests/*.yml`;
+4. lints the rules: every alert has `severity` (warning|critical) and `component` labels, `summary`,
+   `description` and a `runbook_url` whose anchor is a heading of runbooks.md; every alert name has a
+   warning rule; and lists the alerts no test mentions.
+Exits non-zero on the first failing step.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jinja2
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+CONTRACT_EXAMPLE = {  # stack/CONTRACT.md
+    "single": False,
+    "pg_bindir": "/usr/lib/postgresql/15/bin",
+    "pg_nodes": [
+        {"id": 0, "name": "pg0", "host": "127.0.0.1", "port": 5433, "data_dir": "/x/pg0/data", "exporter_port": 9187},
+        {"id": 1, "name": "pg1", "host": "127.0.0.1", "port": 5434, "data_dir": "/x/pg1/data", "exporter_port": 9188},
+    ],
+    "pgpool": {"host": "127.0.0.1", "port": 9999, "pcp_port": 9898, "dir": "/x/pgpool"},
+    "redis": {"host": "127.0.0.1", "port": 6380, "dir": "/x/redis", "exporter_port": 9121},
+    "app_operator": [{"name": "operator1", "host": "127.0.0.1", "port": 8101},
+                     {"name": "operator2", "host": "127.0.0.1", "port": 8102}],
+    "app_public": [{"name": "public1", "host": "127.0.0.1", "port": 8201},
+                   {"name": "public2", "host": "127.0.0.1", "port": 8202}],
+    "app_single": [],
+    "haproxy": {"bind": "127.0.0.1", "public_port": 8080, "operator_port": 8081, "stats_port": 8404, "dir": "/x/haproxy"},
+    "prometheus": {"host": "127.0.0.1", "port": 9090, "dir": "/x/prometheus"},
+    "node_exporters": [{"name": "local", "host": "127.0.0.1", "port": 9100}],
+    "fence": "local",
+}
+
+
+def topology(kind: str, state: Path) -> dict:
+    try:
+        sys.dont_write_bytecode = True  # no __pycache__ left in stack/
+        sys.path.insert(0, str(ROOT))
+        from stack.topology import build  # the local stack's own topology
+        return build(state, kind)
+    except Exception as exc:  # noqa: BLE001 - fall back to the contract's example
+        print(f"  (stack.topology not usable: {exc}; using the contract's example)")
+        topo = json.loads(json.dumps(CONTRACT_EXAMPLE))
+        if kind == "single":
+            topo.update(single=True, pg_nodes=topo["pg_nodes"][:1], app_operator=[], app_public=[],
+                        app_single=[{"name": "single1", "host": "127.0.0.1", "port": 8301}])
+        return topo
+
+
+def render(kind: str, out: Path) -> Path:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROOT)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["to_json"] = json.dumps
+    env.filters["to_nice_yaml"] = lambda v: yaml.safe_dump(v, default_flow_style=False, sort_keys=False)
+    settings = yaml.safe_load((ROOT / "ansible/group_vars/all/main.yml").read_text())
+    folder = out / kind
+    folder.mkdir(parents=True)
+    text = env.get_template("monitoring/prometheus.yml.j2").render(
+        **settings, mes_topology=topology(kind, out / "state"), mes_secrets={})
+    (folder / "prometheus.yml").write_text(text)
+    shutil.copytree(HERE / "rules", folder / "rules")
+    jobs = [job["job_name"] for job in yaml.safe_load(text)["scrape_configs"]]
+    print(f"  {kind}: jobs {', '.join(jobs)}")
+    return folder / "prometheus.yml"
+
+
+def run(*argv: str) -> None:
+    print("$", " ".join(argv))
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    output = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0:
+        print(output)
+        sys.exit(f"FAILED: {' '.join(argv)}")
+    print("  ok")
+
+
+def github_anchor(heading: str) -> str:
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def lint() -> None:
+    anchors = {github_anchor(line[3:]) for line in (HERE / "runbooks.md").read_text().splitlines()
+               if line.startswith("## ")}
+    tests_text = "\n".join(p.read_text() for p in sorted((HERE / "tests").glob("*.yml")))
+    problems, alerts = [], {}
+    for path in sorted((HERE / "rules").glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "alert" not in rule:
+                    continue
+                name, labels, ann = rule["alert"], rule.get("labels", {}), rule.get("annotations", {})
+                alerts.setdefault(name, set()).add(labels.get("severity"))
+                where = f"{path.name}: {name}"
+                if labels.get("severity") not in ("warning", "critical"):
+                    problems.append(f"{where}: severity must be warning or critical")
+                if not labels.get("component"):
+                    problems.append(f"{where}: no component label")
+                for key in ("summary", "description", "runbook_url"):
+                    if not ann.get(key):
+                        problems.append(f"{where}: no {key} annotation")
+                url = ann.get("runbook_url", "")
+                if not url.startswith("monitoring/runbooks.md#") or url.split("#", 1)[1] not in anchors:
+                    problems.append(f"{where}: runbook_url {url!r} has no heading in runbooks.md")
+    for name, severities in alerts.items():
+        if "warning" not in severities:
+            problems.append(f"{name}: no warning rule")
+    untested = sorted(n for n in alerts if not re.search(rf"alertname: {re.escape(n)}\b", tests_text))
+    print(f"  {len(alerts)} alerts, {len(alerts) - len(untested)} covered by tests"
+          + (f"; untested: {', '.join(untested)}" if untested else ""))
+    if problems:
+        print("\n".join("  " + p for p in problems))
+        sys.exit("FAILED: lint")
+    print("  ok")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="mes-monitoring-") as tmp:
+        print("render and check the Prometheus configuration")
+        for kind in ("split", "single"):
+            run("promtool", "check", "config", str(render(kind, Path(tmp))))
+    rules = sorted(str(p.relative_to(ROOT)) for p in (HERE / "rules").glob("*.yml"))
+    tests = sorted(str(p.relative_to(ROOT)) for p in (HERE / "tests").glob("*.yml"))
+    run("promtool", "check", "rules", *rules)
+    run("promtool", "test", "rules", *tests)
+    print("lint the alerts")
+    lint()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""`python -m stack up|down|status|reset`: the topology as processes on this machine."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from . import dbtier
+from .base import Ctx, StackError
+from .services import AppInstance, HAProxy, NodeExporter, Prometheus, Redis, RedisExporter
+from .topology import make_ctx, wipe
+
+DEMO_ORDERS = 2000
+
+
+def components(ctx: Ctx) -> list:
+    """In start order; `down` goes in reverse."""
+    t = ctx.vars["mes_topology"]
+    nodes = [dbtier.PostgresNode(n) for n in t["pg_nodes"]]
+    exporters = [dbtier.PostgresExporter(n) for n in t["pg_nodes"]]
+    urls = dbtier.database_urls(ctx)
+    if t["single"]:
+        apps = [AppInstance("single", i, urls["app_direct"], None) for i in t["app_single"]]
+        return [*nodes, *exporters, NodeExporter(), *apps, HAProxy(), Prometheus()]
+    redis_url = f"redis://{t['redis']['host']}:{t['redis']['port']}/0"
+    apps = [AppInstance("operator", i, urls["app"], redis_url) for i in t["app_operator"]]
+    apps += [AppInstance("public", i, urls["app"], redis_url) for i in t["app_public"]]
+    return [*nodes, dbtier.Pgpool(), Redis(), *exporters, RedisExporter(), NodeExporter(), *apps, HAProxy(),
+            Prometheus()]
+
+
+def mes(ctx: Ctx, *args: str) -> str:
+    """Run the `mes` CLI against the primary as the migration role."""
+    urls = dbtier.database_urls(ctx)
+    env = {**os.environ, "DATABASE_URL": urls["owner_direct"], "MIGRATION_DATABASE_URL": urls["owner_direct"],
+           "MES_APP_DB_ROLE": ctx.vars["pg_app_role"], "SECRET_KEY": ctx.vars["mes_secrets"]["secret_key"],
+           "LOG_LEVEL": "WARNING",
+           **{f"MES_RATE_LIMIT_{tier.upper()}": limit for tier, limit in ctx.vars["mes_rate_limits"].items()}}
+    result = subprocess.run([sys.executable, "-m", "mes", *args], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StackError(f"mes {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def prepare_database(ctx: Ctx) -> None:
+    """Migrations on every `up` (a no-op when current); demo accounts and data only the first time."""
+    mes(ctx, "migrate")
+    credentials = ctx.path("credentials.txt")
+    if not credentials.exists():
+        text = mes(ctx, "seed-demo", "--orders", str(DEMO_ORDERS))
+        credentials.write_text(text)
+        credentials.chmod(0o600)
+
+
+def up(ctx: Ctx) -> None:
+    started = time.monotonic()
+    migrated = False
+    for component in components(ctx):
+        if isinstance(component, AppInstance) and not migrated:
+            prepare_database(ctx)  # the database answers by now; the apps need its schema
+            migrated = True
+        print(f"  {component.name:<16} ...", end="", flush=True)
+        component.up(ctx)
+        print(" up")
+    print(f"== the stack is up ({time.monotonic() - started:.1f} s), state in {ctx.state}")
+    print_urls(ctx)
+
+
+def down(ctx: Ctx) -> None:
+    for component in reversed(components(ctx)):
+        component.down(ctx)
+        print(f"  {component.name:<16} stopped")
+
+
+def status(ctx: Ctx) -> int:
+    failures = 0
+    for component in components(ctx):
+        answers, detail = component.status(ctx)
+        failures += not answers
+        print(f"  {component.name:<16} {'UP  ' if answers else 'DOWN'}  {detail}")
+    return 1 if failures else 0
+
+
+def print_urls(ctx: Ctx) -> None:
+    t = ctx.vars["mes_topology"]
+    h = t["haproxy"]
+    print(f"  operator UI:   http://{h['bind']}:{h['operator_port']}/operator/")
+    print(f"  public API:    http://{h['bind']}:{h['public_port']}/api/v1/  "
+          f"(OpenAPI: /api/v1/openapi.yaml)")
+    print(f"  HAProxy stats: http://{h['bind']}:{h['stats_port']}/stats")
+    print(f"  Prometheus:    http://{t['prometheus']['host']}:{t['prometheus']['port']}/")
+    if not t["single"]:
+        print(f"  Pgpool-II:     {t['pgpool']['host']}:{t['pgpool']['port']}  "
+              f"Redis: {t['redis']['host']}:{t['redis']['port']}")
+    credentials = ctx.path("credentials.txt")
+    if credentials.exists():
+        for line in credentials.read_text().splitlines():
+            print(f"  {line}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status", "reset", "urls"])
+    parser.add_argument("--topology", choices=["split", "single"], default=None,
+                        help="split (default): the production topology; single: the 'before' topology")
+    args = parser.parse_args(argv)
+    if args.command == "reset":
+        ctx = make_ctx(None)
+        down(ctx)
+        wipe(ctx)
+        print(f"== {ctx.state} wiped")
+        return 0
+    ctx = make_ctx(args.topology if args.command == "up" else None)
+    try:
+        if args.command == "up":
+            up(ctx)
+        elif args.command == "down":
+            down(ctx)
+        elif args.command == "urls":
+            print_urls(ctx)
+        else:
+            return status(ctx)
+    except StackError as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        return 1
+    return 0

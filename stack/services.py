@@ -1,0 +1,204 @@
+"""Components of the stack other than the database tier: Redis, the app instances, HAProxy,
+Prometheus and the exporters. Each has `up` (idempotent), `down` (by pid) and `status`."""
+from __future__ import annotations
+
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .base import ROOT, Ctx, StackError, wait_until
+
+
+def http_ok(url: str, timeout: float = 2) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class Daemon:
+    """A foreground program we start detached and track by pid; `ready()` says whether it answers."""
+
+    name = "daemon"
+    user: str | None = None
+    start_timeout = 30
+
+    def argv(self, ctx: Ctx) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self, ctx: Ctx) -> None:
+        """Render configuration, make folders (runs before every start)."""
+
+    def env(self, ctx: Ctx) -> dict:
+        return {}
+
+    def ready(self, ctx: Ctx) -> bool:
+        raise NotImplementedError
+
+    def detail(self, ctx: Ctx) -> str:
+        return ""
+
+    def up(self, ctx: Ctx) -> None:
+        if ctx.pid(self.name) and self.ready(ctx):
+            return
+        ctx.stop(self.name)  # a half-started leftover
+        self.prepare(ctx)
+        ctx.spawn(self.name, self.argv(ctx), user=self.user, env=self.env(ctx))
+        if not wait_until(lambda: self.ready(ctx) or not ctx.pid(self.name), self.start_timeout) \
+                or not ctx.pid(self.name):
+            tail = ctx.log_tail(self.name)
+            ctx.stop(self.name)
+            raise StackError(f"{self.name} did not come up:\n{tail}")
+
+    def down(self, ctx: Ctx) -> None:
+        ctx.stop(self.name)
+
+    def status(self, ctx: Ctx) -> tuple[bool, str]:
+        if not ctx.pid(self.name):
+            return False, "not running"
+        return (True, self.detail(ctx) or "answers") if self.ready(ctx) else (False, "running, not answering")
+
+
+class Redis(Daemon):
+    name, user = "redis", "redis"
+
+    def prepare(self, ctx):
+        t = ctx.vars["mes_topology"]["redis"]
+        ctx.ensure_dir(Path(t["dir"]), owner="redis", mode=0o750)
+        ctx.render("redis/redis.conf.j2", Path(t["dir"]) / "redis.conf", owner="redis", mode=0o640)
+
+    def argv(self, ctx):
+        return ["redis-server", str(Path(ctx.vars["mes_topology"]["redis"]["dir"]) / "redis.conf")]
+
+    def ready(self, ctx):
+        import redis
+
+        t = ctx.vars["mes_topology"]["redis"]
+        try:
+            return bool(redis.Redis(host=t["host"], port=t["port"], socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+
+class RedisExporter(Daemon):
+    name, user = "redis_exporter", "prometheus"
+
+    def argv(self, ctx):
+        t = ctx.vars["mes_topology"]["redis"]
+        return ["prometheus-redis-exporter", f"-redis.addr=redis://{t['host']}:{t['port']}",
+                f"-web.listen-address={t['host']}:{t['exporter_port']}"]
+
+    def ready(self, ctx):
+        t = ctx.vars["mes_topology"]["redis"]
+        return http_ok(f"http://{t['host']}:{t['exporter_port']}/metrics")
+
+
+class NodeExporter(Daemon):
+    name, user = "node_exporter", "prometheus"
+
+    def argv(self, ctx):
+        t = ctx.vars["mes_topology"]["node_exporters"][0]
+        return ["prometheus-node-exporter", f"--web.listen-address={t['host']}:{t['port']}",
+                "--no-collector.systemd"]
+
+    def ready(self, ctx):
+        t = ctx.vars["mes_topology"]["node_exporters"][0]
+        return http_ok(f"http://{t['host']}:{t['port']}/metrics")
+
+
+class AppInstance(Daemon):
+    """One gunicorn instance of a pool, its environment rendered from src/mes/gunicorn/instance.env.j2."""
+
+    start_timeout = 60
+
+    def __init__(self, pool: str, instance: dict, database_url: str, redis_url: str | None):
+        self.pool, self.instance = pool, instance
+        self.name = instance["name"]
+        self.database_url, self.redis_url = database_url, redis_url
+
+    def folder(self, ctx) -> Path:
+        return ctx.path("apps", self.name)
+
+    def prepare(self, ctx):
+        metrics = self.folder(ctx) / "metrics"
+        ctx.ensure_dir(metrics)
+        ctx.render("src/mes/gunicorn/instance.env.j2", self.folder(ctx) / "instance.env", mode=0o600,
+                   extra={"pool": self.pool, "instance": self.instance, "database_url": self.database_url,
+                          "redis_url": self.redis_url, "metrics_dir": str(metrics)})
+
+    def env(self, ctx):
+        lines = (self.folder(ctx) / "instance.env").read_text().splitlines()
+        env = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+        return {**env, "PYTHONPATH": str(ROOT / "src")}  # this checkout's code, installed or not
+
+    def argv(self, ctx):
+        return [sys.executable, "-m", "gunicorn", "-c", f"python:mes.gunicorn.{self.pool}"]
+
+    def url(self) -> str:
+        return f"http://{self.instance['host']}:{self.instance['port']}"
+
+    def ready(self, ctx):
+        return http_ok(f"{self.url()}/healthz/ready")
+
+    def detail(self, ctx):
+        return f"{self.pool} pool, {self.url()}"
+
+
+class HAProxy(Daemon):
+    name = "haproxy"
+
+    def config(self, ctx) -> Path:
+        return Path(ctx.vars["mes_topology"]["haproxy"]["dir"]) / "haproxy.cfg"
+
+    def prepare(self, ctx):
+        folder = ctx.ensure_dir(Path(ctx.vars["mes_topology"]["haproxy"]["dir"]))
+        for template in sorted((ROOT / "haproxy").rglob("*.j2")):
+            rel = template.relative_to(ROOT)
+            ctx.render(str(rel), folder / template.relative_to(ROOT / "haproxy").with_suffix(""))
+        for static in (ROOT / "haproxy").rglob("*.http"):
+            dest = folder / static.relative_to(ROOT / "haproxy")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(static, dest)
+        ctx.run(["haproxy", "-c", "-q", "-f", str(self.config(ctx))], cwd=folder)
+
+    def argv(self, ctx):
+        return ["haproxy", "-db", "-f", str(self.config(ctx))]
+
+    def ready(self, ctx):
+        t = ctx.vars["mes_topology"]["haproxy"]
+        return http_ok(f"http://{t['bind']}:{t['stats_port']}/metrics")
+
+    def detail(self, ctx):
+        t = ctx.vars["mes_topology"]["haproxy"]
+        return f"public :{t['public_port']}, operator :{t['operator_port']}, stats :{t['stats_port']}"
+
+
+class Prometheus(Daemon):
+    name, user = "prometheus", "prometheus"
+    start_timeout = 60
+
+    def folder(self, ctx) -> Path:
+        return Path(ctx.vars["mes_topology"]["prometheus"]["dir"])
+
+    def prepare(self, ctx):
+        folder = ctx.ensure_dir(self.folder(ctx), owner="prometheus")
+        ctx.ensure_dir(folder / "data", owner="prometheus")
+        ctx.render("monitoring/prometheus.yml.j2", folder / "prometheus.yml", owner="prometheus")
+        rules = ctx.ensure_dir(folder / "rules", owner="prometheus")
+        for rule in (ROOT / "monitoring" / "rules").glob("*.yml"):
+            shutil.copyfile(rule, rules / rule.name)
+        ctx.run(["promtool", "check", "config", str(folder / "prometheus.yml")])
+
+    def argv(self, ctx):
+        t = ctx.vars["mes_topology"]["prometheus"]
+        folder = self.folder(ctx)
+        return ["prometheus", f"--config.file={folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address={t['host']}:{t['port']}",
+                f"--storage.tsdb.retention.time={ctx.vars['prometheus_retention']}", "--web.enable-lifecycle"]
+
+    def ready(self, ctx):
+        t = ctx.vars["mes_topology"]["prometheus"]
+        return http_ok(f"http://{t['host']}:{t['port']}/-/ready")

@@ -1,0 +1,304 @@
+"""The production topology on this machine, started once for this module exactly as `make up` does
+(in a temporary folder, on free ports): primary + replica, Pgpool-II, Redis, two gunicorn instances
+per pool, HAProxy, Prometheus and the exporters. Real requests, real failures."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from mes.testing.postgres import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYOUT = yaml.safe_load((ROOT / "stack" / "local.yml").read_text())
+GROUP_VARS = yaml.safe_load((ROOT / "ansible" / "group_vars" / "all" / "main.yml").read_text())
+NEW_ORDER = {"reference": "T-1", "product": "BRKT-200", "material": "steel S235", "quantity": 5}
+
+pytestmark = pytest.mark.topology
+
+
+def stack_cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stack", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+class Stack:
+    """The running topology: URLs, the stack's own context (pids, dbtier helpers), and API keys."""
+
+    def __init__(self, env: dict, state: Path):
+        self.env, self.state = env, state
+        ports = {name: int(env[f"MES_PORT_{name.upper()}"]) for name in LAYOUT["ports"]}
+        self.public = f"http://127.0.0.1:{ports['public']}"
+        self.operator = f"http://127.0.0.1:{ports['operator']}"
+        self.stats = f"http://127.0.0.1:{ports['haproxy_stats']}"
+        self.prometheus = f"http://127.0.0.1:{ports['prometheus']}"
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            from stack.topology import make_ctx
+            self.ctx = make_ctx(None)
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def mes(self, *args: str) -> str:
+        from stack.cli import mes
+        return mes(self.ctx, *args)
+
+    def new_key(self, name: str, tier: str = "standard", scope: str = "partner") -> dict:
+        args = ["create-client", name, "--scope", scope, "--tier", tier]
+        if scope == "partner":
+            args += ["--partner", f"Partner {name}"]
+        key = self.mes(*args).strip().splitlines()[-1]
+        return {"Authorization": f"Bearer {key}"}
+
+    def pid(self, name: str) -> int | None:
+        return self.ctx.pid(name)
+
+    def signal_group(self, name: str, sig: int) -> None:
+        os.killpg(self.pid(name), sig)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    state = Path(tempfile.mkdtemp(prefix="mes-stack-"))
+    state.chmod(0o755)
+    env = {**os.environ, "MES_STACK_DIR": str(state)}
+    env.update({f"MES_PORT_{name.upper()}": str(free_port()) for name in LAYOUT["ports"]})
+    started = stack_cli(env, "up")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield Stack(env, state)
+    finally:
+        stopped = stack_cli(env, "down")
+        subprocess.run(["rm", "-rf", str(state)], check=False)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+def api(stack: Stack, method: str, path: str, headers: dict, **kwargs) -> requests.Response:
+    return requests.request(method, f"{stack.public}/api/v1{path}", headers=headers, timeout=15, **kwargs)
+
+
+def create(stack: Stack, headers: dict, reference: str) -> dict:
+    r = api(stack, "POST", "/orders", {**headers, "Idempotency-Key": reference}, json={**NEW_ORDER,
+                                                                                         "reference": reference})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_every_component_answers(stack):
+    r = stack_cli(stack.env, "status")
+    assert r.returncode == 0, r.stdout
+    lines = r.stdout.splitlines()
+    for name in ("pg0", "pg1", "pgpool", "redis", "operator1", "operator2", "public1", "public2", "haproxy",
+                 "prometheus"):
+        assert any(line.split()[0] == name and " UP " in line for line in lines), r.stdout
+
+
+def test_writes_go_to_the_primary_and_reads_to_the_replica(stack):
+    from stack import dbtier
+    key = stack.new_key("split-rw")
+    before = {n["node_id"]: int(n["select_cnt"]) for n in dbtier.pool_nodes(stack.ctx)}
+    order = create(stack, key, "RW-1")
+    for _ in range(40):
+        assert api(stack, "GET", "/orders?limit=5", key).status_code == 200
+    after = {n["node_id"]: int(n["select_cnt"]) for n in dbtier.pool_nodes(stack.ctx)}
+    roles = {n["node_id"]: n["role"] for n in dbtier.pool_nodes(stack.ctx)}
+    standby = next(i for i, role in roles.items() if role == "standby")
+    primary = next(i for i, role in roles.items() if role == "primary")
+    assert after[standby] - before[standby] >= 40  # the public pool's reads
+    primary_row = dbtier.psql(stack.ctx, dbtier.primary_node(stack.ctx),
+                              f"SELECT status FROM orders WHERE id = {order['id']}", db=GROUP_VARS["pg_database"])
+    assert primary_row.strip() == "received"
+    assert after[primary] >= before[primary]
+
+
+def test_status_reads_are_never_stale_while_the_replica_lags(stack):
+    from stack import dbtier
+    partner, crm = stack.new_key("split-lag"), stack.new_key("split-crm", tier="crm", scope="crm")
+    order = create(stack, partner, "LAG-1")
+    time.sleep(1)  # let the replica have the new order
+    dbtier.pause_replay(stack.ctx)
+    try:
+        r = api(stack, "POST", f"/orders/{order['id']}/cancel", partner, json={"reason": "lag test"})
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        replica = next(n for n in stack.ctx.vars["mes_topology"]["pg_nodes"]
+                       if n["name"] != dbtier.primary_node(stack.ctx)["name"])
+        on_replica = dbtier.psql(stack.ctx, replica, f"SELECT status FROM orders WHERE id = {order['id']}",
+                                 db=GROUP_VARS["pg_database"]).strip()
+        assert on_replica == "received"  # the replica really lags
+        for headers in (partner, crm):  # the cache serves every reader, not only the writer
+            r = api(stack, "GET", f"/orders/{order['id']}/status", headers)
+            assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+        r = api(stack, "GET", f"/orders/{order['id']}", partner)  # read-your-writes for the writer
+        assert r.json()["status"] == "cancelled"
+        # A cache miss is filled from the primary, never from the lagging replica.
+        import redis
+        t = stack.ctx.vars["mes_topology"]["redis"]
+        redis.Redis(host=t["host"], port=t["port"]).delete(f"mes:status:{order['id']}")
+        r = api(stack, "GET", f"/orders/{order['id']}/status", crm)
+        assert r.json()["status"] == "cancelled"
+    finally:
+        dbtier.resume_replay(stack.ctx)
+
+
+def test_operator_sees_own_claim_and_changes_at_once(stack):
+    """The operator pool reads the replica too; after a write the operator's next page must show it."""
+    from stack import dbtier
+    partner = stack.new_key("split-op")
+    order = create(stack, partner, "OP-1")
+    s = requests.Session()
+    page = s.get(f"{stack.operator}/operator/login", timeout=10).text
+    token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    r = s.post(f"{stack.operator}/operator/login", data={"login": "demo", "password": "demo-pass",
+                                                         "csrf_token": token}, timeout=10)
+    assert r.status_code == 200 and "Orders queue" in r.text
+    time.sleep(1)
+    dbtier.pause_replay(stack.ctx)
+    try:
+        html = s.get(f"{stack.operator}/operator/orders/{order['id']}", timeout=10).text
+        token = html.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+        html = s.post(f"{stack.operator}/operator/orders/{order['id']}/claim", data={"csrf_token": token},
+                      timeout=10).text
+        assert "You hold order" in html and "Release" in html
+        html = s.post(f"{stack.operator}/operator/orders/{order['id']}/status",
+                      data={"csrf_token": token, "target": "queued", "version": "1"}, timeout=10).text
+        assert "is now queued" in html and '<span class="badge" id="status">queued</span>' in html
+    finally:
+        dbtier.resume_replay(stack.ctx)
+
+
+def test_the_stick_table_answers_429_before_the_app(stack):
+    key = stack.new_key("split-flood", tier="crm", scope="crm")  # the app would allow 1000 per 10 s
+    limit = GROUP_VARS["haproxy_key_rate_limit"]
+    with requests.Session() as s:
+        codes = [s.get(f"{stack.public}/api/v1/orders?limit=1", headers=key, timeout=10) for _ in range(limit + 20)]
+    refused = [r for r in codes if r.status_code == 429]
+    assert len(refused) >= 15, [r.status_code for r in codes][-30:]
+    first = refused[0]
+    assert int(first.headers["Retry-After"]) > 0
+    assert first.headers["Content-Type"].startswith("application/problem+json")
+    assert "RateLimit-Limit" not in first.headers  # HAProxy answered: the app never saw it
+    assert json.loads(first.text)["status"] == 429
+
+
+def test_flask_limiter_answers_429_with_ratelimit_headers(stack):
+    key = stack.new_key("split-trial", tier="trial")
+    limit = int(GROUP_VARS["mes_rate_limits"]["trial"].split("/")[0])
+    with requests.Session() as s:
+        answers = [s.get(f"{stack.public}/api/v1/orders?limit=1", headers=key, timeout=10) for _ in range(limit + 1)]
+    assert [r.status_code for r in answers[:limit]] == [200] * limit
+    last = answers[-1]
+    assert last.status_code == 429 and last.headers["RateLimit-Limit"] == str(limit)
+    assert last.headers["RateLimit-Remaining"] == "0" and int(last.headers["Retry-After"]) > 0
+    assert last.json()["type"] == "/problems/rate-limited"
+
+
+def test_public_frontend_never_reaches_operator_routes(stack):
+    for path in ("/operator/", "/operator/login", "//operator/login", "/api/v1/../../operator/login",
+                 "/%2e%2e/operator/login", "/api/v1/%2e%2e/%2e%2e/operator/login", "/metrics",
+                 "/api/v1/%2e%2e/%2e%2e/metrics", "/OPERATOR/login", "/api/v1/..%2f..%2foperator/login"):
+        r = requests.get(f"{stack.public}{path}", timeout=10, allow_redirects=False)
+        assert r.status_code in (400, 403, 404), (path, r.status_code)
+        assert "Operator login" not in r.text and "flask_http_request" not in r.text, path
+
+
+def test_operator_frontend_stays_fast_while_the_public_pool_is_stalled(stack):
+    """Both public instances hang (SIGSTOP): partners queue and get 503 + Retry-After, operators do not notice."""
+    key = stack.new_key("split-stall", tier="bulk")
+    for name in ("public1", "public2"):
+        stack.signal_group(name, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            futures = [pool.submit(requests.get, f"{stack.public}/api/v1/orders?limit=1", headers=key, timeout=20)
+                       for _ in range(24)]
+            time.sleep(1)
+            started = time.monotonic()
+            for _ in range(10):
+                r = requests.get(f"{stack.operator}/operator/login", timeout=5)
+                assert r.status_code == 200
+            operator_seconds = (time.monotonic() - started) / 10
+            shed = []
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and len(shed) < 5:
+                shed = [f.result() for f in futures if f.done() and not f.exception()]
+                time.sleep(0.2)
+    finally:
+        for name in ("public1", "public2"):
+            stack.signal_group(name, signal.SIGCONT)
+    overloaded = [r for r in shed if r.status_code == 503]
+    assert overloaded, [r.status_code for r in shed]
+    assert int(overloaded[0].headers["Retry-After"]) > 0
+    assert overloaded[0].headers["Content-Type"].startswith("application/problem+json")
+    assert operator_seconds < 1.0  # a sanity bound, far above normal; the benchmark measures for real
+    metrics = requests.get(f"{stack.stats}/metrics", timeout=10).text
+    assert any(line.startswith("haproxy_backend_max_queue{") and 'proxy="public"' in line
+               and not line.endswith(" 0") for line in metrics.splitlines())
+
+
+def test_prometheus_scrapes_every_target_and_the_app_metrics(stack):
+    deadline = time.monotonic() + 60
+    targets = []
+    while time.monotonic() < deadline:
+        targets = requests.get(f"{stack.prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        if targets and all(t["health"] == "up" for t in targets):
+            break
+        time.sleep(1)
+    assert targets and all(t["health"] == "up" for t in targets), [(t["scrapePool"], t["health"],
+                                                                     t.get("lastError")) for t in targets]
+    jobs = {t["labels"]["job"] for t in targets}
+    assert {"haproxy", "mes_operator", "mes_public", "postgres", "redis", "node"} <= jobs
+    query = requests.get(f"{stack.prometheus}/api/v1/query", timeout=10,
+                         params={"query": "sum by (pool) (flask_http_request_total)"}).json()
+    pools = {r["metric"].get("pool") for r in query["data"]["result"]}
+    assert {"operator", "public"} <= pools
+    for metric in ("mes_orders_received_total", "mes_orders_overdue", "haproxy_backend_current_queue"):
+        result = requests.get(f"{stack.prometheus}/api/v1/query", params={"query": metric}, timeout=10).json()
+        assert result["data"]["result"], metric
+
+
+def test_a_killed_instance_is_taken_out_and_requests_keep_succeeding(stack):
+    key = stack.new_key("split-kill", tier="bulk")
+    victim = stack.pid("public1")
+    stack.signal_group("public1", signal.SIGKILL)
+    codes = []
+    with requests.Session() as s:
+        for _ in range(60):
+            codes.append(s.get(f"{stack.public}/api/v1/orders?limit=1", headers=key, timeout=10).status_code)
+            time.sleep(0.05)
+    assert codes.count(200) == len(codes), codes
+    deadline, state = time.monotonic() + 10, None
+    while time.monotonic() < deadline:
+        metrics = requests.get(f"{stack.stats}/metrics", timeout=10).text
+        state = [line for line in metrics.splitlines()
+                 if line.startswith("haproxy_server_status{") and 'server="public1"' in line and 'state="DOWN"' in line]
+        if state and state[0].endswith(" 1"):
+            break
+        time.sleep(0.5)
+    assert state and state[0].endswith(" 1"), state
+    # `make up` again brings back exactly what is missing.
+    r = stack_cli(stack.env, "up")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert stack.pid("public1") not in (None, victim)
+
+
+def test_make_up_twice_is_harmless(stack):
+    names = ["pg0", "pg1", "pgpool", "redis", "operator1", "public2", "haproxy", "prometheus"]
+    before = {n: stack.pid(n) for n in names}
+    r = stack_cli(stack.env, "up")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert {n: stack.pid(n) for n in names} == before
+    assert "operator login: demo / demo-pass" in r.stdout
