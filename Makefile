@@ -17,7 +17,7 @@ STACK_PACKAGES := python3-venv postgresql-15 pgpool2 haproxy redis-server promet
 TEST_PACKAGES := $(STACK_PACKAGES) chromium
 DEV_PACKAGES := python3-venv
 
-.PHONY: up down status reset dev test test-fast bench venv packages-dev packages-test packages-stack clean
+.PHONY: up down status reset dev test test-fast bench bench-topology venv packages-dev packages-test packages-stack clean
 
 define ensure_packages
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -80,6 +80,10 @@ test-fast: venv
 ## Server time of the orders queue and the API list at 10,000 and 1,000,000 orders (see BENCHMARKS.md).
 bench: packages-test venv
 	$(BIN)/python bench/queue_bench.py
+
+## Split against single topology: isolation, shedding, status reads, read offload (see BENCHMARKS.md).
+bench-topology: packages-stack venv
+	$(BIN)/python bench/topology_bench.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache src/*.egg-info
