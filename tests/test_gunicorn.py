@@ -112,3 +112,10 @@ def test_operator_pool_serves_only_the_ui(app, backend, tmp_path):
         assert "flask_http_request_total" in scrape(server.url)
     finally:
         server.stop()
+
+
+def test_refused_requests_are_timed_too(public_pool):
+    for _ in range(3):
+        assert requests.get(f"{public_pool.url}/api/v1/orders", timeout=10).status_code == 401
+    text = scrape(public_pool.url)
+    assert sample(text, "flask_http_request_duration_seconds_count", url_rule="/api/v1/orders", status="401") == 3

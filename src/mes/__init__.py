@@ -44,10 +44,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_db(app, cfg, pool)
     init_caches(app, cfg)
     init_request_logging(app, pool)  # first, so that every later hook and error has a request id
+    # Before the blueprints: the latency histogram must also time requests that auth or limits refuse.
+    app.extensions["mes_metrics"] = init_metrics(app, pool)
     register_blueprints(app, cfg.pools)  # before the limiter: the API authenticates first
     register_extensions(app)
     register_error_handlers(app)
-    app.extensions["mes_metrics"] = init_metrics(app, pool)
     return app
 
 

@@ -328,5 +328,10 @@ def temporary_postgres(settings: dict[str, str] | None = None) -> Iterator[Postg
         try:
             if server is not None:
                 server.stop()
+            elif (base_dir / "data" / "postmaster.pid").exists():
+                # Interrupted while starting: stop what may already run before deleting its folder.
+                subprocess.run(_as_service_user([str(_bindir() / "pg_ctl"), "stop", "-m", "immediate", "-D",
+                                                 str(base_dir / "data")]), cwd="/", env=_clean_env(),
+                               capture_output=True, check=False)
         finally:
             shutil.rmtree(base_dir, ignore_errors=True)
