@@ -14,7 +14,7 @@ TOPOLOGY ?= split
 # folders, and drive the operator UI in Chromium.
 STACK_PACKAGES := python3-venv postgresql-15 pgpool2 haproxy redis-server prometheus \
 	prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter wrk
-TEST_PACKAGES := $(STACK_PACKAGES) chromium
+TEST_PACKAGES := $(STACK_PACKAGES) chromium vagrant
 DEV_PACKAGES := python3-venv
 
 .PHONY: up down status reset dev test test-fast bench bench-topology venv packages-dev packages-test packages-stack clean

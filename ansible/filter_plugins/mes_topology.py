@@ -45,6 +45,7 @@ def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15
                     "operator_port": ports["operator"], "stats_port": ports["haproxy_stats"],
                     "dir": "/var/lib/haproxy"},
         "prometheus": {"host": _address(hostvars, mon), "port": ports["prometheus"], "dir": "/var/lib/prometheus"},
+        "alertmanager": {"host": _address(hostvars, mon), "port": ports["alertmanager"]},
         "node_exporters": [{"name": h, "host": _address(hostvars, h), "port": ports["node_exporter"]}
                            for h in sorted(hostvars) if h in groups.get("all", [])],
         "fence": "ssh",

@@ -1,0 +1,66 @@
+"""The infrastructure code without hosts: lint, syntax, the inventory's topology, the rendered
+templates (the deploy test in tests/deploy/ runs the playbooks against real systemd hosts)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ANSIBLE = ROOT / "ansible"
+BIN = Path(sys.executable).parent
+PLAYBOOKS = ["site.yml", "deploy.yml", "switchover.yml", "add_replica.yml", "backup.yml"]
+
+
+def run(*argv: str, cwd: Path = ANSIBLE, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1",
+           "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}
+    return subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ansible_lint_production_profile_is_clean():
+    r = run(str(BIN / "ansible-lint"), "--profile", "production", "--nocolor")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert "Profile 'production' was required, and it passed" in r.stdout + r.stderr
+
+
+def test_yamllint_is_clean():
+    r = run(str(BIN / "yamllint"), "--strict", ".")
+    assert r.returncode == 0, r.stdout[-4000:]
+
+
+@pytest.mark.parametrize("inventory", ["vagrant"])
+def test_playbooks_parse(inventory):
+    r = run(str(BIN / "ansible-playbook"), "-i", f"inventories/{inventory}/hosts.yml", "--syntax-check",
+            *PLAYBOOKS, "-e", "new_replica=db2")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_the_inventory_yields_the_topology_the_templates_expect():
+    r = run(str(BIN / "ansible"), "-i", "inventories/vagrant/hosts.yml", "lb1", "-m", "ansible.builtin.debug",
+            "-a", "var=mes_topology", "-c", "local")
+    assert r.returncode == 0, r.stdout + r.stderr
+    topology = json.loads(r.stdout.split("=>", 1)[1])["mes_topology"]
+    assert [n["name"] for n in topology["pg_nodes"]] == ["db1", "db2"]
+    assert topology["pgpool"]["host"] == topology["redis"]["host"] == "192.168.56.50"
+    assert [a["name"] for a in topology["app_public"]] == ["pub1", "pub2"]
+    assert topology["haproxy"]["public_port"] == 80 and topology["fence"] == "ssh"
+
+
+def test_monitoring_config_rules_and_rule_tests(tmp_path):
+    """promtool check config/rules and `promtool test rules` (a wrong expectation fails them)."""
+    r = subprocess.run([sys.executable, str(ROOT / "monitoring" / "check.py")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_vagrantfile_validates(tmp_path):
+    assert shutil.which("vagrant"), "make test installs vagrant"
+    r = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "VAGRANT_HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stdout + r.stderr
