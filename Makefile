@@ -15,9 +15,11 @@ TOPOLOGY ?= split
 STACK_PACKAGES := python3-venv postgresql-15 pgpool2 haproxy redis-server prometheus \
 	prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter wrk
 TEST_PACKAGES := $(STACK_PACKAGES) chromium vagrant
+# The deploy test boots Debian hosts in systemd-nspawn containers on this machine.
+DEPLOY_TEST_PACKAGES := debootstrap systemd-container socat iproute2 openssh-client
 DEV_PACKAGES := python3-venv
 
-.PHONY: up down status reset dev test test-fast bench bench-topology venv packages-dev packages-test packages-stack clean
+.PHONY: up down status reset dev test test-deploy packages-deploy-test test-fast bench bench-topology venv packages-dev packages-test packages-stack clean
 
 define ensure_packages
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -32,6 +34,9 @@ packages-dev:
 
 packages-test:
 	$(call ensure_packages,$(TEST_PACKAGES))
+
+packages-deploy-test:
+	$(call ensure_packages,$(DEPLOY_TEST_PACKAGES))
 
 packages-stack:
 	$(call ensure_packages,$(STACK_PACKAGES))
@@ -72,6 +77,11 @@ dev: packages-dev venv
 ## Every test, on SQLite and on a real PostgreSQL 15 that the tests start themselves.
 test: packages-test venv
 	$(BIN)/python -m pytest -p no:cacheprovider
+
+## The playbooks against Debian 12 hosts in systemd-nspawn containers on this machine (root, 15-20 min):
+## lint, site.yml from bare hosts twice, the app through HAProxy, a rolling deploy under traffic, failover.
+test-deploy: packages-deploy-test venv
+	$(BIN)/python -m pytest -p no:cacheprovider -s tests/deploy
 
 ## Quick loop while editing: SQLite only, no browser.
 test-fast: venv

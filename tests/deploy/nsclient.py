@@ -1,0 +1,158 @@
+"""HTTP clients of the deploy test. They run INSIDE the controller namespace (the harness starts them
+with `ip netns exec mesdt-ctl python -m tests.deploy.nsclient ...`) and refuse any address outside the
+test subnet. Each command prints one JSON document on stdout.
+
+  request METHOD URL [--header K:V ...] [--json BODY]   one request
+  operator-login BASE LOGIN PASSWORD                    the operator UI's login form (CSRF, cookie)
+  traffic --out FILE --stop-file FILE [--max-seconds N] --target NAME,METHOD,URL,RPS[,HEADER...] ...
+                                                        steady paced traffic until the stop file exists
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from urllib.parse import urlsplit
+
+import requests
+
+SUBNET = ipaddress.ip_network("10.213.0.0/24")   # the deploy test's subnet (tests/deploy/cluster.py)
+
+
+def check_target(url: str) -> str:
+    host = urlsplit(url).hostname or ""
+    if ipaddress.ip_address(host) not in SUBNET:
+        raise SystemExit(f"refusing {url}: only addresses of the test subnet {SUBNET} are allowed")
+    return url
+
+
+def _headers(pairs) -> dict:
+    return dict(p.split(":", 1) for p in pairs or [])
+
+
+def cmd_request(args) -> dict:
+    body = json.loads(args.json) if args.json else None
+    headers = _headers(args.header)
+    if body is not None and args.method in ("POST", "PUT", "PATCH") and "Idempotency-Key" not in headers:
+        headers["Idempotency-Key"] = str(uuid.uuid4())
+    r = requests.request(args.method, check_target(args.url), headers=headers, json=body, timeout=args.timeout,
+                         allow_redirects=False)
+    try:
+        parsed = r.json()
+    except ValueError:
+        parsed = None
+    return {"status": r.status_code, "headers": dict(r.headers), "json": parsed, "text": r.text[:4000]}
+
+
+def cmd_operator_login(args) -> dict:
+    base = check_target(args.base.rstrip("/"))
+    s = requests.Session()
+    page = s.get(f"{base}/operator/login", timeout=15)
+    token = page.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    r = s.post(f"{base}/operator/login", data={"login": args.login, "password": args.password,
+                                               "csrf_token": token}, timeout=15, allow_redirects=False)
+    queue = s.get(f"{base}/operator/", timeout=15)
+    return {"form_status": page.status_code, "login_status": r.status_code,
+            "login_location": r.headers.get("Location", ""), "queue_status": queue.status_code,
+            "queue_url": queue.url, "queue_has_title": "Orders queue" in queue.text,
+            "has_session_cookie": bool(s.cookies)}
+
+
+class Target:
+    def __init__(self, spec: str):
+        parts = spec.split(",")
+        self.name, self.method, self.url, self.rps = parts[0], parts[1].upper(), check_target(parts[2]), float(parts[3])
+        self.headers = _headers(parts[4:])
+
+
+def cmd_traffic(args) -> dict:
+    """One thread per target, each paced at its rate; every answer that is not 2xx (or 3xx for the
+    operator UI), and every connection error or timeout, is a lost request."""
+    stats: dict[str, Counter] = {}
+    failures: list[dict] = []
+    lock = threading.Lock()
+    started = time.time()
+    stop = threading.Event()
+
+    def worker(t: Target) -> None:
+        session = requests.Session()
+        counter = stats.setdefault(t.name, Counter())
+        interval, next_at, n = 1.0 / t.rps, time.monotonic(), 0
+        while not stop.is_set():
+            n += 1
+            headers = dict(t.headers)
+            body = None
+            if t.method == "POST":
+                headers["Idempotency-Key"] = str(uuid.uuid4())
+                body = {"reference": f"DT-{t.name}-{n}", "product": "BRKT-200", "material": "steel S235",
+                        "quantity": 1}
+            at = time.time()
+            try:
+                r = session.request(t.method, t.url, headers=headers, json=body, timeout=20, allow_redirects=False)
+                key, ok = str(r.status_code), r.status_code < 400
+                detail = r.text[:200] if not ok else ""
+            except requests.RequestException as exc:
+                key, ok, detail = type(exc).__name__, False, str(exc)[:200]
+            with lock:
+                counter[key] += 1
+                if not ok and len(failures) < 50:
+                    failures.append({"target": t.name, "t": round(at - started, 2), "result": key, "detail": detail})
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                stop.wait(delay)
+            else:
+                next_at = time.monotonic()
+
+    threads = [threading.Thread(target=worker, args=(Target(spec),), daemon=True) for spec in args.target]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + args.max_seconds
+    while not os.path.exists(args.stop_file) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    total = sum(sum(c.values()) for c in stats.values())
+    lost = sum(n for c in stats.values() for code, n in c.items() if not (code.isdigit() and int(code) < 400))
+    result = {"seconds": round(time.time() - started, 1), "total": total, "lost": lost,
+              "by_target": {k: dict(v) for k, v in stats.items()}, "failures": failures,
+              "stopped_by": "stop file" if os.path.exists(args.stop_file) else "max-seconds"}
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="nsclient", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("request")
+    p.add_argument("method")
+    p.add_argument("url")
+    p.add_argument("--header", action="append")
+    p.add_argument("--json")
+    p.add_argument("--timeout", type=float, default=20)
+    p = sub.add_parser("operator-login")
+    p.add_argument("base")
+    p.add_argument("login")
+    p.add_argument("password")
+    p = sub.add_parser("traffic")
+    p.add_argument("--target", action="append", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--stop-file", required=True)
+    p.add_argument("--max-seconds", type=float, default=900)
+    args = parser.parse_args(argv)
+    handler = {"request": cmd_request, "operator-login": cmd_operator_login, "traffic": cmd_traffic}[args.command]
+    json.dump(handler(args), sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
