@@ -15,7 +15,10 @@ PYTHON_VERSION = "3.11"            # Debian 12's python3
 
 
 def pip_download_args(requirements: Path) -> list[str]:
-    return ["download", "--quiet", "-r", str(requirements), "setuptools", "wheel", "--only-binary=:all:",
+    # async-timeout: redis needs it on the hosts' Python 3.11.2 (< 3.11.3), a marker that pip evaluates
+    # against this machine's Python, not the target's, so it is named here.
+    return ["download", "--quiet", "-r", str(requirements), "setuptools", "wheel", "async-timeout>=4.0.3",
+            "--only-binary=:all:",
             "--python-version", PYTHON_VERSION, "--implementation", "cp",
             "--platform", f"manylinux2014_{platform.machine()}"]
 
