@@ -31,9 +31,9 @@ class Gunicorn:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
-                if requests.get(f"{self.url}/healthz/ready", timeout=2).status_code == 200:
+                if requests.get(f"{self.url}/healthz/ready", timeout=10).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or a first answer slowed by a busy machine
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"gunicorn {pool} did not become ready:\n{self.log.read_text()[-3000:]}")
