@@ -9,9 +9,11 @@ primary + replica behind Pgpool-II, the Redis status cache, HAProxy stick tables
 Both are started by this script, each in its own temporary state folder on free loopback ports
 (MES_STACK_DIR, MES_PORT_<NAME>), both loaded with the same demo data, and measured phase by
 phase, alternating between them, so that slow drifts of a noisy shared machine hit both alike.
+Before each phase the script waits for the machine to be quiet (other work < 0.15 cores), and a
+phase that other work disturbed anyway (> 0.25 cores in a measured window) is repeated.
 Both are stopped and their folders removed at the end, also on an error, Ctrl-C, SIGTERM or SIGHUP.
 
-Phases (the numbers match BENCHMARKS.md, "Topology: split vs single"):
+Phases (the numbering of BENCHMARKS.md, "Topology: split vs single"):
 
 1. Isolation: the operator orders page (GET /operator/, logged in) at a fixed 10 req/s, idle and
    while the public API is flooded (a crowd of well-behaved clients that saturates the public pool
@@ -31,7 +33,8 @@ requests per 10 s, 200 connections): one address would hit that limit first and 
 else.  So wrk runs with a tiny LD_PRELOAD shim (compiled here with gcc) that binds its sockets to
 127.0.1.N, i.e. it plays N partners on N addresses.  Everything stays on loopback.
 
-    python bench/topology_bench.py [--topologies single,split] [--out DIR] [--quick]
+    python bench/topology_bench.py [--topologies single,split] [--out DIR] [--quick] [--max-wait 900]
+                                   [--retries 2]
 
 Writes bench/results/topology_bench.json and prints Markdown tables for BENCHMARKS.md.
 Needs: the stack's Debian packages (`make up` installs them), wrk, gcc, and root (like `make up`).
@@ -53,7 +56,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -551,12 +554,15 @@ class CpuMeter:
         return {"cores_busy_total": round(processes + interrupts, 2), "cores_by_component": cores}
 
 
-HAPROXY_LINE = re.compile(r"^\S+ \[[^\]]+\] (\S+) \S+ -?\d+/-?\d+/-?\d+/-?\d+/(-?\d+) (\d+) .* why=(\S+) \"")
+# frontend, Tw (wait in HAProxy's queue), Tr (server response), Ta (total), status, why
+HAPROXY_LINE = re.compile(r"^\S+ \[[^\]]+\] (\S+) \S+ -?\d+/(-?\d+)/-?\d+/(-?\d+)/(-?\d+) (\d+) .* why=(\S+) \"")
 
 
 class HaproxyLog:
-    """HAProxy logs every request with its total time (%Ta) and, for its own refusals, why=.
-    The lines written between mark() and read() are one phase's requests."""
+    """HAProxy logs every request with its timers and, for its own refusals, why=.  The lines
+    written between mark() and read() are one phase's requests: per frontend and kind (status and
+    why), the total time Ta, and for requests that reached a server the time waiting in HAProxy's
+    queue (Tw) and the server's response time (Tr, which includes waiting in gunicorn's backlog)."""
 
     def __init__(self, stack: Stack):
         self.path = stack.ctx.logfile("haproxy")
@@ -564,25 +570,34 @@ class HaproxyLog:
     def mark(self) -> None:
         self.offset, self.t0 = self.path.stat().st_size, time.monotonic()
 
-    def read(self, frontend: str = "public") -> dict:
+    def read(self) -> dict[str, dict]:
         seconds = time.monotonic() - self.t0
-        by_kind: dict[str, list[int]] = {}
+        timers: dict[tuple[str, str], tuple[list[int], list[int], list[int]]] = {}
         with self.path.open("rb") as fh:
             fh.seek(self.offset)
             for raw in fh:
                 m = HAPROXY_LINE.match(raw.decode("utf-8", "replace"))
-                if m and m.group(1) == frontend:
-                    why = m.group(4)
-                    kind = m.group(3) + ("" if why == "-" else f" {why}")
-                    by_kind.setdefault(kind, []).append(int(m.group(2)))
-        total = sum(len(v) for v in by_kind.values())
-        return {
-            "seconds": round(seconds, 1),
-            "requests": total,
-            "req_per_s": round(total / seconds, 1) if seconds else None,
-            "kinds": {k: {"share": round(len(v) / total, 4), "count": len(v), "Ta_ms": summarize_ms(v)}
-                      for k, v in sorted(by_kind.items(), key=lambda kv: -len(kv[1]))},
-        }
+                if not m:
+                    continue
+                frontend, tw, tr, ta, status, why = m.groups()
+                kind = status + ("" if why == "-" else f" {why}")
+                waits, responses, totals = timers.setdefault((frontend, kind), ([], [], []))
+                totals.append(int(ta))
+                if int(tr) >= 0:
+                    waits.append(int(tw))
+                    responses.append(int(tr))
+        out = {}
+        for frontend in sorted({f for f, _ in timers}):
+            kinds = {k: v for (f, k), v in timers.items() if f == frontend}
+            total = sum(len(v[2]) for v in kinds.values())
+            out[frontend] = {
+                "seconds": round(seconds, 1), "requests": total,
+                "req_per_s": round(total / seconds, 1) if seconds else None,
+                "kinds": {k: {"share": round(len(ta) / total, 4), "count": len(ta), "Ta_ms": summarize_ms(ta),
+                              **({"Tw_ms": summarize_ms(tw), "Tr_ms": summarize_ms(tr)} if tr else {})}
+                          for k, (tw, tr, ta) in sorted(kinds.items(), key=lambda kv: -len(kv[1][2]))},
+            }
+        return out
 
 
 def select_counts(stack: Stack) -> dict[str, int]:
@@ -779,10 +794,12 @@ def capacity(stack: Stack, wrk: Wrk, timing: Timing) -> dict:
 
 
 def idle_operator(stack: Stack, timing: Timing) -> dict:
-    cpu = CpuMeter(component_roots(stack))
+    haproxy, cpu = HaproxyLog(stack), CpuMeter(component_roots(stack))
+    haproxy.mark()
     cpu.start()
     result = operator_summary(operator_probe(stack, timing).run())
     result["cpu"] = cpu.stop()
+    result["haproxy_operator"] = haproxy.read().get("operator")
     log(f"    {stack.topology:<6} operator page, idle:    p50 {result['p50']} p95 {result['p95']} "
         f"p99 {result['p99']} ms, errors {result['errors']}")
     return result
@@ -813,7 +830,9 @@ def flood(stack: Stack, wrk: Wrk, timing: Timing, capacity_ok_per_s: float) -> d
         pub = pool.submit(public_sampler(stack, timing, {"crowd": stack.keys["reader"],
                                                          "runaway": stack.keys["runaway"]}).run)
         operator, sampled = operator_summary(op.result()), sampler_summary(pub.result())
-    window = {"cpu": cpu.stop(), "haproxy_public": haproxy.read()}
+    cpu_window = cpu.stop()
+    logged = haproxy.read()
+    window = {"cpu": cpu_window, "haproxy_public": logged["public"], "haproxy_operator": logged.get("operator")}
     result = {"operator": operator, "public_sampler": sampled, **window,
               "wrk_runaway": runaway.result(), "wrk_crowd": crowd.result()}
     offered = window["haproxy_public"]["req_per_s"]
@@ -836,7 +855,7 @@ def deep_queue(stack: Stack, wrk: Wrk, timing: Timing) -> dict:
     cpu.start()
     result = wrk.run(stack.public, public_mix(), auth_headers(stack.keys["reader"]), seconds=timing.deep_queue,
                      connections=1500, nice=10)
-    out = {"wrk": result, "cpu": cpu.stop(), "haproxy_public": haproxy.read()}
+    out = {"wrk": result, "cpu": cpu.stop(), "haproxy_public": haproxy.read()["public"]}
     out["refused_share"] = round(sum(k["share"] for kind, k in out["haproxy_public"]["kinds"].items()
                                      if kind.split()[0] in ("429", "503")), 4)
     log(f"    {stack.topology:<6} deep queue (-c 1500): {result['statuses']}, "

@@ -71,6 +71,8 @@ def make_ctx(topology: str | None = None) -> Ctx:
     settings = yaml.safe_load(GROUP_VARS.read_text())
     state.mkdir(parents=True, exist_ok=True)
     state.chmod(0o755)
+    if not remembered.exists():  # so that down/status later act on the topology that was started
+        remembered.write_text(topology + "\n")
     variables = {**settings, "mes_topology": build(state, topology), "mes_secrets": load_secrets(state)}
     return Ctx(state=state, vars=variables)
 
