@@ -32,7 +32,6 @@ import os
 import platform
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -60,6 +59,7 @@ from mes.extensions import limiter  # noqa: E402
 from mes.migrate import upgrade  # noqa: E402
 from mes.services import accounts  # noqa: E402
 from mes.testing.postgres import PostgresServer, create_mes_database, temporary_postgres  # noqa: E402
+from signals import stop_on_signals  # noqa: E402  (bench/ is on sys.path)
 
 GOAL_RATIO = 1.5
 # Durable (fsync stays on).  Bigger buffers so that 1M orders and their indexes fit in memory, as
@@ -587,15 +587,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder for the JSON and the plans (default: bench/results); "
                              "point trial runs elsewhere so they do not replace the published results")
     return parser.parse_args(argv)
-
-
-def stop_on_signals() -> None:
-    """SIGTERM/SIGHUP end the run like Ctrl-C does, so the `finally` blocks stop PostgreSQL."""
-    def interrupt(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupt)
 
 
 def run(args: argparse.Namespace) -> dict:

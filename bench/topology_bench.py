@@ -71,6 +71,7 @@ import requests  # noqa: E402
 import yaml  # noqa: E402
 
 from mes.testing.postgres import free_port  # noqa: E402
+from signals import stop_on_signals  # noqa: E402  (bench/ is on sys.path)
 
 LAYOUT = yaml.safe_load((ROOT / "stack" / "local.yml").read_text())
 SETTINGS = yaml.safe_load((ROOT / "ansible" / "group_vars" / "all" / "main.yml").read_text())
@@ -1118,15 +1119,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="repeat a phase (both topologies) this many times at most when other work "
                              "disturbed it (default: 2)")
     return parser.parse_args(argv)
-
-
-def stop_on_signals() -> None:
-    """SIGTERM/SIGHUP end the run like Ctrl-C, so that the stacks and wrk are stopped."""
-    def interrupt(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupt)
 
 
 def main(argv: list[str] | None = None) -> int:

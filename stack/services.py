@@ -3,6 +3,7 @@ Prometheus and the exporters. Each has `up` (idempotent), `down` (by pid) and `s
 from __future__ import annotations
 
 import shutil
+from abc import ABC, abstractmethod
 import sys
 import urllib.error
 import urllib.request
@@ -19,15 +20,16 @@ def http_ok(url: str, timeout: float = 2) -> bool:
         return False
 
 
-class Daemon:
+class Daemon(ABC):
     """A foreground program we start detached and track by pid; `ready()` says whether it answers."""
 
     name = "daemon"
     user: str | None = None
     start_timeout = 30
 
+    @abstractmethod
     def argv(self, ctx: Ctx) -> list[str]:
-        raise NotImplementedError
+        """The command line of the program, run in the foreground."""
 
     def prepare(self, ctx: Ctx) -> None:
         """Render configuration, make folders (runs before every start)."""
@@ -35,8 +37,9 @@ class Daemon:
     def env(self, ctx: Ctx) -> dict:
         return {}
 
+    @abstractmethod
     def ready(self, ctx: Ctx) -> bool:
-        raise NotImplementedError
+        """Whether the program answers its own protocol."""
 
     def detail(self, ctx: Ctx) -> str:
         return ""
