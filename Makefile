@@ -19,7 +19,7 @@ TEST_PACKAGES := $(STACK_PACKAGES) chromium vagrant
 DEPLOY_TEST_PACKAGES := debootstrap systemd-container socat iproute2 openssh-client
 DEV_PACKAGES := python3-venv
 
-.PHONY: up down status reset dev test test-deploy packages-deploy-test test-fast bench bench-topology venv packages-dev packages-test packages-stack clean
+.PHONY: up down status reset dev test test-suite test-deploy packages-deploy-test test-fast bench bench-topology venv packages-dev packages-test packages-stack clean
 
 define ensure_packages
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -74,12 +74,16 @@ dev: packages-dev venv
 	LOG_LEVEL=WARNING $(BIN)/mes seed-demo | sed 's/^/   /' && \
 	exec $(BIN)/mes run --host $(HOST) --port $(PORT)
 
-## Every test, on SQLite and on a real PostgreSQL 15 that the tests start themselves.
-test: packages-test venv
+## Every test: the suite, then the deploy test (root; about 25 minutes in all).
+test: test-suite test-deploy
+
+## Every test but the deploy test, on SQLite and on a real PostgreSQL 15 that the tests start themselves.
+test-suite: packages-test venv
 	$(BIN)/python -m pytest -p no:cacheprovider
 
-## The playbooks against Debian 12 hosts in systemd-nspawn containers on this machine (root, 15-20 min):
-## lint, site.yml from bare hosts twice, the app through HAProxy, a rolling deploy under traffic, failover.
+## The playbooks against Debian 12 hosts in systemd-nspawn containers on this machine (root, about 20 min):
+## lint, site.yml from bare hosts twice, the app through HAProxy, a rolling deploy under traffic, failover
+## and rejoin by pg_rewind, switchover, backup and restore check, a replica added under traffic.
 test-deploy: packages-deploy-test venv
 	$(BIN)/python -m pytest -p no:cacheprovider -s tests/deploy
 

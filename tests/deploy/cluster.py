@@ -33,6 +33,8 @@ from .util import TIMINGS, log, pid_cmdline, run, timed, wait_until
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
 INVENTORY = ANSIBLE_DIR / "inventories" / "test" / "hosts.yml"
+# Hosts booted with the others but left out of site.yml: add_replica.yml makes them database nodes.
+SPARE_INVENTORY = ANSIBLE_DIR / "inventories" / "test" / "add_replica.yml"
 SUBNET = "10.213.0.0/24"          # must match the inventory; blackholed in the root namespace
 CTL_IP = "10.213.0.2"
 REQUIRED_TOOLS = ["debootstrap", "systemd-nspawn", "socat", "ip", "ssh", "ssh-keygen", "tar"]
@@ -65,8 +67,25 @@ def find_ansible_bin() -> Path:
     return Path(found).parent if found else here
 
 
-def read_inventory(path: Path = INVENTORY) -> dict[str, str]:
-    """host name -> address, from the test inventory; every address must be in the test subnet."""
+def read_inventory(*paths: Path) -> dict[str, str]:
+    """host name -> address, from the test inventory files (default: hosts.yml and the spare hosts);
+    every address must be in the test subnet."""
+    paths = paths or (INVENTORY, SPARE_INVENTORY)
+    hosts: dict[str, str] = {}
+    for path in paths:
+        hosts.update(_inventory_hosts(path))
+    net = ipaddress.ip_network(SUBNET)
+    for name, address in hosts.items():
+        if ipaddress.ip_address(address) not in net or address == CTL_IP:
+            raise ValueError(f"{name} has {address}, outside {SUBNET} or the controller's address")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,11}", name):
+            raise ValueError(f"host name {name!r} is not usable as a short namespace name")
+    if len(set(hosts.values())) != len(hosts):
+        raise ValueError(f"two hosts of {', '.join(p.name for p in paths)} share an address")
+    return hosts
+
+
+def _inventory_hosts(path: Path) -> dict[str, str]:
     data = yaml.safe_load(path.read_text())
     hosts: dict[str, str] = {}
 
@@ -79,14 +98,6 @@ def read_inventory(path: Path = INVENTORY) -> dict[str, str]:
             walk(child)
 
     walk(data["all"])
-    net = ipaddress.ip_network(SUBNET)
-    for name, address in hosts.items():
-        if ipaddress.ip_address(address) not in net or address == CTL_IP:
-            raise ValueError(f"{path}: {name} has {address}, outside {SUBNET} or the controller's address")
-        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,11}", name):
-            raise ValueError(f"{path}: host name {name!r} is not usable as a short namespace name")
-    if len(set(hosts.values())) != len(hosts):
-        raise ValueError(f"{path}: two hosts share an address")
     return hosts
 
 
@@ -148,7 +159,8 @@ class Cluster:
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings()
-        self.hosts = read_inventory()
+        self.hosts = read_inventory()                  # every host the harness boots
+        self.site_hosts = read_inventory(INVENTORY)    # the hosts site.yml builds (not the spares)
         self.work = self.settings.work_dir
         self.state_file = self.work / "state.json"
         self.logs = self.work / "logs"
@@ -308,11 +320,13 @@ class Cluster:
         })
         return env
 
-    def playbook(self, playbook: str, *args: str, extra_vars: dict | None = None,
+    def playbook(self, playbook: str, *args: str, extra_vars: dict | None = None, with_spares: bool = False,
                  timeout: float = 1800) -> AnsibleRun:
-        """ansible-playbook <ansible/playbook> from the controller namespace; output to a log file, with
-        progress (plays, failures, the recap) on stderr, or every line with MES_DEPLOY_VERBOSE=1."""
-        argv = [str(self.settings.ansible_bin / "ansible-playbook"), "-i", str(INVENTORY), playbook, *args]
+        """ansible-playbook <ansible/playbook> from the controller namespace (inventory hosts.yml, and the
+        spare hosts too when with_spares); output to a log file, with progress (plays, failures, the
+        recap) on stderr, or every line with MES_DEPLOY_VERBOSE=1."""
+        inventories = ["-i", str(INVENTORY)] + (["-i", str(SPARE_INVENTORY)] if with_spares else [])
+        argv = [str(self.settings.ansible_bin / "ansible-playbook"), *inventories, playbook, *args]
         if extra_vars:
             argv += ["-e", json.dumps(extra_vars)]
         return self._ansible(argv, Path(playbook).stem, timeout)

@@ -1,6 +1,8 @@
 """The playbooks against real Debian 12 hosts (systemd-nspawn containers built by the harness in this
 folder): lint, site.yml from bare hosts, idempotency, the app through HAProxy, read/write split,
-monitoring, a rolling deploy under traffic, a primary failure and the rejoin of the old primary.
+monitoring, a rolling deploy under traffic, a primary failure and the rejoin of the old primary
+(pg_rewind), a planned switchover, a backup with a restore check, and a third database node added
+under traffic.
 
 The tests run in order and build on each other (one set of hosts for the module); a test whose
 prerequisite failed is skipped with the reason. Every client runs in the controller namespace.
@@ -12,12 +14,14 @@ Contract assumed with the playbooks and roles (see README.md in this folder):
   (`mes` CLI, python with SQLAlchemy); PostgreSQL's data in /var/lib/postgresql/15/main.
 - `deploy.yml` rolls the app servers one at a time (takes `mes_app_release` to force a new release);
   `switchover.yml -e switchover_rejoin_only=true` rejoins every node that is not streaming, and
-  `switchover.yml -e switchover_target=<replica>` is a planned switchover.
+  `switchover.yml -e switchover_target=<replica>` is a planned switchover; `backup.yml` reports its
+  restore check in a debug line; `add_replica.yml -e new_replica=<host>` with the spare inventory.
 """
 from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 import subprocess
 import sys
 import tempfile
@@ -159,6 +163,53 @@ def primary_of(nodes: dict[str, dict]) -> str:
     return next(h for h, n in nodes.items() if n["role"] == "primary")
 
 
+def all_nodes_up(cluster: Cluster) -> dict[str, dict] | None:
+    nodes = pool_nodes(cluster)
+    return nodes if all(n["status"] in ("up", "waiting") for n in nodes.values()) else None
+
+
+def rejoined_by_rewind(result, host: str) -> None:
+    """The rejoin of `host` in this switchover.yml run went the pg_rewind way, not a new base backup."""
+    assert f"postgresql : Pg_rewind from the primary => {host}" in result.changed_tasks, result.changed_tasks
+    assert not [t for t in result.changed_tasks if t.startswith("postgresql : Keep the old data beside")], \
+        result.changed_tasks
+
+
+@contextmanager
+def steady_traffic(cluster: Cluster, what: str):
+    """Requests on both pools through HAProxy from the controller namespace while the block runs; yields
+    a dict that holds the generator's summary (total, lost, by_target) once the block has ended."""
+    key, writer_key = new_client(cluster), new_client(cluster)
+    summary: dict = {}
+    with tempfile.TemporaryDirectory(prefix="mes-deploy-traffic-") as tmp:
+        out, stop = Path(tmp) / "traffic.json", Path(tmp) / "stop"
+        targets = [
+            f"list,GET,{url(cluster, 'public', '/api/v1/orders?limit=5')},8,Authorization:Bearer {key}",
+            f"create,POST,{url(cluster, 'public', '/api/v1/orders')},2,Authorization:Bearer {writer_key}",
+            f"operator,GET,{url(cluster, 'operator', '/operator/login')},5",
+        ]
+        argv = ["ip", "netns", "exec", CTL_NS, sys.executable, "-m", "tests.deploy.nsclient", "traffic",
+                "--out", str(out), "--stop-file", str(stop), "--max-seconds", "1500"]
+        for t in targets:
+            argv += ["--target", t]
+        log(f"traffic starts (in the controller namespace) for {what}")
+        traffic = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(5)
+            yield summary
+            time.sleep(5)
+        finally:
+            stop.touch()
+            try:
+                _, err = traffic.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                traffic.kill()
+                _, err = traffic.communicate()
+        assert out.exists(), f"the traffic generator wrote no result: {err[-2000:]}"
+        summary.update(json.loads(out.read_text()))
+    log(f"traffic during {what}: {summary['total']} requests, {summary['lost']} lost, {summary['by_target']}")
+
+
 # --- lint ----------------------------------------------------------------------------------------------------
 
 def _offline(argv: list[str]) -> subprocess.CompletedProcess:
@@ -183,7 +234,7 @@ def test_yamllint_is_clean():
 def test_site_from_bare_hosts(cluster, extra_vars):
     result = cluster.playbook("site.yml", "--skip-tags", SKIP_TAGS, extra_vars=extra_vars, timeout=1200)
     check_run(cluster, result, "site.yml")
-    assert set(result.recap) == set(cluster.hosts), result.recap
+    assert set(result.recap) == set(cluster.site_hosts), result.recap
     PASSED.add("site.yml")
 
 
@@ -261,43 +312,17 @@ def test_prometheus_has_every_target_up(cluster):
     jobs = {t["labels"]["job"] for t in targets}
     assert {"prometheus", "haproxy", "mes_operator", "mes_public", "postgres", "redis", "node"} <= jobs, jobs
     nodes = [t for t in targets if t["labels"]["job"] == "node"]
-    assert len(nodes) == len(cluster.hosts), [t["scrapeUrl"] for t in nodes]
+    assert len(nodes) == len(cluster.site_hosts), [t["scrapeUrl"] for t in nodes]
 
 
 # --- operations ----------------------------------------------------------------------------------------------
 
 def test_rolling_deploy_loses_no_request(cluster, extra_vars):
     need("api")
-    key, writer_key = new_client(cluster), new_client(cluster)
-    with tempfile.TemporaryDirectory(prefix="mes-deploy-traffic-") as tmp:
-        out, stop = Path(tmp) / "traffic.json", Path(tmp) / "stop"
-        targets = [
-            f"list,GET,{url(cluster, 'public', '/api/v1/orders?limit=5')},8,Authorization:Bearer {key}",
-            f"create,POST,{url(cluster, 'public', '/api/v1/orders')},2,Authorization:Bearer {writer_key}",
-            f"operator,GET,{url(cluster, 'operator', '/operator/login')},5",
-        ]
-        argv = ["ip", "netns", "exec", CTL_NS, sys.executable, "-m", "tests.deploy.nsclient", "traffic",
-                "--out", str(out), "--stop-file", str(stop), "--max-seconds", "1500"]
-        for t in targets:
-            argv += ["--target", t]
-        log("traffic starts (in the controller namespace)")
-        traffic = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            time.sleep(5)
-            release = {"mes_app_release": f"deploytest-{int(time.time())}"}
-            result = cluster.playbook("deploy.yml", extra_vars={**extra_vars, **release}, timeout=900)
-            time.sleep(5)
-        finally:
-            stop.touch()
-            try:
-                _, err = traffic.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                traffic.kill()
-                _, err = traffic.communicate()
-        check_run(cluster, result, "deploy.yml")
-        assert out.exists(), f"the traffic generator wrote no result: {err[-2000:]}"
-        summary = json.loads(out.read_text())
-    log(f"traffic during the deploy: {summary['total']} requests, {summary['lost']} lost, {summary['by_target']}")
+    with steady_traffic(cluster, "deploy.yml") as summary:
+        release = {"mes_app_release": f"deploytest-{int(time.time())}"}
+        result = cluster.playbook("deploy.yml", extra_vars={**extra_vars, **release}, timeout=900)
+    check_run(cluster, result, "deploy.yml")
     assert summary["total"] >= 100, summary
     assert summary["lost"] == 0, summary
 
@@ -329,8 +354,8 @@ def test_primary_failure_is_failed_over_and_the_old_primary_rejoins(cluster):
 
     result = cluster.playbook("switchover.yml", extra_vars={"switchover_rejoin_only": True}, timeout=600)
     check_run(cluster, result, "switchover.yml (rejoin)")
-    rejoined = wait_until(lambda: (lambda n: n if all(x["status"] in ("up", "waiting") for x in n.values())
-                                   else None)(pool_nodes(cluster)), 60, interval=2, what="both nodes up in pgpool")
+    rejoined_by_rewind(result, old_primary)
+    rejoined = wait_until(lambda: all_nodes_up(cluster), 60, interval=2, what="both nodes up in pgpool")
     assert rejoined[standby]["role"] == "primary" and rejoined[old_primary]["role"] == "standby", rejoined
     assert psql(cluster, old_primary, "SELECT pg_is_in_recovery()") == "t"
     wait_until(lambda: psql(cluster, old_primary, f"SELECT reference FROM orders WHERE id = {order_id}") == "DT-FO-1",
@@ -341,12 +366,96 @@ def test_primary_failure_is_failed_over_and_the_old_primary_rejoins(cluster):
 def test_planned_switchover_back_to_the_first_primary(cluster):
     need("failover")
     target = first(cluster, "db_primary")
+    old_primary = primary_of(pool_nodes(cluster))
     result = cluster.playbook("switchover.yml", extra_vars={"switchover_target": target}, timeout=600)
     check_run(cluster, result, "switchover.yml")
-    nodes = wait_until(lambda: (lambda n: n if all(x["status"] in ("up", "waiting") for x in n.values())
-                                else None)(pool_nodes(cluster)), 90, interval=2, what="both nodes up in pgpool")
+    rejoined_by_rewind(result, old_primary)
+    nodes = wait_until(lambda: all_nodes_up(cluster), 90, interval=2, what="both nodes up in pgpool")
     assert primary_of(nodes) == target, nodes
     key = new_client(cluster)
     created = api(cluster, "POST", "/orders", key, new_order("DT-SW-1"))
     assert created["status"] == 201, created
     assert psql(cluster, target, f"SELECT reference FROM orders WHERE id = {created['json']['id']}") == "DT-SW-1"
+    PASSED.add("switchover")
+
+
+def test_backup_and_a_restore_that_finds_the_data(cluster):
+    need("api")
+    key = new_client(cluster)
+    created = api(cluster, "POST", "/orders", key, new_order("DT-BK-1"))
+    assert created["status"] == 201, created
+    result = cluster.playbook("backup.yml", timeout=900)
+    check_run(cluster, result, "backup.yml")
+    report = [line for line in result.output.splitlines() if "restore of " in line]
+    assert report and "both markers found" in report[-1], result.tail(40)
+    orders = int(report[-1].split("found, ")[1].split()[0])
+    primary = primary_of(pool_nodes(cluster))
+    assert orders == int(psql(cluster, primary, "SELECT count(*) FROM orders")), report[-1]
+    assert psql(cluster, primary, "SELECT count(*) FROM backup_marker") != "0"
+
+
+def test_a_new_replica_joins_under_traffic_and_gets_reads(cluster):
+    need("switchover")
+    new = next(h for h in cluster.hosts if h not in cluster.site_hosts)     # db3, of the spare inventory
+    pgpool_host = first(cluster, "pgpool")
+    pgpool_pid = lambda: cluster.ssh(pgpool_host, "systemctl show -p MainPID --value pgpool2", quiet=True).stdout.strip()
+    pid_before = pgpool_pid()
+    with steady_traffic(cluster, "add_replica.yml") as summary:
+        result = cluster.playbook("add_replica.yml", extra_vars={"new_replica": new}, with_spares=True,
+                                  timeout=900)
+    check_run(cluster, result, "add_replica.yml")
+    assert summary["total"] >= 50 and summary["lost"] == 0, summary
+    assert pgpool_pid() == pid_before != "0", "pgpool was restarted, not reloaded"
+    nodes = wait_until(lambda: all_nodes_up(cluster), 90, interval=2, what=f"{new} up in pgpool")
+    assert nodes[new]["role"] == "standby", nodes
+    assert psql(cluster, new, "SELECT pg_is_in_recovery()") == "t"
+    primary = primary_of(nodes)
+    assert psql(cluster, primary, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "2"
+    reader = new_client(cluster)
+    before = int(nodes[new]["select_cnt"])
+    for _ in range(60):      # balanced reads of a client that never wrote: some must reach the new node
+        assert api(cluster, "GET", "/orders?limit=5", reader)["status"] == 200
+    after = int(pool_nodes(cluster)[new]["select_cnt"])
+    assert after - before >= 5, (before, after)
+    PASSED.add("add_replica")
+
+
+def test_with_three_nodes_the_other_standby_follows_the_new_primary(cluster):
+    need("add_replica")
+    key = new_client(cluster)
+    nodes = pool_nodes(cluster)
+    old_primary = primary_of(nodes)
+    log(f"killing PostgreSQL on the primary {old_primary}, with two standbys")
+    cluster.ssh(old_primary, f"kill -KILL $(head -1 {PG_DATA}/postmaster.pid)")
+
+    def promoted():
+        try:
+            now = pool_nodes(cluster)
+        except Exception:       # pgpool may refuse connections for a moment while it fails over
+            return False
+        new = [h for h, n in now.items() if n["role"] == "primary" and h != old_primary]
+        return now if new and now[old_primary]["status"] == "down" else False
+    after = wait_until(promoted, 90, interval=1, what="pgpool to promote a standby")
+    new_primary = primary_of(after)
+    other = next(h for h in after if h not in (old_primary, new_primary))
+    # follow_primary.sh re-points the other standby and attaches it again
+    wait_until(lambda: psql(cluster, other, "SELECT sender_host FROM pg_stat_wal_receiver WHERE status = 'streaming'")
+               == cluster.hosts[new_primary], 120, interval=2, what=f"{other} to stream from {new_primary}")
+    followed = wait_until(lambda: (lambda n: n if n[other]["status"] in ("up", "waiting") else None)(pool_nodes(cluster)),
+                          90, interval=2, what=f"{other} attached again in pgpool")
+    assert followed[other]["role"] == "standby", followed
+
+    def write_ok():
+        r = api(cluster, "POST", "/orders", key, new_order("DT-FO3-1"))
+        return r if r["status"] == 201 else None
+    order_id = wait_until(write_ok, 60, interval=1, what="a write after the failover")["json"]["id"]
+    wait_until(lambda: psql(cluster, other, f"SELECT reference FROM orders WHERE id = {order_id}") == "DT-FO3-1",
+               60, what=f"the new order on {other}")
+
+    result = cluster.playbook("switchover.yml", extra_vars={"switchover_rejoin_only": True}, with_spares=True,
+                              timeout=600)
+    check_run(cluster, result, "switchover.yml (rejoin, three nodes)")
+    rejoined_by_rewind(result, old_primary)
+    nodes = wait_until(lambda: all_nodes_up(cluster), 90, interval=2, what="all three nodes up in pgpool")
+    assert primary_of(nodes) == new_primary and nodes[old_primary]["role"] == "standby", nodes
+    assert psql(cluster, new_primary, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "2"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from .cluster import CTL_IP, SUBNET, parse_changed_tasks, parse_recap, read_inventory
+from .cluster import CTL_IP, INVENTORY, SUBNET, parse_changed_tasks, parse_recap, read_inventory
 from .relay import Relay, apt_conf
 from .rootfs import _deb822_stanzas, _one_line_sources, debian_sources, AptSource
 
@@ -30,7 +30,8 @@ def test_recap_and_changed_tasks():
 
 def test_the_test_inventory_stays_in_the_blackholed_subnet():
     hosts = read_inventory()
-    assert {"lb1", "op1", "pub1", "db1", "db2", "pool1", "mon1"} <= set(hosts)
+    assert {"lb1", "op1", "pub1", "db1", "db2", "pool1", "mon1", "db3"} <= set(hosts)
+    assert "db3" not in read_inventory(INVENTORY)      # the spare: only add_replica.yml builds it
     net = ipaddress.ip_network(SUBNET)
     assert all(ipaddress.ip_address(a) in net and a != CTL_IP for a in hosts.values())
 
