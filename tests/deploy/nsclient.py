@@ -84,13 +84,14 @@ def cmd_traffic(args) -> dict:
         session = requests.Session()
         counter = stats.setdefault(t.name, Counter())
         interval, next_at, n = 1.0 / t.rps, time.monotonic(), 0
+        run_id = uuid.uuid4().hex[:8]     # references are unique per partner: one series per run
         while not stop.is_set():
             n += 1
             headers = dict(t.headers)
             body = None
             if t.method == "POST":
                 headers["Idempotency-Key"] = str(uuid.uuid4())
-                body = {"reference": f"DT-{t.name}-{n}", "product": "BRKT-200", "material": "steel S235",
+                body = {"reference": f"DT-{t.name}-{run_id}-{n}", "product": "BRKT-200", "material": "steel S235",
                         "quantity": 1}
             at = time.time()
             try:
