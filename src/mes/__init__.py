@@ -8,6 +8,7 @@ from .config import Settings
 from .consistency import WriteTracker
 from .errors import register_error_handlers
 from .extensions import csrf, limiter, login_manager
+from .key_cache import KeyCache
 from .logs import configure_logging, init_request_logging
 from .metrics import init_metrics
 from .status_cache import StatusCache, make_redis
@@ -74,7 +75,9 @@ def register_blueprints(app: Flask, pools: tuple[str, ...]) -> None:
 
 
 def init_caches(app: Flask, cfg: Settings) -> None:
-    """The status cache and the read-your-writes tracker share one Redis client (none on SQLite)."""
+    """The status cache and the read-your-writes tracker share one Redis client (none on SQLite);
+    the API key cache is this process's own."""
+    app.extensions["mes_key_cache"] = KeyCache(ttl=cfg.api_key_cache_seconds)
     client = make_redis(cfg.redis_url)
     app.extensions["mes_status_cache"] = StatusCache(client, ttl=cfg.status_cache_ttl)
     app.extensions["mes_write_tracker"] = WriteTracker(
