@@ -15,6 +15,8 @@ from .services.accounts import KeyHolder
 
 
 class KeyCache:
+    """Key hash -> KeyHolder for `ttl` seconds, at most `max_entries` of them."""
+
     def __init__(self, ttl: float, *, max_entries: int = 1024):
         self.ttl = ttl
         self.max_entries = max_entries
