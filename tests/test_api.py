@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import date, timedelta
 
 from conftest import NEW_ORDER, auth, create_order
@@ -106,16 +107,14 @@ def test_reused_reference_is_a_conflict_naming_the_order(client, accounts_):
     assert body["existing_order_id"] == first["id"]
 
 
-def test_auth_missing_wrong_and_revoked_keys(client, accounts_, db):
+def test_auth_missing_and_wrong_keys(client, accounts_):
     for headers in ({}, {"Authorization": "Bearer mes_0000_nope"}, {"Authorization": "Basic abc"}):
         r = client.get("/api/v1/orders", headers=headers)
         assert_problem(r, 401, "unauthorized")
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
     partner = accounts_.partner()
     assert client.get("/api/v1/orders", headers=auth(partner)).status_code == 200
-    from mes.services.accounts import revoke_key
-    revoke_key(db, "acme-erp")
-    assert_problem(client.get("/api/v1/orders", headers=auth(partner)), 401, "unauthorized")
+    # Revoked keys: test_revocation_takes_effect_within_the_key_cache_ttl
 
 
 def test_another_partners_order_is_404_like_a_missing_one(client, accounts_):
@@ -291,3 +290,37 @@ def test_operator_pool_alone_has_no_api(backend):
 def test_reads_of_the_response_are_json(client, accounts_):
     r = create_order(client, accounts_.partner())
     assert json.loads(r.data)["reference"] == "PO-1"
+
+
+
+def test_revocation_takes_effect_within_the_key_cache_ttl(backend, accounts_, db):
+    """Each process remembers a key for MES_API_KEY_CACHE_SECONDS: a revoked key keeps working there
+    at most that much longer; 0 turns the memory off and makes revocation immediate."""
+    from mes import create_app
+    from mes.services.accounts import revoke_key
+    remembering, brief, none = (create_app(backend.settings(api_key_cache_seconds=s)) for s in (3600, 0.5, 0))
+    partner = accounts_.partner()
+    for app in (remembering, brief, none):
+        assert app.test_client().get("/api/v1/orders", headers=auth(partner)).status_code == 200
+    revoke_key(db, "acme-erp")
+    assert remembering.test_client().get("/api/v1/orders", headers=auth(partner)).status_code == 200
+    assert_problem(none.test_client().get("/api/v1/orders", headers=auth(partner)), 401, "unauthorized")
+    time.sleep(0.5)  # the brief cache's TTL
+    assert_problem(brief.test_client().get("/api/v1/orders", headers=auth(partner)), 401, "unauthorized")
+    for app in (remembering, brief, none):
+        app.extensions["mes_engine"].dispose()
+
+
+def test_a_new_key_works_at_once_and_the_replaced_one_stops_within_the_ttl(backend, accounts_, db):
+    from mes import create_app
+    from mes.services.accounts import find_client, issue_key
+    app = create_app(backend.settings(api_key_cache_seconds=0.5))
+    client = app.test_client()
+    partner = accounts_.partner()
+    assert client.get("/api/v1/orders", headers=auth(partner)).status_code == 200
+    new_key = {"Authorization": f"Bearer {issue_key(db, find_client(db, 'acme-erp')).key}"}
+    assert client.get("/api/v1/orders", headers=new_key).status_code == 200  # unknown keys are never remembered
+    time.sleep(0.5)
+    assert_problem(client.get("/api/v1/orders", headers=auth(partner)), 401, "unauthorized")
+    assert client.get("/api/v1/orders", headers=new_key).status_code == 200
+    app.extensions["mes_engine"].dispose()

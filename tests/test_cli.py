@@ -46,7 +46,12 @@ def test_create_operator_and_duplicate(mes_cli, client):
     assert short.exit_code == 1 and "at least 8" in short.output
 
 
-def test_client_key_is_printed_once_and_works_until_revoked(mes_cli, client):
+def test_client_key_is_printed_once_and_works_until_revoked(mes_cli, backend):
+    from mes import create_app
+    # Remembering no key, so that replacing or revoking one shows at once; with the key cache on it
+    # shows within its TTL (test_api.py::test_revocation_takes_effect_within_the_key_cache_ttl).
+    app = create_app(backend.settings(api_key_cache_seconds=0))
+    client = app.test_client()
     r = mes_cli("create-client", "acme-erp", "--partner", "ACME", "--tier", "bulk")
     assert r.exit_code == 0
     key = r.output.strip().splitlines()[-1]
@@ -62,6 +67,7 @@ def test_client_key_is_printed_once_and_works_until_revoked(mes_cli, client):
     assert mes_cli("revoke-key", "nobody").exit_code == 1
     assert mes_cli("create-client", "crm", "--scope", "crm").exit_code == 0
     assert mes_cli("create-client", "x", "--tier", "platinum", "--partner", "X").exit_code == 2
+    app.extensions["mes_engine"].dispose()
 
 
 def test_demo_data_has_a_realistic_spread_and_consistent_counts(mes_cli, db):

@@ -77,6 +77,18 @@ def test_crm_writes_nothing():
         actors.require_move(crm, order, S.CANCELLED)
 
 
+def test_may_write_says_no_only_to_actors_that_no_rule_lets_write():
+    """Read-your-writes skips the actors may_write rules out: it must agree with every write rule."""
+    assert [a for a in (operator, supervisor, partner, other_partner, crm) if not actors.may_write(a)] == [crm]
+    for status in Status:
+        for holder in (None, crm.id):
+            order = OrderFacts(status, partner_id=100, holder_id=holder)
+            assert not actors.allowed_moves(crm, order) and not actors.may_claim(crm, order)
+            assert not actors.may_release(crm, order)
+    with pytest.raises(Forbidden):
+        actors.may_create_orders(crm)
+
+
 def test_partner_may_cancel_own_order_only():
     order = OrderFacts(S.QUEUED, partner_id=100, holder_id=None)
     assert actors.allowed_moves(partner, order) == [S.CANCELLED]

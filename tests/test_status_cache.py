@@ -129,3 +129,31 @@ def test_rate_limits_are_shared_by_every_instance_through_redis(backend, redis_s
     assert codes == [200, 200, 200, 429]
     for app in apps:
         app.extensions["mes_engine"].dispose()
+
+
+def test_read_your_writes_looks_up_markers_only_where_a_replica_could_be_read(backend, redis_server, accounts_):
+    """The marker lookup is a Redis GET per request: status reads (cache or primary) and read-only
+    CRM clients skip it, a writer's next replica read still makes it."""
+    if backend.name == "sqlite":
+        pytest.skip("read-your-writes routes between PostgreSQL servers")
+    raw = make_redis(redis_server.url)
+    raw.flushdb()
+    app = create_app(backend.settings(redis_url=redis_server.url, read_your_writes=True))
+    client = app.test_client()
+    partner, crm = accounts_.partner(), accounts_.crm()
+    oid = create_order(client, partner).get_json()["id"]  # leaves the partner's write marker
+
+    raw.config_set("slowlog-log-slower-than", 0)  # Redis's own log of every command, with its arguments
+    raw.config_set("slowlog-max-len", 1000)
+
+    def marker_lookups(path: str, headers: dict) -> int:
+        raw.slowlog_reset()
+        assert client.get(path, headers=auth(headers)).status_code == 200
+        return sum(1 for e in raw.slowlog_get(1000) if e["command"].startswith(b"GET mes:rw:"))
+
+    assert marker_lookups(f"/api/v1/orders/{oid}/status", partner) == 0
+    assert marker_lookups(f"/api/v1/orders/{oid}/status", crm) == 0
+    assert marker_lookups(f"/api/v1/orders/{oid}", crm) == 0
+    assert marker_lookups(f"/api/v1/orders/{oid}", partner) == 1
+    raw.config_set("slowlog-log-slower-than", 10000)
+    app.extensions["mes_engine"].dispose()

@@ -38,6 +38,8 @@ class Settings:
     db_pool_size: int = 5
     redis_url: str | None = None
     status_cache_ttl: int = 86400
+    # Per worker, API key -> client is remembered this long: a revoked key may work this much longer.
+    api_key_cache_seconds: float = 5.0
     # Behind Pgpool-II with replicas: an actor's reads go to the primary until its write is replicated.
     read_your_writes: bool = False
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
@@ -78,6 +80,7 @@ class Settings:
             db_pool_size=int(_env("MES_DB_POOL_SIZE", "5")),
             redis_url=_env("REDIS_URL"),
             status_cache_ttl=int(_env("MES_STATUS_CACHE_TTL", "86400")),
+            api_key_cache_seconds=float(_env("MES_API_KEY_CACHE_SECONDS", str(defaults.api_key_cache_seconds))),
             read_your_writes=_env("MES_READ_YOUR_WRITES", "0") == "1",
             secret_key=secret or defaults.secret_key,
             promise_lead_days=int(_env("MES_PROMISE_LEAD_DAYS", "21")),

@@ -10,7 +10,7 @@ from flask_wtf import CSRFProtect
 def rate_limit_key() -> str:
     """Per API client when the request carries a valid key, otherwise per source address."""
     client = g.get("client")
-    return f"client:{client.id}" if client is not None else f"addr:{request.remote_addr}"
+    return f"client:{client.client_id}" if client is not None else f"addr:{request.remote_addr}"
 
 
 limiter = Limiter(

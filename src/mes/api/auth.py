@@ -1,10 +1,11 @@
 """Bearer-key authentication of API clients, before rate limiting and the views."""
 from __future__ import annotations
 
-from flask import g, request
+from flask import current_app, g, request
 
 from ..domain.errors import Unauthorized
-from ..services.accounts import authenticate_key, client_actor
+from ..key_cache import KeyCache
+from ..services.accounts import KeyHolder, authenticate_key, hash_key
 from ..web import db_session
 from . import bp
 
@@ -20,8 +21,20 @@ def authenticate_api_client():
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("Send your API key as 'Authorization: Bearer <key>'.")
-    client = authenticate_key(db_session(), key.strip())
-    if client is None:
+    holder = holder_of(key.strip())
+    if holder is None:
         raise Unauthorized("The API key is unknown or revoked.")
-    g.client = client
-    g.actor = client_actor(client)
+    g.client = holder
+    g.actor = holder.actor
+
+
+def holder_of(key: str) -> KeyHolder | None:
+    """From this process's key cache when it is fresh, else from the database (then remembered)."""
+    cache: KeyCache = current_app.extensions["mes_key_cache"]
+    key_hash = hash_key(key)
+    holder = cache.get(key_hash)
+    if holder is None:
+        holder = authenticate_key(db_session(), key, key_hash=key_hash)
+        if holder is not None:
+            cache.put(key_hash, holder)
+    return holder

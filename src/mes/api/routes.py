@@ -12,7 +12,7 @@ from ..domain.errors import BadQuery
 from ..domain.idempotency import check_key, fingerprint
 from ..domain.lifecycle import Status
 from ..db import use_primary
-from ..domain.actors import OrderFacts, sees_order
+from ..domain.actors import OrderFacts, may_write, sees_order
 from ..domain.errors import NotFound
 from ..effects import cache_entry, order_created, route_reads, status_cache, status_changed
 from ..status_cache import StatusEntry
@@ -43,9 +43,16 @@ def _documented_query_params(spec: dict) -> dict[tuple[str, str], set[str]]:
 QUERY_PARAMS = _documented_query_params(OPENAPI)
 
 
+# Views that never read a replica: the status cache is never older than the last acknowledged
+# write, and a miss reads the primary. Read-your-writes has nothing to route there.
+NO_REPLICA_READS = {"api.get_status"}
+
+
 @bp.before_request
 def route_reads_of_recent_writers():
-    if g.get("actor") is not None:
+    """Only where it can matter: the marker lookup is a Redis round trip on every request."""
+    actor = g.get("actor")
+    if actor is not None and may_write(actor) and request.endpoint not in NO_REPLICA_READS:
         route_reads()
 
 

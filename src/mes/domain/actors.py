@@ -60,6 +60,12 @@ def sees_order(actor: Actor, order: OrderFacts) -> bool:
     return True
 
 
+def may_write(actor: Actor) -> bool:
+    """Whether the actor can change anything at all: CRM keys cannot (every check below says no to them).
+    Read-your-writes relies on this: an actor that never writes has no write to wait for."""
+    return actor.kind == "operator" or actor.scope is Scope.PARTNER
+
+
 def may_create_orders(actor: Actor) -> None:
     if not (actor.kind == "client" and actor.scope is Scope.PARTNER):
         raise Forbidden("Only partner clients create orders; this key is read-only.")

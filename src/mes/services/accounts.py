@@ -112,7 +112,17 @@ def revoke_key(session: Session, name: str) -> ApiClient:
     return client
 
 
-def authenticate_key(session: Session, key: str) -> ApiClient | None:
+@dataclass(frozen=True)
+class KeyHolder:
+    """What a request needs to know about the client behind a key: plain data, not a row, so that
+    it can be remembered beyond the request's session (mes.key_cache)."""
+
+    client_id: int
+    rate_tier: str
+    actor: Actor
+
+
+def authenticate_key(session: Session, key: str, *, key_hash: str | None = None) -> KeyHolder | None:
     """The client that holds this key, unless the key is unknown or revoked."""
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX:
@@ -120,6 +130,6 @@ def authenticate_key(session: Session, key: str) -> ApiClient | None:
     client = session.scalar(select(ApiClient).where(ApiClient.key_prefix == parts[1]))
     if client is None or client.revoked_at is not None or client.key_hash is None:
         return None
-    if not hmac.compare_digest(client.key_hash, hash_key(key)):
+    if not hmac.compare_digest(client.key_hash, key_hash or hash_key(key)):
         return None
-    return client
+    return KeyHolder(client_id=client.id, rate_tier=client.rate_tier, actor=client_actor(client))
