@@ -20,7 +20,7 @@ def test_entries_expire_after_the_ttl():
     assert cache.get("a") is None
 
 
-def test_the_oldest_entry_goes_first_when_full():
+def test_the_least_recently_used_entry_goes_first_when_full():
     cache = KeyCache(ttl=60, max_entries=2)
     for i in (1, 2, 3):
         cache.put(f"k{i}", holder(i))
