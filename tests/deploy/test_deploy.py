@@ -175,6 +175,32 @@ def rejoined_by_rewind(result, host: str) -> None:
         result.changed_tasks
 
 
+def kill_the_primary(cluster: Cluster) -> tuple[str, str, dict[str, dict]]:
+    """SIGKILL to the primary's postmaster; waits until pgpool has it down and another node promoted.
+    Returns (old primary, new primary, pgpool's nodes then)."""
+    old_primary = primary_of(pool_nodes(cluster))
+    log(f"killing PostgreSQL on the primary {old_primary} (SIGKILL to its postmaster)")
+    cluster.ssh(old_primary, f"kill -KILL $(head -1 {PG_DATA}/postmaster.pid)")
+
+    def promoted():
+        try:
+            now = pool_nodes(cluster)
+        except Exception:       # pgpool may refuse connections for a moment while it fails over
+            return False
+        new = [h for h, n in now.items() if n["role"] == "primary" and h != old_primary]
+        return now if new and now[old_primary]["status"] == "down" else False
+    after = wait_until(promoted, 90, interval=1, what="pgpool to promote a standby")
+    return old_primary, primary_of(after), after
+
+
+def write_through_haproxy(cluster: Cluster, key: str, reference: str) -> int:
+    """Create an order through HAProxy, retrying while the data tier settles; its id."""
+    def write_ok():
+        r = api(cluster, "POST", "/orders", key, new_order(reference))
+        return r if r["status"] == 201 else None
+    return wait_until(write_ok, 60, interval=1, what=f"a write of {reference} through HAProxy")["json"]["id"]
+
+
 @contextmanager
 def steady_traffic(cluster: Cluster, what: str):
     """Requests on both pools through HAProxy from the controller namespace while the block runs; yields
@@ -330,26 +356,8 @@ def test_rolling_deploy_loses_no_request(cluster, extra_vars):
 def test_primary_failure_is_failed_over_and_the_old_primary_rejoins(cluster):
     need("api")
     key = new_client(cluster)
-    nodes = pool_nodes(cluster)
-    old_primary = primary_of(nodes)
-    standby = next(h for h, n in nodes.items() if n["role"] == "standby")
-    log(f"killing PostgreSQL on the primary {old_primary} (SIGKILL to its postmaster)")
-    cluster.ssh(old_primary, f"kill -KILL $(head -1 {PG_DATA}/postmaster.pid)")
-
-    def promoted():
-        try:
-            now = pool_nodes(cluster)
-        except Exception:       # pgpool may refuse connections for a moment while it fails over
-            return False
-        return now.get(standby, {}).get("role") == "primary" and now
-    after = wait_until(promoted, 90, interval=1, what=f"pgpool to promote {standby}")
-    assert after[old_primary]["status"] == "down", after
-
-    def write_ok():
-        r = api(cluster, "POST", "/orders", key, new_order("DT-FO-1"))
-        return r if r["status"] == 201 else None
-    created = wait_until(write_ok, 60, interval=1, what="a write through HAProxy after the failover")
-    order_id = created["json"]["id"]
+    old_primary, standby, _ = kill_the_primary(cluster)
+    order_id = write_through_haproxy(cluster, key, "DT-FO-1")
     assert psql(cluster, standby, f"SELECT reference FROM orders WHERE id = {order_id}") == "DT-FO-1"
 
     result = cluster.playbook("switchover.yml", extra_vars={"switchover_rejoin_only": True}, timeout=600)
@@ -423,20 +431,7 @@ def test_a_new_replica_joins_under_traffic_and_gets_reads(cluster):
 def test_with_three_nodes_the_other_standby_follows_the_new_primary(cluster):
     need("add_replica")
     key = new_client(cluster)
-    nodes = pool_nodes(cluster)
-    old_primary = primary_of(nodes)
-    log(f"killing PostgreSQL on the primary {old_primary}, with two standbys")
-    cluster.ssh(old_primary, f"kill -KILL $(head -1 {PG_DATA}/postmaster.pid)")
-
-    def promoted():
-        try:
-            now = pool_nodes(cluster)
-        except Exception:       # pgpool may refuse connections for a moment while it fails over
-            return False
-        new = [h for h, n in now.items() if n["role"] == "primary" and h != old_primary]
-        return now if new and now[old_primary]["status"] == "down" else False
-    after = wait_until(promoted, 90, interval=1, what="pgpool to promote a standby")
-    new_primary = primary_of(after)
+    old_primary, new_primary, after = kill_the_primary(cluster)
     other = next(h for h in after if h not in (old_primary, new_primary))
     # follow_primary.sh re-points the other standby and attaches it again
     wait_until(lambda: psql(cluster, other, "SELECT sender_host FROM pg_stat_wal_receiver WHERE status = 'streaming'")
@@ -444,11 +439,7 @@ def test_with_three_nodes_the_other_standby_follows_the_new_primary(cluster):
     followed = wait_until(lambda: (lambda n: n if n[other]["status"] in ("up", "waiting") else None)(pool_nodes(cluster)),
                           90, interval=2, what=f"{other} attached again in pgpool")
     assert followed[other]["role"] == "standby", followed
-
-    def write_ok():
-        r = api(cluster, "POST", "/orders", key, new_order("DT-FO3-1"))
-        return r if r["status"] == 201 else None
-    order_id = wait_until(write_ok, 60, interval=1, what="a write after the failover")["json"]["id"]
+    order_id = write_through_haproxy(cluster, key, "DT-FO3-1")
     wait_until(lambda: psql(cluster, other, f"SELECT reference FROM orders WHERE id = {order_id}") == "DT-FO3-1",
                60, what=f"the new order on {other}")
 
