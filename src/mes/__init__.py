@@ -12,6 +12,7 @@ from .key_cache import KeyCache
 from .logs import configure_logging, init_request_logging
 from .metrics import init_metrics
 from .status_cache import StatusCache, make_redis
+from .reconnect import ReconnectingFlask
 from .web import RowIdConverter, init_db
 
 
@@ -19,7 +20,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the app for the pools named in settings (MES_POOLS): the table of contents of the service."""
     cfg = settings or Settings.from_env()
     pool = "+".join(cfg.pools)
-    app = Flask(__name__)
+    app = ReconnectingFlask(__name__)
     app.config.update(
         SECRET_KEY=cfg.secret_key,
         MAX_CONTENT_LENGTH=cfg.max_body_bytes,

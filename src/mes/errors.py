@@ -5,6 +5,7 @@ import logging
 
 from flask import Flask, Response, current_app, g, jsonify, render_template, request
 from flask_limiter.errors import RateLimitExceeded
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from .domain.errors import DomainError
@@ -67,6 +68,18 @@ def register_error_handlers(app: Flask) -> None:
             allowed = getattr(err, "valid_methods", None)
             if allowed:
                 response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    @app.errorhandler(DBAPIError)
+    def _database(err: DBAPIError):
+        if not err.connection_invalidated:
+            return _unexpected(err)
+        # The connection died under a request that was not safe to repeat (reconnect.py): the
+        # database is switching nodes; whether the change was applied is for the client to check.
+        log.warning("database connection lost", extra={"request_id": g.get("request_id")})
+        response = render_error(503, "database-unavailable", "Service unavailable",
+                                "The database connection was lost; try again in a moment.")
+        response.headers["Retry-After"] = "1"
         return response
 
     @app.errorhandler(Exception)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from contextlib import contextmanager
 import subprocess
 import sys
@@ -394,11 +395,12 @@ def test_backup_and_a_restore_that_finds_the_data(cluster):
     assert created["status"] == 201, created
     result = cluster.playbook("backup.yml", timeout=900)
     check_run(cluster, result, "backup.yml")
-    report = [line for line in result.output.splitlines() if "restore of " in line]
-    assert report and "both markers found" in report[-1], result.tail(40)
-    orders = int(report[-1].split("found, ")[1].split()[0])
+    # the Report task's message (Ansible's output may wrap it over lines)
+    report = re.findall(r"restore of (\S+) and the WAL archive: both markers found, (\d+) orders",
+                        " ".join(result.output.split()))
+    assert report, result.tail(40)
     primary = primary_of(pool_nodes(cluster))
-    assert orders == int(psql(cluster, primary, "SELECT count(*) FROM orders")), report[-1]
+    assert int(report[-1][1]) == int(psql(cluster, primary, "SELECT count(*) FROM orders")), report
     assert psql(cluster, primary, "SELECT count(*) FROM backup_marker") != "0"
 
 

@@ -5,6 +5,7 @@ from flask import current_app, g, request
 
 from ..domain.errors import Unauthorized
 from ..key_cache import KeyCache
+from ..reconnect import once_more_if_connection_lost
 from ..services.accounts import KeyHolder, authenticate_key, hash_key
 from ..web import db_session
 from . import bp
@@ -34,7 +35,8 @@ def holder_of(key: str) -> KeyHolder | None:
     key_hash = hash_key(key)
     holder = cache.get(key_hash)
     if holder is None:
-        holder = authenticate_key(db_session(), key, key_hash=key_hash)
+        # A read: safe to repeat on a fresh connection whatever the request's method.
+        holder = once_more_if_connection_lost(lambda: authenticate_key(db_session(), key, key_hash=key_hash))
         if holder is not None:
             cache.put(key_hash, holder)
     return holder

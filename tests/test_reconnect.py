@@ -1,0 +1,73 @@
+"""A database connection that dies in the middle of a request (Pgpool-II drops its clients' backend
+connections when a node is attached or detached): a repeatable request is run once more and succeeds,
+any other gets a 503 with Retry-After and changes nothing. Real PostgreSQL; the connection is really
+terminated (pg_terminate_backend from another session), just before a chosen statement."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import pytest
+from conftest import BACKENDS, auth, create_order
+from sqlalchemy import create_engine, event, text
+
+from mes.db import PRIMARY_HINT
+
+pytestmark = pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"], indirect=True)
+
+
+@contextmanager
+def connection_dies_before(app, backend, statement_start: str):
+    """The first statement of the app that starts with `statement_start` (after a routing hint comment)
+    finds its connection gone."""
+    engine, killer = app.extensions["mes_engine"], create_engine(backend.app_url)
+    killed: list[int] = []
+
+    def kill(conn, cursor, statement, parameters, context, executemany):
+        if killed or not statement.removeprefix(PRIMARY_HINT).lstrip().upper().startswith(statement_start):
+            return
+        pid = conn.connection.dbapi_connection.get_backend_pid()
+        with killer.begin() as k:
+            k.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            deadline = time.monotonic() + 5
+            while k.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}).scalar() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.02)
+        killed.append(pid)
+
+    event.listen(engine, "before_cursor_execute", kill)
+    try:
+        yield killed
+    finally:
+        event.remove(engine, "before_cursor_execute", kill)
+        killer.dispose()
+
+
+def test_a_read_whose_connection_dies_is_answered(app, client, backend, accounts_):
+    partner = accounts_.partner()
+    order = create_order(client, partner).get_json()
+    with connection_dies_before(app, backend, "SELECT ORDERS.") as killed:
+        r = client.get(f"/api/v1/orders/{order['id']}", headers=auth(partner))
+    assert killed, "the connection was not terminated: the test proves nothing"
+    assert r.status_code == 200 and r.get_json()["reference"] == order["reference"]
+
+
+def test_an_idempotent_create_whose_connection_dies_is_created_once(app, client, backend, accounts_, db):
+    partner = accounts_.partner()
+    with connection_dies_before(app, backend, "INSERT INTO ORDERS") as killed:
+        r = create_order(client, partner, reference="PO-RECONNECT")
+    assert killed
+    assert r.status_code == 201, r.get_json()
+    assert db.execute(text("SELECT count(*) FROM orders WHERE reference = 'PO-RECONNECT'")).scalar() == 1
+
+
+def test_a_write_without_idempotency_key_gets_503_and_changes_nothing(app, client, backend, accounts_, db):
+    partner = accounts_.partner()
+    order = create_order(client, partner).get_json()
+    with connection_dies_before(app, backend, "UPDATE ORDERS") as killed:
+        r = client.post(f"/api/v1/orders/{order['id']}/cancel", headers=auth(partner))
+    assert killed
+    assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1, r.get_data(as_text=True)
+    assert r.mimetype == "application/problem+json" and r.get_json()["type"].endswith("database-unavailable")
+    assert db.execute(text("SELECT status FROM orders WHERE id = :id"), {"id": order["id"]}).scalar() == "received"
+    assert client.post(f"/api/v1/orders/{order['id']}/cancel", headers=auth(partner)).status_code == 200
