@@ -150,6 +150,16 @@ def live_server(app):
     thread.join(5)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked postgresql_only (behaviour SQLite cannot have, e.g. a replica) are not collected
+    on the SQLite backend: deselected, not skipped."""
+    drop = [item for item in items if item.get_closest_marker("postgresql_only")
+            and getattr(item, "callspec", None) and item.callspec.params.get("backend") == "sqlite"]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [item for item in items if item not in drop]
+
+
 def pytest_report_header(config):
     return f"database backends: {', '.join(BACKENDS)}"
 

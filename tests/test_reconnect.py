@@ -8,12 +8,12 @@ import time
 from contextlib import contextmanager
 
 import pytest
-from conftest import BACKENDS, auth, create_order
+from conftest import auth, create_order
 from sqlalchemy import create_engine, event, text
 
 from mes.db import PRIMARY_HINT
 
-pytestmark = pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"], indirect=True)
+pytestmark = pytest.mark.postgresql_only
 
 
 @contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import BACKENDS, auth, create_order
+from conftest import auth, create_order
 from sqlalchemy import update
 
 from mes import create_app
@@ -132,7 +132,7 @@ def test_rate_limits_are_shared_by_every_instance_through_redis(backend, redis_s
 
 
 # Read-your-writes routes between PostgreSQL servers: PostgreSQL only (SQLite has no replica to avoid).
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"], indirect=True)
+@pytest.mark.postgresql_only
 def test_read_your_writes_looks_up_markers_only_where_a_replica_could_be_read(backend, redis_server, accounts_):
     """The marker lookup is a Redis GET per request: status reads (cache or primary) and read-only
     CRM clients skip it, a writer's next replica read still makes it."""
