@@ -74,14 +74,14 @@ dev: packages-dev venv
 	LOG_LEVEL=WARNING $(BIN)/mes seed-demo | sed 's/^/   /' && \
 	exec $(BIN)/mes run --host $(HOST) --port $(PORT)
 
-## Every test: the suite, then the deploy test (root; about 25 minutes in all).
+## Every test: the suite, then the deploy test (root; about 20 minutes in all).
 test: test-suite test-deploy
 
 ## Every test but the deploy test, on SQLite and on a real PostgreSQL 15 that the tests start themselves.
 test-suite: packages-test venv
 	$(BIN)/python -m pytest -p no:cacheprovider
 
-## The playbooks against Debian 12 hosts in systemd-nspawn containers on this machine (root, about 20 min):
+## The playbooks against Debian 12 hosts in systemd-nspawn containers on this machine (root, about 15 min):
 ## lint, site.yml from bare hosts twice, the app through HAProxy, a rolling deploy under traffic, failover
 ## and rejoin by pg_rewind, switchover, backup and restore check, a replica added under traffic.
 test-deploy: packages-deploy-test venv
