@@ -72,6 +72,7 @@ import yaml  # noqa: E402
 
 from mes.testing.postgres import free_port  # noqa: E402
 from signals import stop_on_signals  # noqa: E402  (bench/ is on sys.path)
+from stack.topology import make_ctx  # noqa: E402
 
 LAYOUT = yaml.safe_load((ROOT / "stack" / "local.yml").read_text())
 SETTINGS = yaml.safe_load((ROOT / "ansible" / "group_vars" / "all" / "main.yml").read_text())
@@ -179,22 +180,8 @@ class Stack:
         (self.state / "topology").write_text(self.topology + "\n")
         started = time.monotonic()
         self.cli("up", "--topology", self.topology)
-        self.ctx = self._make_ctx()
+        self.ctx = make_ctx(self.topology, self.env)
         log(f"  {self.topology}: up in {time.monotonic() - started:.0f} s, state in {self.state}")
-
-    def _make_ctx(self):
-        """The stack's context, as `python -m stack` builds it from this stack's environment."""
-        saved = {k: os.environ.get(k) for k in self.env if k.startswith("MES_")}
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith("MES_")})
-        try:
-            from stack.topology import make_ctx
-            return make_ctx(self.topology)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def down(self) -> None:
         """Stop every component by pid (also after a half-finished `up`) and remove the folder.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -21,16 +22,17 @@ def pg_bindir() -> str:
         return "/usr/lib/postgresql/15/bin"
 
 
-def ports() -> dict[str, int]:
+def ports(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
+    """local.yml's ports, each overridable by MES_PORT_<NAME> in `environ`."""
     layout = yaml.safe_load(LOCAL_LAYOUT.read_text())
-    return {name: int(os.environ.get(f"MES_PORT_{name.upper()}", port)) for name, port in layout["ports"].items()}
+    return {name: int(environ.get(f"MES_PORT_{name.upper()}", port)) for name, port in layout["ports"].items()}
 
 
-def build(state: Path, topology: str = "split") -> dict:
+def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.environ) -> dict:
     if topology not in TOPOLOGIES:
         raise SystemExit(f"TOPOLOGY must be one of {TOPOLOGIES}, not {topology!r}")
     host = yaml.safe_load(LOCAL_LAYOUT.read_text())["host"]
-    p = ports()
+    p = ports(environ)
     single = topology == "single"
     app = lambda name: {"name": name, "host": host, "port": p[name]}  # noqa: E731
     nodes = [{"id": 0, "name": "pg0", "host": host, "port": p["pg0"], "data_dir": str(state / "pg0" / "data"),
@@ -55,13 +57,15 @@ def build(state: Path, topology: str = "split") -> dict:
     }
 
 
-def state_dir() -> Path:
-    return Path(os.environ.get("MES_STACK_DIR") or Path.cwd() / "var" / "stack").resolve()
+def state_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    return Path(environ.get("MES_STACK_DIR") or Path.cwd() / "var" / "stack").resolve()
 
 
-def make_ctx(topology: str | None = None) -> Ctx:
-    """The context of this machine's stack; the topology is remembered from the first `up`."""
-    state = state_dir()
+def make_ctx(topology: str | None = None, environ: Mapping[str, str] = os.environ) -> Ctx:
+    """The context of this machine's stack; the topology is remembered from the first `up`.
+    `environ` is where MES_STACK_DIR and MES_PORT_<NAME> are read (tests and benchmarks pass the
+    environment of the stack they started)."""
+    state = state_dir(environ)
     remembered = state / "topology"
     if topology is None:
         topology = remembered.read_text().strip() if remembered.exists() else "split"
@@ -73,7 +77,7 @@ def make_ctx(topology: str | None = None) -> Ctx:
     state.chmod(0o755)
     if not remembered.exists():  # so that down/status later act on the topology that was started
         remembered.write_text(topology + "\n")
-    variables = {**settings, "mes_topology": build(state, topology), "mes_secrets": load_secrets(state)}
+    variables = {**settings, "mes_topology": build(state, topology, environ), "mes_secrets": load_secrets(state)}
     return Ctx(state=state, vars=variables)
 
 

@@ -18,6 +18,8 @@ import requests
 import yaml
 
 from mes.testing.postgres import free_port
+from stack.topology import make_ctx
+from stack.topology import ports as stack_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = yaml.safe_load((ROOT / "stack" / "local.yml").read_text())
@@ -37,22 +39,12 @@ class Stack:
 
     def __init__(self, env: dict, state: Path):
         self.env, self.state = env, state
-        ports = {name: int(env[f"MES_PORT_{name.upper()}"]) for name in LAYOUT["ports"]}
+        ports = stack_ports(env)
         self.public = f"http://127.0.0.1:{ports['public']}"
         self.operator = f"http://127.0.0.1:{ports['operator']}"
         self.stats = f"http://127.0.0.1:{ports['haproxy_stats']}"
         self.prometheus = f"http://127.0.0.1:{ports['prometheus']}"
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            from stack.topology import make_ctx
-            self.ctx = make_ctx(None)
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        self.ctx = make_ctx(None, env)
 
     def mes(self, *args: str) -> str:
         from stack.cli import mes

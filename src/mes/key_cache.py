@@ -19,13 +19,8 @@ class KeyCache:
     """Key hash -> KeyHolder for `ttl` seconds, at most `max_entries` of them (least recently used out)."""
 
     def __init__(self, ttl: float, *, max_entries: int = 1024):
-        self.ttl = ttl
         self._entries: TTLCache[str, KeyHolder] | None = TTLCache(max_entries, ttl) if ttl > 0 else None
         self._lock = threading.Lock()  # gunicorn workers are single-threaded; dev and test servers are not
-
-    @property
-    def enabled(self) -> bool:
-        return self._entries is not None
 
     def get(self, key_hash: str) -> KeyHolder | None:
         """The holder remembered for this key, unless it is older than the TTL."""

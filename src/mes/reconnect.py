@@ -22,10 +22,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def connection_lost(err: BaseException) -> bool:
-    return isinstance(err, DBAPIError) and bool(err.connection_invalidated)
-
-
 def repeatable() -> bool:
     return request.method in ("GET", "HEAD") or bool(request.headers.get("Idempotency-Key"))
 
@@ -36,7 +32,7 @@ def once_more_if_connection_lost(work: Callable[[], T]) -> T:
     try:
         return work()
     except DBAPIError as err:
-        if not connection_lost(err):
+        if not err.connection_invalidated:
             raise
         log.warning("database connection lost; trying once more", extra={"request_id": g.get("request_id")})
         db_session().rollback()
