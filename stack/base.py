@@ -29,6 +29,11 @@ def _to_nice_yaml(value) -> str:
     return yaml.safe_dump(value, default_flow_style=False, sort_keys=False)
 
 
+def _to_bool(value) -> bool:
+    """Ansible's `bool` filter: yes/on/true/1 (any case) are true."""
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("yes", "on", "true", "1")
+
+
 @dataclass
 class Ctx:
     """The state folder, the variables, and helpers to render files and run processes."""
@@ -55,6 +60,7 @@ class Ctx:
                                  keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
         env.filters["to_json"] = lambda v: __import__("json").dumps(v)
         env.filters["to_nice_yaml"] = _to_nice_yaml
+        env.filters["bool"] = _to_bool
         text = env.get_template(template).render(**self.vars, **(extra or {}))
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.exists() or dest.read_text() != text:

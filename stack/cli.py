@@ -18,23 +18,21 @@ DEMO_ORDERS = 2000
 def components(ctx: Ctx) -> list:
     """In start order; `down` goes in reverse."""
     t = ctx.vars["mes_topology"]
-    nodes = [dbtier.PostgresNode(n) for n in t["pg_nodes"]]
-    exporters = [dbtier.PostgresExporter(n) for n in t["pg_nodes"]]
+    database = dbtier.components(ctx)
     urls = dbtier.database_urls(ctx)
     if t["single"]:
-        apps = [AppInstance("single", i, urls["app_direct"], None) for i in t["app_single"]]
-        return [*nodes, *exporters, NodeExporter(), *apps, HAProxy(), Prometheus()]
+        apps = [AppInstance("single", i, urls["app"], None) for i in t["app_single"]]
+        return [*database, NodeExporter(), *apps, HAProxy(), Prometheus()]
     redis_url = f"redis://{t['redis']['host']}:{t['redis']['port']}/0"
     apps = [AppInstance("operator", i, urls["app"], redis_url) for i in t["app_operator"]]
     apps += [AppInstance("public", i, urls["app"], redis_url) for i in t["app_public"]]
-    return [*nodes, dbtier.Pgpool(), Redis(), *exporters, RedisExporter(), NodeExporter(), *apps, HAProxy(),
-            Prometheus()]
+    return [*database, Redis(), RedisExporter(), NodeExporter(), *apps, HAProxy(), Prometheus()]
 
 
 def mes(ctx: Ctx, *args: str) -> str:
     """Run the `mes` CLI against the primary as the migration role."""
     urls = dbtier.database_urls(ctx)
-    env = {**os.environ, "DATABASE_URL": urls["owner_direct"], "MIGRATION_DATABASE_URL": urls["owner_direct"],
+    env = {**os.environ, "DATABASE_URL": urls["owner"], "MIGRATION_DATABASE_URL": urls["owner"],
            "MES_APP_DB_ROLE": ctx.vars["pg_app_role"], "SECRET_KEY": ctx.vars["mes_secrets"]["secret_key"],
            "LOG_LEVEL": "WARNING",
            **{f"MES_RATE_LIMIT_{tier.upper()}": limit for tier, limit in ctx.vars["mes_rate_limits"].items()}}
@@ -92,8 +90,11 @@ def print_urls(ctx: Ctx) -> None:
     print(f"  HAProxy stats: http://{h['bind']}:{h['stats_port']}/stats")
     print(f"  Prometheus:    http://{t['prometheus']['host']}:{t['prometheus']['port']}/")
     if not t["single"]:
+        ep = t["db_endpoints"]
         print(f"  Pgpool-II:     {t['pgpool']['host']}:{t['pgpool']['port']}  "
               f"Redis: {t['redis']['host']}:{t['redis']['port']}")
+        print(f"  PostgreSQL:    primary {ep['host']}:{ep['primary_port']}, replicas {ep['host']}:{ep['replica_port']} "
+              f"(HAProxy, following Patroni; stats http://{ep['host']}:{ep['stats_port']}/stats)")
     credentials = ctx.path("credentials.txt")
     if credentials.exists():
         for line in credentials.read_text().splitlines():

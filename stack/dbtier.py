@@ -1,47 +1,44 @@
-"""The database tier of the one-machine stack: a PostgreSQL primary and streaming replica, Pgpool-II in
-streaming-replication mode in front of them, and one postgres_exporter per node, all as plain
-processes on loopback, run as the `postgres` system user, configured from the same templates
-(postgresql/, pgpool/) that the Ansible roles render for VMs.
+"""The database tier of the one-machine stack, as plain processes on loopback, configured from the same
+templates (etcd/, patroni/, postgresql/, haproxy/db.cfg.j2, pgpool/) that the Ansible roles render:
 
-Components (each has `name`, `up(ctx)`, `down(ctx)`, `status(ctx) -> (answers, detail)`):
-
-- `PostgresNode(node)`: one entry of `mes_topology.pg_nodes`. The first `up` of the first node makes
-  the primary (initdb with data checksums, roles, database); the first `up` of a later node clones
-  the current primary (pg_basebackup) into a streaming replica. Later `up`s just start what exists.
-  Roles are found with pg_is_in_recovery(), never by list order: after a failover the promoted node
-  stays primary, and a stale old primary is rejoined as a standby (pg_rewind, or a new base backup
-  when rewinding fails) instead of being started as a second primary.
-- `Pgpool()`: renders pgpool.conf, pool_hba.conf, failover.sh, pool_passwd (AES), pcp.conf into
-  `mes_topology.pgpool.dir` and runs pgpool in the foreground.
+- `Etcd(member)`: one member of mes_topology.etcd, the consensus store of Patroni's leader key.
+- `PatroniNode(node)`: Patroni for one entry of mes_topology.pg_nodes. Patroni initialises the first
+  node, clones the others, restarts a crashed PostgreSQL, promotes a synchronous standby when the
+  leader's key expires and rejoins an old primary (pg_rewind, or a new clone). The stack only starts,
+  stops and waits for it.
+- `PatroniCluster()`: waits until the cluster has a leader and every node runs (a replica: streams, and
+  one of them is the synchronous standby), then applies roles and database (postgresql/roles.sql.j2).
+- `DbEndpoints()`: HAProxy's primary and replica endpoints, checked against Patroni's REST API.
+- `Pgpool()`: Pgpool-II with those two endpoints as its backends; it splits reads from writes and pools
+  connections, and decides no failover.
 - `PostgresExporter(node)`: Debian's prometheus-postgres-exporter for one node.
 
-`components(ctx)` lists them in start order. Helpers for tests and benchmarks: `psql`, `pool_nodes`,
-`primary_node`, `standby_nodes`, `pause_replay`, `resume_replay`, `attach_node`, `pcp`,
-`database_urls`.
+Each component has `name`, `up(ctx)`, `down(ctx)`, `status(ctx) -> (answers, detail)`. Helpers for
+tests and benchmarks: `psql`, `cluster`, `primary_node`, `standby_nodes`, `pause_replay`,
+`resume_replay`, `pool_nodes`, `kill_node`, `database_urls`.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
+import json
 import os
 import re
-import shutil
 import signal
 import tempfile
-import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
 from .base import ROOT, Ctx, StackError, alive, chown, wait_until
+from .services import Daemon, http_ok
 
-PG_USER = "postgres"        # OS user of postgres, pgpool and the exporters
+PG_USER = "postgres"        # OS user of postgres, Patroni, pgpool and the exporters
 SUPERUSER = "postgres"      # database superuser, reachable only over the node's unix socket
 EXPORTER_BIN = "prometheus-postgres-exporter"
 EXPORTER_QUERIES = ROOT / "monitoring" / "postgres_exporter_queries.yml"
-CONF_INCLUDE_DIR = "conf.d"
-CONF_INCLUDE_FILE = "mes.conf"
 
 
 # --- small helpers ----------------------------------------------------------------------------------
@@ -62,32 +59,12 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-def _exec_as_pg(argv: list[str]) -> list[str]:
-    """Run `argv` as the postgres user by exec (no runuser parent), so that the pid ctx.spawn records is
-    the program's own and a signal reaches it directly (runuser would SIGKILL it 2 s after a SIGTERM)."""
-    if _is_root():
-        return ["setpriv", f"--reuid={PG_USER}", f"--regid={PG_USER}", "--init-groups", "--", *argv]
-    return list(argv)
-
-
 def _pg_home() -> str:
     try:
         import pwd
         return pwd.getpwnam(PG_USER).pw_dir if _is_root() else os.environ.get("HOME", "/")
     except KeyError:
         return "/"
-
-
-def _q_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _q_literal(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _conninfo_value(value) -> str:
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _write_private(path: Path, text: str, mode: int = 0o600, owner: str | None = PG_USER) -> bool:
@@ -104,10 +81,11 @@ def _write_private(path: Path, text: str, mode: int = 0o600, owner: str | None =
     return changed
 
 
-def _render(ctx: Ctx, template: str, dest: Path, *, mode: int, extra: dict | None = None) -> bool:
-    """ctx.render, owned by postgres; True if the content changed."""
+def _render(ctx: Ctx, template: str, dest: Path, *, mode: int, owner: str = PG_USER,
+            extra: dict | None = None) -> bool:
+    """ctx.render, owned by `owner`; True if the content changed."""
     before = dest.read_text() if dest.exists() else None
-    ctx.render(template, dest, mode=mode, owner=PG_USER, extra=extra)
+    ctx.render(template, dest, mode=mode, owner=owner, extra=extra)
     return dest.read_text() != before
 
 
@@ -116,6 +94,20 @@ def _pid_in(pidfile: Path) -> int | None:
         return int(pidfile.read_text().split()[0])
     except (FileNotFoundError, ValueError, IndexError, PermissionError):
         return None
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
 
 
 def nodes(ctx: Ctx) -> list[dict]:
@@ -130,8 +122,14 @@ def node_by_name(ctx: Ctx, name: str) -> dict:
 
 
 def socket_dir(node: dict) -> Path:
-    """Local stack: the node's unix socket folder, next to its data dir (VMs: /var/run/postgresql)."""
+    """Local stack: the node's unix socket folder, beside its data dir (VMs: /var/run/postgresql)."""
     return Path(node["data_dir"]).parent / "run"
+
+
+def _node_extra(node: dict) -> dict:
+    """What the node templates (patroni/, postgresql/) need besides the variables."""
+    return {"pg_node_name": node["name"], "pg_socket_dir": str(socket_dir(node)),
+            "pg_local_auth": "peer" if _is_root() else "trust"}
 
 
 # --- SQL as the superuser over the node's socket ----------------------------------------------------
@@ -156,44 +154,53 @@ def psql(ctx: Ctx, node: dict, sql: str, db: str = "postgres", *, timeout: float
 def _try_psql(ctx: Ctx, node: dict, sql: str, db: str = "postgres", timeout: float = 10) -> str | None:
     try:
         return psql(ctx, node, sql, db, timeout=timeout)
-    except (StackError, OSError, Exception):  # noqa: BLE001 - a node that does not answer
+    except Exception:  # noqa: BLE001 - a node that does not answer
         return None
 
 
-def in_recovery(ctx: Ctx, node: dict) -> bool | None:
-    """True for a standby, False for a primary, None when the node does not answer."""
-    out = _try_psql(ctx, node, "SELECT pg_is_in_recovery()")
-    return None if out is None else out == "t"
+# --- Patroni's REST API -----------------------------------------------------------------------------
+
+def rest(node: dict, path: str, timeout: float = 2) -> tuple[int, dict]:
+    """GET one of Patroni's REST endpoints on `node`: (HTTP status, JSON body); (0, {}) if it does not
+    answer. /primary, /replica and /health answer 503 with a body when the node is not that."""
+    url = f"http://{node['host']}:{node['patroni_port']}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        try:
+            return err.code, json.loads(err.read() or b"{}")
+        except ValueError:
+            return err.code, {}
+    except (OSError, ValueError):
+        return 0, {}
+
+
+def cluster(ctx: Ctx) -> dict:
+    """Patroni's view of the cluster (GET /cluster on the first node that answers): members with
+    name, role (leader, sync_standby, replica), state, timeline and lag; {} when no node answers."""
+    for node in nodes(ctx):
+        status, body = rest(node, "/cluster")
+        if status == 200 and "members" in body:
+            return body
+    return {}
+
+
+def leader_name(ctx: Ctx) -> str | None:
+    return next((m["name"] for m in cluster(ctx).get("members", []) if m.get("role") == "leader"), None)
 
 
 def primary_node(ctx: Ctx) -> dict:
-    """The node entry of the running primary (asked with pg_is_in_recovery() on each node)."""
+    """The node that holds the leader key and runs as the primary (its /primary answers 200)."""
     for node in nodes(ctx):
-        if PostgresNode(node).running(ctx) and in_recovery(ctx, node) is False:
+        if rest(node, "/primary")[0] == 200:
             return node
-    raise StackError("no running PostgreSQL primary")
-
-
-def expected_primary_node(ctx: Ctx) -> dict:
-    """The running primary; when none runs (the stack is down), the node that the next `up` makes the
-    primary: the stopped non-standby data dir on the newest timeline, else the first node."""
-    try:
-        return primary_node(ctx)
-    except StackError:
-        pass
-    candidates = [PostgresNode(n) for n in nodes(ctx)]
-    candidates = [c for c in candidates if c.initialized() and not c.is_standby_dir()]
-    if not candidates:
-        return nodes(ctx)[0]
-    try:
-        return max(candidates, key=lambda c: c.timeline(ctx)).node
-    except StackError:
-        return candidates[0].node
+    raise StackError("no running PostgreSQL primary (no Patroni answers 200 on /primary)")
 
 
 def standby_nodes(ctx: Ctx) -> list[dict]:
-    """The running standbys."""
-    return [n for n in nodes(ctx) if PostgresNode(n).running(ctx) and in_recovery(ctx, n) is True]
+    """The running streaming replicas (their /replica answers 200)."""
+    return [n for n in nodes(ctx) if rest(n, "/replica")[0] == 200]
 
 
 def pause_replay(ctx: Ctx) -> list[str]:
@@ -215,30 +222,112 @@ def resume_replay(ctx: Ctx) -> list[str]:
     return names
 
 
-# --- PostgreSQL -------------------------------------------------------------------------------------
+# --- etcd -------------------------------------------------------------------------------------------
 
-class PostgresNode:
-    """One PostgreSQL server of mes_topology.pg_nodes, run with pg_ctl as the postgres user."""
+class Etcd(Daemon):
+    """One etcd member, as the etcd user, configured by etcd/etcd.conf.yml.j2."""
+
+    user = "etcd"
+
+    def __init__(self, member: dict):
+        self.member = member
+        self.name = member["name"]
+
+    def _conf(self) -> Path:
+        return Path(self.member["dir"]) / "etcd.conf.yml"
+
+    def prepare(self, ctx):
+        ctx.ensure_dir(Path(self.member["dir"]), owner=self.user, mode=0o700)
+        _render(ctx, "etcd/etcd.conf.yml.j2", self._conf(), mode=0o600, owner=self.user,
+                extra={"etcd_member_name": self.name})
+
+    def argv(self, ctx):
+        return ["etcd", "--config-file", str(self._conf())]
+
+    def ready(self, ctx):
+        return http_ok(f"http://{self.member['host']}:{self.member['client_port']}/health")
+
+    def detail(self, ctx):
+        return f"client {self.member['host']}:{self.member['client_port']}"
+
+
+# --- Patroni and PostgreSQL -------------------------------------------------------------------------
+
+class PatroniNode(Daemon):
+    """Patroni (and under it PostgreSQL) for one node of mes_topology.pg_nodes, as the postgres user.
+    `up` returns once its PostgreSQL runs (/health answers 200): a first node has been initialised, a
+    new one cloned from the leader."""
+
+    user = PG_USER
+    start_timeout = 180
 
     def __init__(self, node: dict):
         self.node = node
         self.name = node["name"]
         self.data_dir = Path(node["data_dir"])
-        self.base = self.data_dir.parent
-        self.socket_dir = socket_dir(node)
+        self.conf_dir = Path(node["conf_dir"])
 
     def __repr__(self) -> str:
-        return f"PostgresNode({self.name})"
+        return f"PatroniNode({self.name})"
 
-    # state of the data dir and the process
-    def initialized(self) -> bool:
-        return (self.data_dir / "PG_VERSION").exists()
+    def _patroni_yml(self) -> Path:
+        return self.conf_dir / "patroni.yml"
 
-    def is_standby_dir(self) -> bool:
-        return (self.data_dir / "standby.signal").exists()
+    def prepare(self, ctx):
+        base = self.data_dir.parent
+        if (self.data_dir / "PG_VERSION").exists() and not self._patroni_yml().exists():
+            raise StackError(f"{self.data_dir} was made by an earlier version of the stack, without Patroni: "
+                             "run `make reset` (it wipes the stack's data) and `make up` again")
+        ctx.ensure_dir(base, owner=PG_USER, mode=0o700)
+        ctx.ensure_dir(self.conf_dir, owner=PG_USER, mode=0o700)
+        ctx.ensure_dir(socket_dir(self.node), owner=PG_USER, mode=0o755)
+        extra = _node_extra(self.node)
+        changed = _render(ctx, "postgresql/postgresql.conf.j2", self.conf_dir / "mes.conf", mode=0o600, extra=extra)
+        changed |= _render(ctx, "postgresql/pg_hba.conf.j2", self.conf_dir / "pg_hba.conf", mode=0o600, extra=extra)
+        changed |= _render(ctx, "patroni/patroni.yml.j2", self._patroni_yml(), mode=0o600, extra=extra)
+        return changed
+
+    def env(self, ctx):
+        return {"HOME": _pg_home()}
+
+    def argv(self, ctx):
+        return ["patroni", str(self._patroni_yml())]
+
+    def ready(self, ctx):
+        return rest(self.node, "/health")[0] == 200
+
+    def up(self, ctx) -> None:
+        if ctx.pid(self.name) and self.ready(ctx):
+            if self.prepare(ctx):  # a changed template: Patroni reloads its file and PostgreSQL's
+                os.kill(ctx.pid(self.name), signal.SIGHUP)
+            return
+        if self.postmaster_pid() and not ctx.pid(self.name):
+            self._stop_postmaster(ctx)  # left running by a Patroni that was killed: Patroni starts it again
+        super().up(ctx)
+
+    def down(self, ctx) -> None:
+        # SIGTERM: Patroni stops PostgreSQL (fast) and gives up the leader key, then exits.
+        ctx.stop(self.name, timeout=90)
+        if self.postmaster_pid():
+            self._stop_postmaster(ctx)
+
+    def status(self, ctx) -> tuple[bool, str]:
+        if not ctx.pid(self.name):
+            return False, "not running"
+        code, body = rest(self.node, "/patroni")
+        if code == 0:
+            return False, "Patroni runs but its REST API does not answer"
+        member = next((m for m in cluster(ctx).get("members", []) if m.get("name") == self.name), {})
+        role, state = member.get("role", body.get("role", "?")), body.get("state", "?")
+        detail = f"{role}, {state}, timeline {body.get('timeline', '?')}"
+        if "lag" in member and role != "leader":
+            detail += f", lag {member['lag']} B"
+        if body.get("pending_restart"):
+            detail += ", pending restart"
+        return state in ("running", "streaming") or code == 200, detail
 
     def postmaster_pid(self) -> int | None:
-        """The live postmaster of this data dir (checked: a postgres process with this data dir)."""
+        """The live postmaster of this node's data dir (checked: a postgres process with this data dir)."""
         pid = _pid_in(self.data_dir / "postmaster.pid")
         if pid is None or not alive(pid):
             return None
@@ -251,356 +340,129 @@ class PostgresNode:
             return None
         return pid
 
-    def running(self, ctx: Ctx | None = None) -> bool:
-        return self.postmaster_pid() is not None
-
-    def _wait_dead_postmaster_gone(self, timeout: float = 10) -> None:
-        """After a kill -9 the old postmaster stays a zombie until its parent (here PID 1) reaps it, and
-        postgres (also pg_rewind's single-user run) refuses a data dir whose postmaster.pid names a pid
-        that still exists. Wait for the zombie and the children to go. Then the pid file names no
-        postmaster of this data dir (the pid is gone, a never-reaped zombie, or reused by another
-        program): remove it. (PostgreSQL's shared-memory interlock still guards against a live old server.)"""
-        pidfile = self.data_dir / "postmaster.pid"
-        pid = _pid_in(pidfile)
-        if pid is None or self.postmaster_pid() is not None:
-            return
-        wait_until(lambda: alive(pid) or not Path(f"/proc/{pid}").exists(), timeout, 0.1)  # zombie reaped
-        wait_until(lambda: not self.leftover_pids(), timeout, 0.1)
-        if self.postmaster_pid() is None and not self.leftover_pids():
-            pidfile.unlink(missing_ok=True)
-
-    def leftover_pids(self) -> list[int]:
-        """Server processes of this node still alive without their postmaster (after a kill -9 they exit
-        on their own within moments; until then the data dir's shared memory is in use)."""
-        title = f"postgres: {self.name}: ".encode()  # process titles carry cluster_name
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if Path(f"/proc/{entry}/cmdline").read_bytes().startswith(title) and alive(int(entry)):
-                        pids.append(int(entry))
-                except OSError:
-                    continue
-        return pids
-
-    def timeline(self, ctx: Ctx) -> int:
-        """Timeline of a stopped data dir: the newest of the checkpoint's and of pg_wal's history files."""
-        out = ctx.run([_bin(ctx, "pg_controldata"), str(self.data_dir)], user=PG_USER, env={"LC_ALL": "C"}).stdout
-        match = re.search(r"Latest checkpoint's TimeLineID:\s*(\d+)", out)
-        tli = int(match.group(1)) if match else 1
-        wal = self.data_dir / "pg_wal"
-        try:
-            for entry in os.listdir(wal):
-                if entry.endswith(".history"):
-                    tli = max(tli, int(entry.split(".")[0], 16))
-        except OSError:
-            pass
-        return tli
-
-    # rendering
-    def _prepare_dirs(self, ctx: Ctx) -> None:
-        ctx.ensure_dir(self.base, owner=PG_USER, mode=0o700)
-        ctx.ensure_dir(self.socket_dir, owner=PG_USER, mode=0o755)
-        ctx.ensure_dir(ctx.path("logs"))
-        log = ctx.logfile(self.name)
-        log.touch(exist_ok=True)
-        chown(log, PG_USER)
-
-    def render_config(self, ctx: Ctx) -> bool:
-        """The node's include file and pg_hba.conf (again after every copy from another node)."""
-        ctx.ensure_dir(self.data_dir / CONF_INCLUDE_DIR, owner=PG_USER, mode=0o700)
-        conf = self.data_dir / "postgresql.conf"
-        text = conf.read_text()
-        include = f"include_dir = '{CONF_INCLUDE_DIR}'"
-        if include not in text:
-            with conf.open("a") as fh:
-                fh.write(f"\n# MES stack settings (postgresql/postgresql.conf.j2)\n{include}\n")
-        extra = {"pg_node_name": self.name, "pg_socket_dir": str(self.socket_dir),
-                 "pg_local_auth": "peer" if _is_root() else "trust"}
-        changed = _render(ctx, "postgresql/postgresql.conf.j2", self.data_dir / CONF_INCLUDE_DIR / CONF_INCLUDE_FILE,
-                          mode=0o600, extra=extra)
-        changed |= _render(ctx, "postgresql/pg_hba.conf.j2", self.data_dir / "pg_hba.conf", mode=0o600, extra=extra)
-        return changed
-
-    # lifecycle
-    def up(self, ctx: Ctx) -> None:
-        """Initialize (primary or replica) if there is no data yet, start if not running, wait until it
-        answers (a standby that was started: until it streams), attach it in pgpool if pgpool has it
-        detached. A running node is left running (a changed config is reloaded)."""
-        self._prepare_dirs(ctx)
-        started = not self.running()
-        if not started:
-            if self.render_config(ctx):
-                ctx.run([_bin(ctx, "pg_ctl"), "reload", "-D", str(self.data_dir)], user=PG_USER)
-        elif not self.initialized():
-            others = [n for n in nodes(ctx) if n["name"] != self.name]
-            if any(PostgresNode(n).running() and in_recovery(ctx, n) is False for n in others):
-                self._clone_from(ctx, primary_node(ctx))
-            elif self.node["name"] == nodes(ctx)[0]["name"]:
-                self._init_primary(ctx)
-            else:
-                raise StackError(f"{self.name}: no running primary to clone from; start {nodes(ctx)[0]['name']} first")
-        elif self.is_standby_dir():
-            self._start_primary_first(ctx)
-            self.render_config(ctx)
-            self._start(ctx)
-        else:
-            self._start_primary_or_rejoin(ctx)
-        self._wait_answers(ctx)
-        role = in_recovery(ctx, self.node)
-        if role is False:
-            self._ensure_roles(ctx)
-            Path(_topology(ctx)["pgpool"]["dir"], "failover.disabled").unlink(missing_ok=True)
-        elif role is True and started and self._primary_running(ctx):
-            self._wait_streaming(ctx)
-        self._attach_to_pgpool(ctx)
-
-    def down(self, ctx: Ctx) -> None:
-        if not self.running():
-            return
-        if Pgpool().running(ctx) and in_recovery(ctx, self.node) is False:
-            # A planned stop of the primary is not a failure: the failover script must not promote.
-            flag = Path(_topology(ctx)["pgpool"]["dir"]) / "failover.disabled"
-            flag.write_text(f"{self.name} stopped by the stack at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-            chown(flag, PG_USER)
+    def _stop_postmaster(self, ctx: Ctx) -> None:
         ctx.run([_bin(ctx, "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60"],
                 user=PG_USER, check=False, timeout=90)
-        if self.running():
-            raise StackError(f"{self.name} did not stop:\n{ctx.log_tail(self.name)}")
+
+
+def kill_node(ctx: Ctx, name: str, *, postgres_only: bool = False, sig: int = signal.SIGKILL) -> list[int]:
+    """Simulate a failure of node `name`: `sig` to its PostgreSQL (the postmaster and every backend) and,
+    unless postgres_only, to its Patroni as well (host loss). Returns the pids signalled."""
+    node = PatroniNode(node_by_name(ctx, name))
+    postmaster = node.postmaster_pid()
+    pids = ([] if postgres_only else [p for p in [ctx.pid(name)] if p])
+    if postmaster:
+        pids += [postmaster, *_children(postmaster)]
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+class PatroniCluster:
+    """Not a process: the cluster as a whole. `up` waits until Patroni shows a leader and every node
+    running (a standby: streaming; one standby synchronous), then applies roles and database on the
+    leader (idempotent)."""
+
+    name = "patroni"
+
+    def up(self, ctx: Ctx, timeout: float = 180) -> None:
+        want = {n["name"] for n in nodes(ctx)}
+
+        def settled() -> bool:
+            members = {m["name"]: m for m in cluster(ctx).get("members", [])}
+            if set(members) != want or not any(m.get("role") == "leader" for m in members.values()):
+                return False
+            if not all(m.get("state") in ("running", "streaming") for m in members.values()):
+                return False
+            replicas = [m for m in members.values() if m.get("role") != "leader"]
+            if not replicas:
+                return True
+            # (Patroni 3.0 says "running" for a replica; /replica answers 200 once it streams.)
+            streaming = {n["name"] for n in standby_nodes(ctx)}
+            return all(m["name"] in streaming for m in replicas) and \
+                (not ctx.vars["patroni_synchronous_mode"] or any(m.get("role") == "sync_standby" for m in replicas))
+
+        if not wait_until(settled, timeout, 0.5):
+            raise StackError(f"the Patroni cluster did not settle: {json.dumps(cluster(ctx))}\n"
+                             + "\n".join(ctx.log_tail(n["name"], 15) for n in nodes(ctx)))
+        out = psql(ctx, primary_node(ctx), _render_text(ctx, "postgresql/roles.sql.j2"))
+        for line in out.splitlines():
+            if line.startswith("changed:"):
+                ctx.logfile("patroni").parent.mkdir(parents=True, exist_ok=True)
+                with ctx.logfile("patroni").open("a") as log:
+                    log.write(line + "\n")
+
+    def down(self, ctx: Ctx) -> None:
+        pass
 
     def status(self, ctx: Ctx) -> tuple[bool, str]:
-        if not self.running():
-            return False, "not running" + (" (no data yet)" if not self.initialized() else "")
-        row = _try_psql(ctx, self.node, (
-            "SELECT pg_is_in_recovery(), "
-            "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), "
-            "(SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'), "
-            "(SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'), "
-            "CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END, "
-            "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text ELSE '' END"))
-        if row is None:
-            return False, "running but does not answer"
-        recovery, conns, senders, receiving, paused, replay_lsn = row.split("|")
-        if recovery == "f":
-            return True, f"primary, {conns} connections, {senders} standby streaming"
-        lag = "?"
+        members = cluster(ctx).get("members", [])
+        if not members:
+            return False, "no Patroni answers"
+        leader = next((m["name"] for m in members if m.get("role") == "leader"), None)
+        sync = [m["name"] for m in members if m.get("role") == "sync_standby"]
+        detail = f"leader {leader or 'NONE'}, synchronous standby {', '.join(sync) or 'NONE'}"
+        wants_sync = ctx.vars["patroni_synchronous_mode"] and len(nodes(ctx)) > 1
+        return leader is not None and (bool(sync) or not wants_sync), detail
+
+
+def _render_text(ctx: Ctx, template: str) -> str:
+    """A template rendered to a string (for SQL that carries passwords: never written to disk)."""
+    tmp = ctx.ensure_dir(ctx.path("tmp"), mode=0o755)
+    fd, name = tempfile.mkstemp(prefix="render-", dir=tmp)
+    os.close(fd)
+    try:
+        ctx.render(template, Path(name), mode=0o600)
+        return Path(name).read_text()
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+# --- HAProxy's database endpoints -----------------------------------------------------------------
+
+class DbEndpoints(Daemon):
+    """HAProxy with a primary and a replica endpoint in front of the Patroni nodes (haproxy/db.cfg.j2)."""
+
+    name = "db_endpoints"
+
+    def _ep(self, ctx) -> dict:
+        return _topology(ctx)["db_endpoints"]
+
+    def _config(self, ctx) -> Path:
+        return Path(self._ep(ctx)["dir"]) / "db.cfg"
+
+    def prepare(self, ctx):
+        ctx.ensure_dir(Path(self._ep(ctx)["dir"]), mode=0o700)
+        ctx.render("haproxy/db.cfg.j2", self._config(ctx))
+        ctx.run(["haproxy", "-c", "-q", "-f", str(self._config(ctx))])
+
+    def argv(self, ctx):
+        return ["haproxy", "-db", "-f", str(self._config(ctx))]
+
+    def ready(self, ctx):
+        return "primary" in self._servers_up(ctx)
+
+    def _servers_up(self, ctx) -> dict[str, list[str]]:
+        """Backend -> servers that pass their check, from the stats CSV."""
+        ep = self._ep(ctx)
         try:
-            primary = primary_node(ctx)
-            lag = psql(ctx, primary, f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{replay_lsn}')::bigint")
-        except StackError:
-            pass
-        detail = f"standby, replay lag {lag} B, {'streaming' if receiving == '1' else 'NOT streaming'}"
-        if paused != "not paused":
-            detail += f", replay {paused}"
-        return True, detail
+            with urllib.request.urlopen(f"http://{ep['host']}:{ep['stats_port']}/stats;csv", timeout=2) as resp:
+                rows = list(csv.reader(io.StringIO(resp.read().decode().lstrip("# "))))
+        except OSError:
+            return {}
+        up: dict[str, list[str]] = {}
+        for row in rows[1:]:
+            if len(row) > 17 and row[1] not in ("FRONTEND", "BACKEND") and row[17] == "UP":
+                up.setdefault(row[0], []).append(row[1])
+        return up
 
-    # internals
-    def _start(self, ctx: Ctx) -> None:
-        self._wait_dead_postmaster_gone()
-        argv = [_bin(ctx, "pg_ctl"), "start", "-D", str(self.data_dir), "-l", str(ctx.logfile(self.name)),
-                "-w", "-t", "90"]
-        # After a kill -9 of a postmaster its children may hold the old shared memory for a moment.
-        for attempt in range(10):
-            result = ctx.run(argv, user=PG_USER, check=False, timeout=120)
-            if result.returncode == 0 and self.running():
-                return
-            if self.running():
-                return
-            tail = ctx.log_tail(self.name, 15)
-            if "pre-existing shared memory block" not in tail and "lock file" not in tail or attempt == 9:
-                raise StackError(f"{self.name} failed to start:\n{result.stderr or result.stdout}\n{tail}")
-            time.sleep(1)
-
-    def _wait_answers(self, ctx: Ctx, timeout: float = 60) -> None:
-        if not wait_until(lambda: _try_psql(ctx, self.node, "SELECT 1") == "1", timeout, 0.2):
-            raise StackError(f"{self.name} does not answer:\n{ctx.log_tail(self.name)}")
-
-    def _wait_streaming(self, ctx: Ctx, timeout: float = 60) -> None:
-        ok = wait_until(lambda: _try_psql(
-            ctx, self.node, "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'") == "1",
-            timeout, 0.2)
-        if not ok:
-            raise StackError(f"{self.name} is a standby but does not stream from a primary:\n{ctx.log_tail(self.name)}")
-
-    def _init_primary(self, ctx: Ctx) -> None:
-        local_auth = "peer" if _is_root() else "trust"
-        ctx.run([_bin(ctx, "initdb"), "-D", str(self.data_dir), "--data-checksums", "-U", SUPERUSER,
-                 f"--auth-local={local_auth}", "--auth-host=scram-sha-256", "--encoding=UTF8",
-                 "--locale=C.UTF-8"], user=PG_USER, timeout=300)
-        self.render_config(ctx)
-        self._start(ctx)
-        self._wait_answers(ctx)
-        self._ensure_roles(ctx)
-
-    def _ensure_roles(self, ctx: Ctx) -> None:
-        """Roles and database on the primary, created when missing (passwords from mes_secrets)."""
-        v, s = ctx.vars, _secrets(ctx)
-        roles = {
-            v["pg_owner_role"]: ("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE", s["db_owner_password"]),
-            v["pg_app_role"]: ("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE", s["db_app_password"]),
-            v["pg_replication_role"]: ("LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE",
-                                       s["replication_password"]),
-            v["pg_pgpool_role"]: ("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE", s["pgpool_password"]),
-            v["pg_exporter_role"]: ("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE", s["exporter_password"]),
-        }
-        existing = set(psql(ctx, self.node, "SELECT rolname FROM pg_roles").split())
-        sql = [f"CREATE ROLE {_q_ident(r)} {attrs} PASSWORD {_q_literal(pw)};"
-               for r, (attrs, pw) in roles.items() if r not in existing]
-        created = bool(sql)
-        for r in (v["pg_pgpool_role"], v["pg_exporter_role"]):
-            sql.append(f"GRANT pg_monitor TO {_q_ident(r)};")
-        psql(ctx, self.node, "\n".join(sql))
-        db, owner, app = v["pg_database"], _q_ident(v["pg_owner_role"]), _q_ident(v["pg_app_role"])
-        if psql(ctx, self.node, f"SELECT count(*) FROM pg_database WHERE datname = {_q_literal(db)}") == "0":
-            psql(ctx, self.node, f"CREATE DATABASE {_q_ident(db)} OWNER {owner};")
-            created = True
-        if created:
-            psql(ctx, self.node, (
-                f"REVOKE ALL ON DATABASE {_q_ident(db)} FROM PUBLIC;\n"
-                f"GRANT CONNECT ON DATABASE {_q_ident(db)} TO {app};\n"
-                f"ALTER SCHEMA public OWNER TO {owner};\n"
-                "REVOKE CREATE ON SCHEMA public FROM PUBLIC;\n"
-                f"GRANT USAGE ON SCHEMA public TO {app};\n"
-                f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public "
-                f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {app};\n"
-                f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public "
-                f"GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {app};\n"), db=db)
-
-    def _replication_env(self, ctx: Ctx) -> dict:
-        return {"PGAPPNAME": self.name, "PGPASSWORD": _secrets(ctx)["replication_password"],
-                "PGCONNECT_TIMEOUT": "10"}
-
-    def _ensure_slot_on(self, ctx: Ctx, primary: dict, *, fresh: bool) -> None:
-        """This node's physical slot on the primary. fresh: drop an inactive leftover first (a new clone
-        makes its own with pg_basebackup -C); otherwise create it when missing, reserving WAL now."""
-        slot = _q_literal(self.name)
-        if fresh:
-            psql(ctx, primary, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                               f"WHERE slot_name = {slot} AND NOT active")
-        else:
-            psql(ctx, primary, f"SELECT pg_create_physical_replication_slot({slot}, true) "
-                               f"WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {slot})")
-
-    def _clone_from(self, ctx: Ctx, primary: dict) -> None:
-        """A new streaming replica of `primary`: pg_basebackup -R -X stream -C -S <name>."""
-        if self.data_dir.exists():
-            shutil.rmtree(self.data_dir)
-        self._ensure_slot_on(ctx, primary, fresh=True)
-        ctx.run([_bin(ctx, "pg_basebackup"), "-D", str(self.data_dir), "-h", primary["host"],
-                 "-p", str(primary["port"]), "-U", ctx.vars["pg_replication_role"], "-w",
-                 "-R", "-X", "stream", "-C", "-S", self.name, "-c", "fast"],
-                user=PG_USER, env=self._replication_env(ctx), timeout=1800)
-        self.data_dir.chmod(0o700)
-        self._write_standby_settings(ctx, primary)  # same content as -R, in our own format
-        self.render_config(ctx)
-        self._start(ctx)
-
-    def _write_standby_settings(self, ctx: Ctx, primary: dict) -> None:
-        conninfo = " ".join(f"{k}={_conninfo_value(val)}" for k, val in (
-            ("user", ctx.vars["pg_replication_role"]), ("password", _secrets(ctx)["replication_password"]),
-            ("host", primary["host"]), ("port", primary["port"]), ("application_name", self.name),
-            ("connect_timeout", 5)))
-        auto = (
-            "# Written by the MES stack: this node streams from the current primary.\n"
-            f"primary_conninfo = {_q_literal(conninfo)}\n"
-            f"primary_slot_name = {_q_literal(self.name)}\n")
-        _write_private(self.data_dir / "postgresql.auto.conf", auto)
-        (self.data_dir / "standby.signal").touch()
-        chown(self.data_dir / "standby.signal", PG_USER)
-
-    def _primary_running(self, ctx: Ctx) -> bool:
-        return any(PostgresNode(n).running() and in_recovery(ctx, n) is False
-                   for n in nodes(ctx) if n["name"] != self.name)
-
-    def _start_primary_first(self, ctx: Ctx) -> None:
-        """Before a standby starts: if no primary runs, start the node whose data is the primary's
-        (after a failover that is not the first node of the list)."""
-        if self._primary_running(ctx):
-            return
-        candidates = [PostgresNode(n) for n in nodes(ctx) if n["name"] != self.name]
-        candidates = [c for c in candidates if c.initialized() and not c.is_standby_dir() and not c.running()]
-        if candidates:
-            max(candidates, key=lambda c: c.timeline(ctx)).up(ctx)
-
-    def _start_primary_or_rejoin(self, ctx: Ctx) -> None:
-        """This stopped data dir was a primary. Start it as the primary only if no other node is the
-        primary: a running one, or a stopped one on a newer timeline (it was promoted after this one
-        failed). Otherwise rejoin it as that primary's standby."""
-        others = [PostgresNode(n) for n in nodes(ctx) if n["name"] != self.name]
-        current = next((o for o in others if o.running() and in_recovery(ctx, o.node) is False), None)
-        if current is None:
-            mine = self.timeline(ctx)
-            newer = [o for o in others if o.initialized() and not o.running() and not o.is_standby_dir()
-                     and o.timeline(ctx) >= mine]
-            if newer:
-                if newer[0].timeline(ctx) == mine:
-                    raise StackError(f"{self.name} and {newer[0].name} both claim to be primary on timeline "
-                                     f"{mine}: refusing to start either; rebuild one of them")
-                newer[0].up(ctx)  # the promoted node keeps its role
-                current = newer[0]
-        if current is None:
-            self.render_config(ctx)
-            self._start(ctx)
-            return
-        self.rejoin(ctx, current.node)
-
-    def rejoin(self, ctx: Ctx, primary: dict) -> None:
-        """Make this stopped, diverged old primary a standby of `primary`: pg_rewind from it (data
-        checksums are on), or a new base backup when rewinding fails (the old data is kept aside)."""
-        if self.running():
-            raise StackError(f"{self.name} is running: stop it before it rejoins")
-        self._ensure_slot_on(ctx, primary, fresh=False)
-        # A just-promoted primary has its new timeline in its control file only after a checkpoint;
-        # without one pg_rewind sees "the same timeline" and wrongly finds no rewind required.
-        psql(ctx, primary, "CHECKPOINT")
-        self._wait_dead_postmaster_gone()
-        if self.leftover_pids():
-            raise StackError(f"{self.name}: processes of the old server are still running: {self.leftover_pids()}")
-        source = (f"host={socket_dir(primary)} port={primary['port']} user={SUPERUSER} dbname=postgres "
-                  f"application_name={self.name}-rewind")
-        result = ctx.run([_bin(ctx, "pg_rewind"), "-D", str(self.data_dir), f"--source-server={source}"],
-                         user=PG_USER, check=False, timeout=1800)
-        with ctx.logfile(self.name).open("a") as log:
-            log.write(f"--- stack: pg_rewind {self.name} from {primary['name']} (exit {result.returncode}):\n"
-                      f"{result.stdout}{result.stderr}")
-        if result.returncode == 0:
-            # pg_rewind copied the source's configuration files: make them this node's again.
-            for leftover in ("postmaster.pid", "recovery.signal"):
-                (self.data_dir / leftover).unlink(missing_ok=True)
-            self._write_standby_settings(ctx, primary)
-            self.render_config(ctx)
-            self._start(ctx)
-            try:
-                self._wait_answers(ctx)
-                self._wait_streaming(ctx, timeout=30)
-            except StackError:
-                ctx.run([_bin(ctx, "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60"],
-                        user=PG_USER, check=False, timeout=90)
-            else:
-                # Slots this node had as a primary would hold WAL here forever: drop them.
-                _try_psql(ctx, self.node, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                                          "WHERE NOT active")
-                return
-        # Rewinding failed, or the rewound node cannot follow: a new base backup, old data kept aside.
-        with ctx.logfile(self.name).open("a") as log:
-            log.write(f"--- stack: {self.name} cannot rejoin by pg_rewind: new base backup from {primary['name']}, "
-                      f"old data kept in {self.data_dir.name}.stale\n")
-        stale = self.data_dir.with_name(self.data_dir.name + ".stale")
-        shutil.rmtree(stale, ignore_errors=True)
-        self.data_dir.rename(stale)
-        self._clone_from(ctx, primary)
-
-    def _attach_to_pgpool(self, ctx: Ctx) -> None:
-        """When pgpool runs and has this node detached (after a failure or a planned stop), attach it."""
-        if _topology(ctx)["single"] or not Pgpool().running(ctx):
-            return
-        node_id = str(self.node["id"])
-        rows: list[dict] = []
-        # pgpool does not answer while it handles a failover (at most search_primary_node_timeout)
-        wait_until(lambda: bool(rows.extend(_pool_nodes_or_empty(ctx)) or rows), 30, 0.5)
-        entry = next((n for n in rows if n["node_id"] == node_id), None)
-        if entry is not None and entry["status"] == "down":
-            attach_node(ctx, int(node_id))
+    def detail(self, ctx):
+        up, ep = self._servers_up(ctx), self._ep(ctx)
+        return (f"primary :{ep['primary_port']} -> {', '.join(up.get('primary', [])) or 'NONE'}; "
+                f"replicas :{ep['replica_port']} -> {', '.join(up.get('replicas', [])) or 'primary (no replica up)'}")
 
 
 # --- Pgpool-II ----------------------------------------------------------------------------------------
@@ -609,27 +471,9 @@ def pgpool_dir(ctx: Ctx) -> Path:
     return Path(_topology(ctx)["pgpool"]["dir"])
 
 
-def pcp(ctx: Ctx, command: str, *args: str, timeout: float = 60) -> str:
-    """Run a pcp command (e.g. 'pcp_node_info') against our pgpool as user pcp; returns stdout."""
-    pg = _topology(ctx)["pgpool"]
-    argv = [command, "-h", pg["host"], "-p", str(pg["pcp_port"]), "-U", "pcp", "-w", *args]
-    return ctx.run(argv, user=PG_USER, env={"PCPPASSFILE": str(pgpool_dir(ctx) / ".pcppass")},
-                   timeout=timeout).stdout
-
-
-def attach_node(ctx: Ctx, node_id: int, timeout: float = 30) -> None:
-    """pcp_attach_node, then wait until SHOW POOL_NODES shows the node up."""
-    pcp(ctx, "pcp_attach_node", "-n", str(node_id))
-    ok = wait_until(lambda: any(n["node_id"] == str(node_id) and n["status"] in ("up", "waiting")
-                                for n in _pool_nodes_or_empty(ctx)), timeout, 0.3)
-    if not ok:
-        raise StackError(f"pgpool did not attach node {node_id}:\n{ctx.log_tail('pgpool')}")
-
-
 def pool_nodes(ctx: Ctx, user: str = "app") -> list[dict]:
-    """SHOW POOL_NODES through pgpool, as the app (or 'owner') role: one dict per node with node_id,
-    hostname, port, status, pg_status, lb_weight, role, pg_role, select_cnt, load_balance_node,
-    replication_delay, replication_state, replication_sync_state, last_status_change (all strings)."""
+    """SHOW POOL_NODES through pgpool, as the app (or 'owner') role: one dict per backend with node_id,
+    hostname, port, status, pg_status, role, select_cnt, ... (all strings)."""
     v, s, pg = ctx.vars, _secrets(ctx), _topology(ctx)["pgpool"]
     role, password = ((v["pg_app_role"], s["db_app_password"]) if user == "app"
                       else (v["pg_owner_role"], s["db_owner_password"]))
@@ -647,45 +491,33 @@ def _pool_nodes_or_empty(ctx: Ctx) -> list[dict]:
         return []
 
 
-class Pgpool:
-    """Pgpool-II in front of the PostgreSQL nodes, in the foreground as the postgres user."""
+class Pgpool(Daemon):
+    """Pgpool-II in the foreground as the postgres user; its backends are the two endpoints."""
 
     name = "pgpool"
+    user = PG_USER
+    start_timeout = 60
 
     def _files(self, ctx: Ctx) -> dict[str, Path]:
         d = pgpool_dir(ctx)
-        return {"conf": d / "pgpool.conf", "hba": d / "pool_hba.conf", "failover": d / "failover.sh",
-                "pcp": d / "pcp.conf", "key": d / ".pgpoolkey", "passwd": d / "pool_passwd",
-                "pcppass": d / ".pcppass", "pid": d / "pgpool.pid"}
+        return {"conf": d / "pgpool.conf", "hba": d / "pool_hba.conf", "pcp": d / "pcp.conf",
+                "key": d / ".pgpoolkey", "passwd": d / "pool_passwd", "pcppass": d / ".pcppass",
+                "pid": d / "pgpool.pid"}
 
-    def pid(self, ctx: Ctx) -> int | None:
-        pid = ctx.pid(self.name)
-        if pid is None:
-            return None
-        try:
-            # ("setpriv" for the moment between spawn and its exec of pgpool)
-            return pid if Path(f"/proc/{pid}/comm").read_text().strip() in ("pgpool", "setpriv") else None
-        except OSError:
-            return None
-
-    def running(self, ctx: Ctx) -> bool:
-        return self.pid(ctx) is not None
-
-    def configure(self, ctx: Ctx) -> bool:
+    def prepare(self, ctx) -> bool:
         """Render every file pgpool reads; True if any changed."""
         f = self._files(ctx)
         ctx.ensure_dir(pgpool_dir(ctx), owner=PG_USER, mode=0o700)
         ctx.ensure_dir(pgpool_dir(ctx) / "oiddir", owner=PG_USER, mode=0o700)
         changed = _render(ctx, "pgpool/pgpool.conf.j2", f["conf"], mode=0o600)
         changed |= _render(ctx, "pgpool/pool_hba.conf.j2", f["hba"], mode=0o600)
-        changed |= _render(ctx, "pgpool/failover.sh.j2", f["failover"], mode=0o700)
         s, v, pg = _secrets(ctx), ctx.vars, _topology(ctx)["pgpool"]
         changed |= _write_private(f["key"], s["pgpool_key"])
         # pcp.conf: user:md5(password), what `pg_md5 PASSWORD` prints (hashed here: no password in ps).
         changed |= _write_private(f["pcp"], f"pcp:{hashlib.md5(s['pcp_password'].encode()).hexdigest()}\n")
         changed |= _write_private(f["pcppass"], f"{pg['host']}:{pg['pcp_port']}:pcp:{s['pcp_password']}\n")
-        # pool_passwd: AES entries made by pg_enc; the same inputs give the same file, so only redo it
-        # when a password or the key changed (pg_enc's output differs on every run).
+        # pool_passwd: AES entries made by pg_enc; only redone when a password or the key changed
+        # (pg_enc's output differs on every run).
         users = {v["pg_app_role"]: s["db_app_password"], v["pg_owner_role"]: s["db_owner_password"],
                  v["pg_pgpool_role"]: s["pgpool_password"]}
         fingerprint = hashlib.sha256(repr((sorted(users.items()), s["pgpool_key"])).encode()).hexdigest()
@@ -707,62 +539,47 @@ class Pgpool:
             changed = True
         return changed
 
-    def up(self, ctx: Ctx) -> None:
-        """Render the files, start pgpool if it does not run, wait until SHOW POOL_NODES shows every node
-        up and a primary. A running pgpool is left running (changed files are reloaded with SIGHUP) and
-        only has to answer with a primary."""
+    def env(self, ctx):
+        return {"HOME": _pg_home()}
+
+    def argv(self, ctx):
         f = self._files(ctx)
-        changed = self.configure(ctx)
-        if self.running(ctx):
-            if changed:  # settings that need a restart stay as they were until the next down/up
-                os.kill(self.pid(ctx), signal.SIGHUP)
-            self._wait_nodes_up(ctx, every_node=False)
+        f["pid"].unlink(missing_ok=True)
+        # -n: foreground (logs to stderr, captured by spawn); -D: forget node states remembered from
+        # the last run.
+        return ["pgpool", "-n", "-D", "-f", str(f["conf"]), "-F", str(f["pcp"]), "-a", str(f["hba"]),
+                "-k", str(f["key"])]
+
+    def pid(self, ctx: Ctx) -> int | None:
+        return ctx.pid(self.name)
+
+    def running(self, ctx: Ctx) -> bool:
+        return self.pid(ctx) is not None
+
+    def ready(self, ctx):
+        rows = _pool_nodes_or_empty(ctx)
+        return bool(rows) and any(r["role"] == "primary" and r["status"] in ("up", "waiting") for r in rows)
+
+    def up(self, ctx) -> None:
+        if ctx.pid(self.name) and self.ready(ctx):
+            if self.prepare(ctx):  # settings that need a restart stay as they were until the next down/up
+                os.kill(ctx.pid(self.name), signal.SIGHUP)
             return
-        else:
-            (pgpool_dir(ctx) / "failover.disabled").unlink(missing_ok=True)
-            f["pid"].unlink(missing_ok=True)
-            # -n: foreground (logs to stderr, captured by spawn); -D: forget node states remembered from
-            # the last run, nodes are checked again.
-            ctx.spawn(self.name, _exec_as_pg(["pgpool", "-n", "-D", "-f", str(f["conf"]), "-F", str(f["pcp"]),
-                                              "-a", str(f["hba"]), "-k", str(f["key"])]),
-                      env={"HOME": _pg_home()}, cwd=pgpool_dir(ctx))
-        self._wait_nodes_up(ctx)
+        super().up(ctx)
 
-    def _wait_nodes_up(self, ctx: Ctx, timeout: float = 60, every_node: bool = True) -> None:
-        want = {str(n["id"]) for n in nodes(ctx)} if every_node else set()
-
-        def ready() -> bool:
-            if not self.running(ctx):
-                raise StackError(f"pgpool exited:\n{ctx.log_tail(self.name)}")
-            rows = _pool_nodes_or_empty(ctx)
-            up = {r["node_id"] for r in rows if r["status"] in ("up", "waiting") and r["pg_status"] == "up"}
-            return want <= up and any(r["role"] == "primary" for r in rows)
-
-        if not wait_until(ready, timeout, 0.3):
-            raise StackError(f"pgpool does not show every node up: {_pool_nodes_or_empty(ctx)}\n"
-                             f"{ctx.log_tail(self.name)}")
-
-    def down(self, ctx: Ctx) -> None:
+    def down(self, ctx) -> None:
         # SIGINT = pgpool's fast shutdown (SIGTERM would wait for every client to disconnect).
         ctx.stop(self.name, sig=signal.SIGINT, timeout=30)
         self._files(ctx)["pid"].unlink(missing_ok=True)
-        (pgpool_dir(ctx) / "failover.disabled").unlink(missing_ok=True)
 
-    def status(self, ctx: Ctx) -> tuple[bool, str]:
+    def status(self, ctx) -> tuple[bool, str]:
         if not self.running(ctx):
             return False, "not running"
         rows = _pool_nodes_or_empty(ctx)
         if not rows:
             return False, "running but SHOW POOL_NODES does not answer"
-        up = [r for r in rows if r["status"] in ("up", "waiting")]
-        primary = next((r for r in rows if r["role"] == "primary" and r in up), None)
-        names = {str(n["id"]): n["name"] for n in nodes(ctx)}
-        detail = f"pgpool: {len(up)}/{len(rows)} nodes up, primary " + (
-            names.get(primary["node_id"], primary["node_id"]) if primary else "NONE")
-        down = [names.get(r["node_id"], r["node_id"]) for r in rows if r not in up]
-        if down:
-            detail += f", down: {', '.join(down)}"
-        return primary is not None and not down, detail
+        shown = ", ".join(f"{r['hostname']}:{r['port']} {r['role']} {r['status']}" for r in rows)
+        return self.ready(ctx), shown
 
 
 # --- postgres_exporter ------------------------------------------------------------------------------
@@ -798,7 +615,7 @@ class PostgresExporter:
                     queries.write_text(EXPORTER_QUERIES.read_text())
                 queries.chmod(0o644)
                 argv.append(f"--extend.query-path={queries}")
-            ctx.spawn(self.name, _exec_as_pg(argv), env={"DATA_SOURCE_NAME": self._dsn(ctx), "HOME": _pg_home()})
+            ctx.spawn(self.name, argv, user=PG_USER, env={"DATA_SOURCE_NAME": self._dsn(ctx), "HOME": _pg_home()})
         if not wait_until(lambda: ctx.pid(self.name) is None or self._metrics(2) is not None, 30, 0.3) \
                 or ctx.pid(self.name) is None:
             raise StackError(f"{self.name} does not answer on {self.address}:\n{ctx.log_tail(self.name)}")
@@ -827,10 +644,13 @@ class PostgresExporter:
 
 def components(ctx: Ctx) -> list:
     """Every database-tier component in start order (stop in reverse order)."""
-    out: list = [PostgresNode(n) for n in nodes(ctx)]
-    if not _topology(ctx)["single"]:
-        out.append(Pgpool())
-    out.extend(PostgresExporter(n) for n in nodes(ctx))
+    t = _topology(ctx)
+    out: list = [Etcd(m) for m in t["etcd"]]
+    out += [PatroniNode(n) for n in nodes(ctx)]
+    out.append(PatroniCluster())
+    if not t["single"]:
+        out += [DbEndpoints(), Pgpool()]
+    out += [PostgresExporter(n) for n in nodes(ctx)]
     return out
 
 
@@ -840,20 +660,25 @@ def _url(user: str, password: str, host: str, port, db: str) -> str:
 
 
 def database_urls(ctx: Ctx) -> dict[str, str]:
-    """SQLAlchemy URLs of the database, as the roles see it now:
-    - app: through pgpool as the app role (the service's DATABASE_URL; direct in the single topology);
-    - owner: directly to the current primary as the owner role (MIGRATION_DATABASE_URL). Migrations do not
-      go through pgpool: pgpool sends their DDL to the primary, but reads before the first write of a
-      transaction (Alembic's version lookup) would be load-balanced to a standby that may lag;
-    - owner_direct: the same as owner; app_direct: the app role directly on the current primary.
-    The primary is looked up at call time, so after a failover these point to the new primary; while the
-    stack is down they name the node that the next `up` makes the primary (expected_primary_node)."""
-    v, s = ctx.vars, _secrets(ctx)
-    primary = expected_primary_node(ctx)
+    """SQLAlchemy URLs of the database:
+    - app: the service's DATABASE_URL: through pgpool as the app role (in the single topology, the app
+      role on the primary endpoint... which there is the one node);
+    - owner: the owner role on the primary (MIGRATION_DATABASE_URL): through the primary endpoint, so
+      it follows a failover; migrations do not go through pgpool, whose read balancing could send
+      Alembic's version lookup to a lagging standby;
+    - owner_direct / app_direct: the same roles on the node that is the primary now (or, while the
+      stack is down, the first node)."""
+    v, s, t = ctx.vars, _secrets(ctx), _topology(ctx)
+    try:
+        primary = primary_node(ctx)
+    except StackError:
+        primary = nodes(ctx)[0]
     db = v["pg_database"]
     app_direct = _url(v["pg_app_role"], s["db_app_password"], primary["host"], primary["port"], db)
     owner_direct = _url(v["pg_owner_role"], s["db_owner_password"], primary["host"], primary["port"], db)
-    pg = _topology(ctx)["pgpool"]
-    app = app_direct if _topology(ctx)["single"] else _url(v["pg_app_role"], s["db_app_password"],
-                                                            pg["host"], pg["port"], db)
-    return {"app": app, "owner": owner_direct, "owner_direct": owner_direct, "app_direct": app_direct}
+    if t["single"]:
+        return {"app": app_direct, "owner": owner_direct, "owner_direct": owner_direct, "app_direct": app_direct}
+    ep, pg = t["db_endpoints"], t["pgpool"]
+    return {"app": _url(v["pg_app_role"], s["db_app_password"], pg["host"], pg["port"], db),
+            "owner": _url(v["pg_owner_role"], s["db_owner_password"], ep["host"], ep["primary_port"], db),
+            "owner_direct": owner_direct, "app_direct": app_direct}

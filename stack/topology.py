@@ -35,12 +35,11 @@ def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.
     p = ports(environ)
     single = topology == "single"
     app = lambda name: {"name": name, "host": host, "port": p[name]}  # noqa: E731
-    nodes = [{"id": 0, "name": "pg0", "host": host, "port": p["pg0"], "data_dir": str(state / "pg0" / "data"),
-              "exporter_port": p["pg0_exporter"]}]
-    if not single:
-        nodes.append({"id": 1, "name": "pg1", "host": host, "port": p["pg1"],
-                      "data_dir": str(state / "pg1" / "data"), "exporter_port": p["pg1_exporter"]})
-    return {
+    node = lambda i: {"id": i, "name": f"pg{i}", "host": host, "port": p[f"pg{i}"],  # noqa: E731
+                      "data_dir": str(state / f"pg{i}" / "data"), "conf_dir": str(state / f"pg{i}" / "conf"),
+                      "exporter_port": p[f"pg{i}_exporter"], "patroni_port": p[f"pg{i}_patroni"]}
+    nodes = [node(0)] if single else [node(0), node(1)]
+    topology = {
         "single": single,
         "pg_bindir": pg_bindir(),
         "pg_nodes": nodes,
@@ -54,7 +53,13 @@ def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.
         "prometheus": {"host": host, "port": p["prometheus"], "dir": str(state / "prometheus")},
         "node_exporters": [{"name": "local", "host": host, "port": p["node_exporter"]}],
         "fence": "local",
+        "etcd": [{"name": "etcd0", "host": host, "client_port": p["etcd"], "peer_port": p["etcd_peer"],
+                  "dir": str(state / "etcd0")}],
     }
+    if not single:
+        topology["db_endpoints"] = {"host": host, "primary_port": p["db_primary"], "replica_port": p["db_replicas"],
+                                    "stats_port": p["db_stats"], "dir": str(state / "db_endpoints")}
+    return topology
 
 
 def state_dir(environ: Mapping[str, str] = os.environ) -> Path:
