@@ -12,7 +12,7 @@ DEV_DB := var/mes.db
 TOPOLOGY ?= split
 # Debian packages of the topology (`make up`); the tests start the same programs in temporary
 # folders, and drive the operator UI in Chromium.
-STACK_PACKAGES := python3-venv postgresql-15 patroni etcd-server etcd-client pgpool2 haproxy redis-server prometheus \
+STACK_PACKAGES := python3-venv postgresql-15 etcd-server etcd-client pgpool2 haproxy redis-server prometheus \
 	prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter wrk gcc
 TEST_PACKAGES := $(STACK_PACKAGES) chromium vagrant
 # The deploy test boots Debian hosts in systemd-nspawn containers on this machine.
@@ -48,7 +48,16 @@ $(BIN)/activate: requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-venv: $(BIN)/activate
+# Patroni runs as the postgres user: its virtualenv is built on Debian's /usr/bin/python3, which that
+# user can run (any interpreter of root's own may not be).
+PATRONI_VENV := .venv-patroni
+$(PATRONI_VENV)/bin/patroni: requirements-patroni.txt
+	/usr/bin/python3 -m venv $(PATRONI_VENV)
+	$(PATRONI_VENV)/bin/pip install -q --upgrade pip
+	$(PATRONI_VENV)/bin/pip install -q -r requirements-patroni.txt
+	touch $@
+
+venv: $(BIN)/activate $(PATRONI_VENV)/bin/patroni
 
 ## The whole topology as processes on loopback (TOPOLOGY=single: the "before" topology).
 up: packages-stack venv
@@ -100,4 +109,4 @@ bench-topology: packages-stack venv
 	$(BIN)/python bench/topology_bench.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache src/*.egg-info
+	rm -rf $(VENV) $(PATRONI_VENV) var .pytest_cache src/*.egg-info

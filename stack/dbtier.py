@@ -26,6 +26,7 @@ import json
 import os
 import re
 import signal
+import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -38,6 +39,9 @@ from .services import Daemon, http_ok
 PG_USER = "postgres"        # OS user of postgres, Patroni, pgpool and the exporters
 SUPERUSER = "postgres"      # database superuser, reachable only over the node's unix socket
 EXPORTER_BIN = "prometheus-postgres-exporter"
+# Patroni in its own virtualenv on Debian's python3 (requirements-patroni.txt, patroni/README.md).
+PATRONI = ROOT / ".venv-patroni" / "bin" / "patroni"
+PATRONICTL = PATRONI.with_name("patronictl")
 EXPORTER_QUERIES = ROOT / "monitoring" / "postgres_exporter_queries.yml"
 
 
@@ -245,10 +249,20 @@ class Etcd(Daemon):
         return ["etcd", "--config-file", str(self._conf())]
 
     def ready(self, ctx):
-        return http_ok(f"http://{self.member['host']}:{self.member['client_port']}/health")
+        """Listening: a new member is healthy only once a quorum runs, so the members are started
+        one after another without waiting for that (Patroni waits for etcd itself)."""
+        try:
+            socket.create_connection((self.member["host"], self.member["client_port"]), timeout=1).close()
+            return True
+        except OSError:
+            return False
 
-    def detail(self, ctx):
-        return f"client {self.member['host']}:{self.member['client_port']}"
+    def status(self, ctx):
+        if not ctx.pid(self.name):
+            return False, "not running"
+        healthy = http_ok(f"http://{self.member['host']}:{self.member['client_port']}/health")
+        return healthy, f"client {self.member['host']}:{self.member['client_port']}, " + (
+            "healthy" if healthy else "NOT healthy (no quorum?)")
 
 
 # --- Patroni and PostgreSQL -------------------------------------------------------------------------
@@ -285,13 +299,18 @@ class PatroniNode(Daemon):
         changed = _render(ctx, "postgresql/postgresql.conf.j2", self.conf_dir / "mes.conf", mode=0o600, extra=extra)
         changed |= _render(ctx, "postgresql/pg_hba.conf.j2", self.conf_dir / "pg_hba.conf", mode=0o600, extra=extra)
         changed |= _render(ctx, "patroni/patroni.yml.j2", self._patroni_yml(), mode=0o600, extra=extra)
+        if not _topology(ctx)["single"]:
+            changed |= _render(ctx, "patroni/on_role_change.sh.j2", self.conf_dir / "on_role_change.sh",
+                               mode=0o700, extra=extra)
         return changed
 
     def env(self, ctx):
         return {"HOME": _pg_home()}
 
     def argv(self, ctx):
-        return ["patroni", str(self._patroni_yml())]
+        if not PATRONI.exists():
+            raise StackError(f"{PATRONI} is missing: `make venv` builds it (requirements-patroni.txt)")
+        return [str(PATRONI), str(self._patroni_yml())]
 
     def ready(self, ctx):
         return rest(self.node, "/health")[0] == 200
@@ -388,12 +407,32 @@ class PatroniCluster:
         if not wait_until(settled, timeout, 0.5):
             raise StackError(f"the Patroni cluster did not settle: {json.dumps(cluster(ctx))}\n"
                              + "\n".join(ctx.log_tail(n["name"], 15) for n in nodes(ctx)))
+        self._apply_dynamic_settings(ctx)
         out = psql(ctx, primary_node(ctx), _render_text(ctx, "postgresql/roles.sql.j2"))
         for line in out.splitlines():
             if line.startswith("changed:"):
                 ctx.logfile("patroni").parent.mkdir(parents=True, exist_ok=True)
                 with ctx.logfile("patroni").open("a") as log:
                     log.write(line + "\n")
+
+    def _apply_dynamic_settings(self, ctx: Ctx) -> None:
+        """The cluster-wide settings live in etcd (patroni.yml's bootstrap.dcs is read only when the
+        cluster is first made): bring them in line with group_vars on every `up`."""
+        v = ctx.vars
+        want = {"ttl": v["patroni_ttl"], "loop_wait": v["patroni_loop_wait"],
+                "retry_timeout": v["patroni_retry_timeout"],
+                "maximum_lag_on_failover": v["patroni_maximum_lag_on_failover"],
+                "synchronous_mode": v["patroni_synchronous_mode"],
+                "synchronous_mode_strict": v["patroni_synchronous_mode_strict"], "failsafe_mode": True}
+        leader = primary_node(ctx)
+        code, current = rest(leader, "/config")
+        if code == 200 and any(current.get(k) != val for k, val in want.items()):
+            request = urllib.request.Request(f"http://{leader['host']}:{leader['patroni_port']}/config",
+                                             data=json.dumps(want).encode(), method="PATCH",
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                if resp.status != 200:
+                    raise StackError(f"Patroni refused the settings {want}: {resp.status}")
 
     def down(self, ctx: Ctx) -> None:
         pass

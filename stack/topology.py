@@ -53,8 +53,9 @@ def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.
         "prometheus": {"host": host, "port": p["prometheus"], "dir": str(state / "prometheus")},
         "node_exporters": [{"name": "local", "host": host, "port": p["node_exporter"]}],
         "fence": "local",
-        "etcd": [{"name": "etcd0", "host": host, "client_port": p["etcd"], "peer_port": p["etcd_peer"],
-                  "dir": str(state / "etcd0")}],
+        # Three members, as on VMs: losing one of them changes nothing.
+        "etcd": [{"name": f"etcd{i}", "host": host, "client_port": p[f"etcd{i}"], "peer_port": p[f"etcd{i}_peer"],
+                  "dir": str(state / f"etcd{i}")} for i in range(3)],
     }
     if not single:
         topology["db_endpoints"] = {"host": host, "primary_port": p["db_primary"], "replica_port": p["db_replicas"],

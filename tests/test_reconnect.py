@@ -71,3 +71,26 @@ def test_a_write_without_idempotency_key_gets_503_and_changes_nothing(app, clien
     assert r.mimetype == "application/problem+json" and r.get_json()["type"].endswith("database-unavailable")
     assert db.execute(text("SELECT status FROM orders WHERE id = :id"), {"id": order["id"]}).scalar() == "received"
     assert client.post(f"/api/v1/orders/{order['id']}/cancel", headers=auth(partner)).status_code == 200
+
+
+def test_a_database_that_refuses_connections_is_a_503_with_retry_after(backend):
+    """No primary to connect to (a failover in progress): a 503 with Retry-After after the bounded
+    retries, never a 500, on the API and on the operator UI."""
+    from mes import create_app
+    from mes.testing.postgres import free_port
+
+    nowhere = backend.app_url.rsplit("@", 1)[0] + f"@127.0.0.1:{free_port()}/mes"
+    app = create_app(backend.settings(database_url=nowhere))
+    try:
+        client = app.test_client()
+        r = client.get("/api/v1/orders", headers={"Authorization": "Bearer mes_abcdef12_" + "x" * 43})
+        assert r.status_code == 503, r.get_data(as_text=True)
+        assert r.headers["Retry-After"] == "2" and r.get_json()["type"] == "/problems/database-unavailable"
+        page = client.get("/healthz/ready")
+        assert page.status_code == 503
+        form = client.get("/operator/login").get_data(as_text=True)
+        token = form.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+        r = client.post("/operator/login", data={"login": "demo", "password": "x", "csrf_token": token})
+        assert r.status_code == 503 and "text/html" in r.content_type, r.get_data(as_text=True)[:300]
+    finally:
+        app.extensions["mes_engine"].dispose()

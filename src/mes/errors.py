@@ -9,6 +9,7 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from .domain.errors import DomainError
+from .reconnect import RETRY_AFTER_SECONDS, unavailable
 
 log = logging.getLogger("mes.errors")
 
@@ -72,14 +73,16 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(DBAPIError)
     def _database(err: DBAPIError):
-        if not err.connection_invalidated:
+        if not unavailable(err):
             return _unexpected(err)
-        # The connection died under a request that was not safe to repeat (reconnect.py): the
-        # database is switching nodes; whether the change was applied is for the client to check.
-        log.warning("database connection lost", extra={"request_id": g.get("request_id")})
+        # The database is switching nodes (reconnect.py) and this request could not be repeated, or
+        # repeating it did not help; whether a write was applied is for the client to check.
+        log.warning("database unavailable", extra={"request_id": g.get("request_id"),
+                                                   "error": type(err.orig).__name__})
         response = render_error(503, "database-unavailable", "Service unavailable",
-                                "The database connection was lost; try again in a moment.")
-        response.headers["Retry-After"] = "1"
+                                "The database is not available right now (it may be switching to another "
+                                "node); try again after the Retry-After delay.")
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
     @app.errorhandler(Exception)

@@ -5,7 +5,7 @@ from flask import current_app, g, request
 
 from ..domain.errors import Unauthorized
 from ..key_cache import KeyCache
-from ..reconnect import once_more_if_connection_lost
+from ..reconnect import retry_while_unavailable
 from ..services.accounts import KeyHolder, authenticate_key, hash_key
 from ..web import db_session
 from . import bp
@@ -36,7 +36,7 @@ def holder_of(key: str) -> KeyHolder | None:
     holder = cache.get(key_hash)
     if holder is None:
         # A read: safe to repeat on a fresh connection whatever the request's method.
-        holder = once_more_if_connection_lost(lambda: authenticate_key(db_session(), key, key_hash=key_hash))
+        holder = retry_while_unavailable(lambda: authenticate_key(db_session(), key, key_hash=key_hash))
         if holder is not None:
             cache.put(key_hash, holder)
     return holder
