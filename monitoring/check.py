@@ -31,9 +31,14 @@ CONTRACT_EXAMPLE = {  # stack/CONTRACT.md
     "single": False,
     "pg_bindir": "/usr/lib/postgresql/15/bin",
     "pg_nodes": [
-        {"id": 0, "name": "pg0", "host": "127.0.0.1", "port": 5433, "data_dir": "/x/pg0/data", "exporter_port": 9187},
-        {"id": 1, "name": "pg1", "host": "127.0.0.1", "port": 5434, "data_dir": "/x/pg1/data", "exporter_port": 9188},
+        {"id": 0, "name": "pg0", "host": "127.0.0.1", "port": 5433, "data_dir": "/x/pg0/data", "conf_dir": "/x/pg0/conf",
+         "exporter_port": 9187, "patroni_port": 8008},
+        {"id": 1, "name": "pg1", "host": "127.0.0.1", "port": 5434, "data_dir": "/x/pg1/data", "conf_dir": "/x/pg1/conf",
+         "exporter_port": 9188, "patroni_port": 8009},
     ],
+    "etcd": [{"name": "etcd0", "host": "127.0.0.1", "client_port": 2479, "peer_port": 2480, "dir": "/x/etcd0"}],
+    "db_endpoints": {"host": "127.0.0.1", "primary_port": 5440, "replica_port": 5441, "stats_port": 8405,
+                     "dir": "/x/db_endpoints"},
     "pgpool": {"host": "127.0.0.1", "port": 9999, "pcp_port": 9898, "dir": "/x/pgpool"},
     "redis": {"host": "127.0.0.1", "port": 6380, "dir": "/x/redis", "exporter_port": 9121},
     "app_operator": [{"name": "operator1", "host": "127.0.0.1", "port": 8101},
@@ -44,7 +49,6 @@ CONTRACT_EXAMPLE = {  # stack/CONTRACT.md
     "haproxy": {"bind": "127.0.0.1", "public_port": 8080, "operator_port": 8081, "stats_port": 8404, "dir": "/x/haproxy"},
     "prometheus": {"host": "127.0.0.1", "port": 9090, "dir": "/x/prometheus"},
     "node_exporters": [{"name": "local", "host": "127.0.0.1", "port": 9100}],
-    "fence": "local",
 }
 
 
@@ -58,6 +62,7 @@ def topology(kind: str, state: Path) -> dict:
         print(f"  (stack.topology not usable: {exc}; using the contract's example)")
         topo = json.loads(json.dumps(CONTRACT_EXAMPLE))
         if kind == "single":
+            topo.pop("db_endpoints")
             topo.update(single=True, pg_nodes=topo["pg_nodes"][:1], app_operator=[], app_public=[],
                         app_single=[{"name": "single1", "host": "127.0.0.1", "port": 8301}])
         return topo

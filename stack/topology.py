@@ -52,7 +52,6 @@ def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.
                     "stats_port": p["haproxy_stats"], "dir": str(state / "haproxy")},
         "prometheus": {"host": host, "port": p["prometheus"], "dir": str(state / "prometheus")},
         "node_exporters": [{"name": "local", "host": host, "port": p["node_exporter"]}],
-        "fence": "local",
         # Three members, as on VMs: losing one of them changes nothing.
         "etcd": [{"name": f"etcd{i}", "host": host, "client_port": p[f"etcd{i}"], "peer_port": p[f"etcd{i}_peer"],
                   "dir": str(state / f"etcd{i}")} for i in range(3)],
