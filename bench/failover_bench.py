@@ -20,7 +20,7 @@ missing afterwards. Then the cost of synchronous commit: closed-loop order creat
 20 s per run) with Patroni's synchronous_mode off and on, alternating, two runs each; throughput and
 p95 per mode (medians of the runs).
 
-    python bench/failover_bench.py [--out bench/results] [--skip-faults] [--skip-sync]
+    python bench/failover_bench.py [--out bench/results] [--skip-faults] [--skip-sync] [--faults 1,4]
 
 Writes bench/results/failover_bench.json and prints Markdown tables for BENCHMARKS.md.
 """
@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--skip-faults", action="store_true")
     parser.add_argument("--skip-sync", action="store_true")
+    parser.add_argument("--faults", default="", help="comma-separated numbers (1-based) of the faults to run")
     args = parser.parse_args(argv)
     stack = Stack()
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -296,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"starting the stack in {stack.state}")
         stack.up()
         if not args.skip_faults:
-            report["faults"] = [run_fault(stack, name, inject) for name, inject in FAULTS]
+            chosen = [int(i) - 1 for i in args.faults.split(",") if i] or range(len(FAULTS))
+            report["faults"] = [run_fault(stack, *FAULTS[i]) for i in chosen]
         if not args.skip_sync:
             log("the cost of synchronous commit")
             report["synchronous_commit"] = sync_cost(stack)

@@ -316,11 +316,15 @@ class PatroniNode(Daemon):
         return rest(self.node, "/health")[0] == 200
 
     def up(self, ctx) -> None:
-        if ctx.pid(self.name) and self.ready(ctx):
-            if self.prepare(ctx):  # a changed template: Patroni reloads its file and PostgreSQL's
+        if ctx.pid(self.name):
+            # Patroni runs and owns PostgreSQL (it may be restarting it right now): never restart
+            # Patroni for that, only wait. A changed template: Patroni reloads its file and PostgreSQL's.
+            if self.prepare(ctx):
                 os.kill(ctx.pid(self.name), signal.SIGHUP)
+            if not wait_until(lambda: self.ready(ctx), self.start_timeout):
+                raise StackError(f"{self.name}: PostgreSQL does not run under Patroni:\n{ctx.log_tail(self.name)}")
             return
-        if self.postmaster_pid() and not ctx.pid(self.name):
+        if self.postmaster_pid():
             self._stop_postmaster(ctx)  # left running by a Patroni that was killed: Patroni starts it again
         super().up(ctx)
 
@@ -372,6 +376,8 @@ def kill_node(ctx: Ctx, name: str, *, postgres_only: bool = False, sig: int = si
     pids = ([] if postgres_only else [p for p in [ctx.pid(name)] if p])
     if postmaster:
         pids += [postmaster, *_children(postmaster)]
+    if not pids:
+        raise StackError(f"{name}: neither Patroni nor PostgreSQL runs; nothing to {signal.Signals(sig).name}")
     for pid in pids:
         try:
             os.kill(pid, sig)
