@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from . import dbtier
+from . import backup, dbtier
 from .base import Ctx, StackError
 from .services import AppInstance, HAProxy, NodeExporter, Prometheus, Redis, RedisExporter
 from .topology import make_ctx, wipe
@@ -103,7 +103,9 @@ def print_urls(ctx: Ctx) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "reset", "urls"])
+    parser.add_argument("command", choices=["up", "down", "status", "reset", "urls", "backup", "backups"])
+    parser.add_argument("kind", nargs="?", default="full", choices=["full", "diff", "incr"],
+                        help="backup: full (default), diff or incr")
     parser.add_argument("--topology", choices=["split", "single"], default=None,
                         help="split (default): the production topology; single: the 'before' topology")
     args = parser.parse_args(argv)
@@ -121,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
             down(ctx)
         elif args.command == "urls":
             print_urls(ctx)
+        elif args.command == "backup":
+            done = backup.backup(ctx, args.kind)
+            print(f"== {done['type']} backup {done['label']} of the primary "
+                  f"({done['info']['repository']['delta'] / 1e6:.1f} MB stored)")
+        elif args.command == "backups":
+            print(backup.info_text(ctx))
         else:
             return status(ctx)
     except StackError as err:

@@ -126,8 +126,8 @@ def node_by_name(ctx: Ctx, name: str) -> dict:
 
 
 def socket_dir(node: dict) -> Path:
-    """Local stack: the node's unix socket folder, beside its data dir (VMs: /var/run/postgresql)."""
-    return Path(node["data_dir"]).parent / "run"
+    """The node's unix socket folder (local stack: beside its data dir; VMs: /var/run/postgresql)."""
+    return Path(node.get("socket_dir", "/var/run/postgresql"))
 
 
 def _node_extra(node: dict) -> dict:
@@ -302,6 +302,9 @@ class PatroniNode(Daemon):
         if not _topology(ctx)["single"]:
             changed |= _render(ctx, "patroni/on_role_change.sh.j2", self.conf_dir / "on_role_change.sh",
                                mode=0o700, extra=extra)
+        if "backup" in _topology(ctx):  # archive_command and replica creation use it from the start
+            changed |= _render(ctx, "pgbackrest/pgbackrest.conf.j2", self.conf_dir / "pgbackrest.conf",
+                               mode=0o600, extra=extra)
         return changed
 
     def env(self, ctx):
@@ -693,6 +696,9 @@ def components(ctx: Ctx) -> list:
     out: list = [Etcd(m) for m in t["etcd"]]
     out += [PatroniNode(n) for n in nodes(ctx)]
     out.append(PatroniCluster())
+    if "backup" in t:
+        from .backup import PgBackRest
+        out.append(PgBackRest())
     if not t["single"]:
         out += [DbEndpoints(), Pgpool()]
     out += [PostgresExporter(n) for n in nodes(ctx)]

@@ -37,6 +37,7 @@ def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.
     app = lambda name: {"name": name, "host": host, "port": p[name]}  # noqa: E731
     node = lambda i: {"id": i, "name": f"pg{i}", "host": host, "port": p[f"pg{i}"],  # noqa: E731
                       "data_dir": str(state / f"pg{i}" / "data"), "conf_dir": str(state / f"pg{i}" / "conf"),
+                      "socket_dir": str(state / f"pg{i}" / "run"),
                       "exporter_port": p[f"pg{i}_exporter"], "patroni_port": p[f"pg{i}_patroni"]}
     nodes = [node(0)] if single else [node(0), node(1)]
     topology = {
@@ -52,6 +53,8 @@ def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.
                     "stats_port": p["haproxy_stats"], "dir": str(state / "haproxy")},
         "prometheus": {"host": host, "port": p["prometheus"], "dir": str(state / "prometheus")},
         "node_exporters": [{"name": "local", "host": host, "port": p["node_exporter"]}],
+        # pgBackRest's repository: on VMs another host; here a folder of its own.
+        "backup": {"repo_path": str(state / "backup" / "repo"), "dir": str(state / "backup")},
         # Three members, as on VMs: losing one of them changes nothing.
         "etcd": [{"name": f"etcd{i}", "host": host, "client_port": p[f"etcd{i}"], "peer_port": p[f"etcd{i}_peer"],
                   "dir": str(state / f"etcd{i}")} for i in range(3)],

@@ -231,3 +231,58 @@ def test_make_up_twice_is_harmless(stack):
     assert r.returncode == 0, r.stdout + r.stderr
     assert {n: stack.pid(n) for n in names} == before
     assert "operator login: demo / demo-pass" in r.stdout
+
+
+def test_a_point_in_time_restore_has_what_was_committed_before_the_target_only(stack):
+    """pgBackRest: a full backup, an order, the target time, another order; the restore to the target
+    on a fresh folder (a host that never ran this database) has the first order and not the second."""
+    import datetime
+    import subprocess
+
+    from mes.testing.postgres import free_port
+    from stack import backup, dbtier
+
+    key = stack.new_key("pitr")
+    backup.backup(stack.ctx, "full")
+    time.sleep(1.5)  # pgBackRest records the backup's stop time in whole seconds
+    before = create(stack, key, "PITR-BEFORE")
+    primary = dbtier.primary_node(stack.ctx)
+    target = dbtier.psql(stack.ctx, primary, "SELECT clock_timestamp()")
+    time.sleep(1)
+    after = create(stack, key, "PITR-AFTER")
+    dbtier.psql(stack.ctx, primary, "SELECT pg_switch_wal()")  # the WAL past the target reaches the archive
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not dbtier.psql(
+            stack.ctx, primary, "SELECT last_archived_wal >= pg_walfile_name(pg_current_wal_lsn() - 1) "
+                                "FROM pg_stat_archiver") == "t":
+        time.sleep(0.5)
+
+    work = stack.state / "pitr"  # a folder the postgres user can reach (removed with the stack)
+    work.mkdir(mode=0o755)
+    subprocess.run(["chown", "postgres:postgres", str(work)], check=True)
+    dest = work / "restored"
+    backup.restore_to_point_in_time(stack.ctx, dest, target)
+    sockets = work / "run"
+    sockets.mkdir()
+    subprocess.run(["chown", "postgres:postgres", str(sockets)], check=True)
+    port = free_port()
+    bindir = stack.ctx.vars["mes_topology"]["pg_bindir"]
+    server = [f"{bindir}/pg_ctl", "-D", str(dest), "-w", "-t", "120", "-l", str(work / "restored.log"), "-o",
+              f"-c port={port} -c listen_addresses='' -c unix_socket_directories={sockets} -c archive_mode=off "
+              f"-c max_connections={GROUP_VARS['pg_max_connections']} "
+              f"-c hba_file={dest}/pg_hba.conf -c ident_file={dest}/pg_ident.conf"]
+    started = subprocess.run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--",
+                              *server[:1], "start", *server[1:]], cwd="/", capture_output=True, text=True)
+    log = work / "restored.log"
+    assert started.returncode == 0, started.stderr + (log.read_text()[-3000:] if log.exists() else "")
+    try:
+        node = {"name": "restored", "port": port, "socket_dir": str(sockets)}
+        deadline = time.monotonic() + 60
+        while dbtier._try_psql(stack.ctx, node, "SELECT pg_is_in_recovery()") != "f" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        found = dbtier.psql(stack.ctx, node, "SELECT reference FROM orders WHERE reference LIKE 'PITR-%' "
+                                             "ORDER BY reference", db=GROUP_VARS["pg_database"])
+        assert found.split() == ["PITR-BEFORE"], (found, before["id"], after["id"], target)
+    finally:
+        subprocess.run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", server[0],
+                        "stop", "-D", str(dest), "-m", "fast", "-w"], cwd="/", capture_output=True)
