@@ -94,3 +94,31 @@ def test_a_database_that_refuses_connections_is_a_503_with_retry_after(backend):
         assert r.status_code == 503 and "text/html" in r.content_type, r.get_data(as_text=True)[:300]
     finally:
         app.extensions["mes_engine"].dispose()
+
+
+def test_a_logged_in_operator_gets_a_readable_503_page_when_the_database_is_away(backend, accounts_):
+    """The error page itself must not need the database (it used to load the operator for its header,
+    fail again, and end in a bare 500)."""
+    from mes import create_app
+    from mes.testing.postgres import free_port
+
+    working = create_app(backend.settings())
+    nowhere = backend.app_url.rsplit("@", 1)[0] + f"@127.0.0.1:{free_port()}/mes"
+    broken = create_app(backend.settings(database_url=nowhere))
+    try:
+        accounts_.operator("failover-op", "failover-pass")
+        client = working.test_client()
+        form = client.get("/operator/login").get_data(as_text=True)
+        token = form.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+        r = client.post("/operator/login", data={"login": "failover-op", "password": "failover-pass",
+                                                 "csrf_token": token}, follow_redirects=True)
+        assert "Orders queue" in r.get_data(as_text=True)
+        other = broken.test_client()
+        name = working.config["SESSION_COOKIE_NAME"]
+        other.set_cookie(name, client.get_cookie(name).value)
+        r = other.get("/operator/")
+        assert r.status_code == 503 and "text/html" in r.content_type, r.get_data(as_text=True)[:300]
+        assert r.headers["Retry-After"] == "2" and "not available right now" in r.get_data(as_text=True)
+    finally:
+        working.extensions["mes_engine"].dispose()
+        broken.extensions["mes_engine"].dispose()

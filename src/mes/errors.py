@@ -37,6 +37,10 @@ def problem(status: int, slug: str, title: str, detail: str, **extensions) -> Re
 
 
 def _page(status: int, title: str, detail: str) -> Response:
+    if g.get("_login_user") is None:
+        # The operator was not loaded before the error (the database may be what failed): the page is
+        # shown as to a visitor instead of trying the database again.
+        g._login_user = current_app.login_manager.anonymous_user()
     html = render_template("operator/error.html", status=status, title=title, detail=detail)
     return Response(html, status=status, mimetype="text/html")
 

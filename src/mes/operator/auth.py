@@ -9,6 +9,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from ..effects import route_reads
 from ..extensions import limiter, login_manager
 from ..models import Operator
+from ..reconnect import retry_while_unavailable
 from ..services.accounts import check_operator_login, operator_actor
 from ..web import db_session, settings
 from . import bp
@@ -20,7 +21,8 @@ login_manager.login_message = "Please log in to see the orders queue."
 
 @login_manager.user_loader
 def load_operator(operator_id: str):
-    op = db_session().get(Operator, int(operator_id))
+    # A read: safe to repeat while the database switches nodes, whatever the request's method.
+    op = retry_while_unavailable(lambda: db_session().get(Operator, int(operator_id)))
     return OperatorUser(op) if op is not None and op.active else None
 
 
