@@ -269,8 +269,9 @@ class Etcd(Daemon):
 
 class PatroniNode(Daemon):
     """Patroni (and under it PostgreSQL) for one node of mes_topology.pg_nodes, as the postgres user.
-    `up` returns once its PostgreSQL runs (/health answers 200): a first node has been initialised, a
-    new one cloned from the leader."""
+    `up` returns once Patroni answers on its REST API; whether PostgreSQL runs is PatroniCluster's
+    wait, after every node was started: a node may need another one first (a diverged old primary
+    can only be rewound once the newer primary runs, whatever the start order)."""
 
     user = PG_USER
     start_timeout = 180
@@ -316,16 +317,14 @@ class PatroniNode(Daemon):
         return [str(PATRONI), str(self._patroni_yml())]
 
     def ready(self, ctx):
-        return rest(self.node, "/health")[0] == 200
+        return rest(self.node, "/patroni")[0] != 0
 
     def up(self, ctx) -> None:
         if ctx.pid(self.name):
             # Patroni runs and owns PostgreSQL (it may be restarting it right now): never restart
-            # Patroni for that, only wait. A changed template: Patroni reloads its file and PostgreSQL's.
+            # Patroni for that. A changed template: Patroni reloads its file and PostgreSQL's.
             if self.prepare(ctx):
                 os.kill(ctx.pid(self.name), signal.SIGHUP)
-            if not wait_until(lambda: self.ready(ctx), self.start_timeout):
-                raise StackError(f"{self.name}: PostgreSQL does not run under Patroni:\n{ctx.log_tail(self.name)}")
             return
         if self.postmaster_pid():
             self._stop_postmaster(ctx)  # left running by a Patroni that was killed: Patroni starts it again

@@ -118,7 +118,10 @@ def test_a_logged_in_operator_gets_a_readable_503_page_when_the_database_is_away
         other.set_cookie(name, client.get_cookie(name).value)
         r = other.get("/operator/")
         assert r.status_code == 503 and "text/html" in r.content_type, r.get_data(as_text=True)[:300]
-        assert r.headers["Retry-After"] == "2" and "not available right now" in r.get_data(as_text=True)
+        page = r.get_data(as_text=True)
+        assert r.headers["Retry-After"] == "2" and "not available right now" in page
+        assert '<meta http-equiv="refresh" content="2">' in page  # the tablet tries again by itself
+        assert other.get("/operator/static/mes.css").status_code == 200
     finally:
         working.extensions["mes_engine"].dispose()
         broken.extensions["mes_engine"].dispose()

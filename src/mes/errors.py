@@ -41,7 +41,8 @@ def _page(status: int, title: str, detail: str) -> Response:
         # The operator was not loaded before the error (the database may be what failed): the page is
         # shown as to a visitor instead of trying the database again.
         g._login_user = current_app.login_manager.anonymous_user()
-    html = render_template("operator/error.html", status=status, title=title, detail=detail)
+    html = render_template("operator/error.html", status=status, title=title, detail=detail,
+                           retry_after=RETRY_AFTER_SECONDS)
     return Response(html, status=status, mimetype="text/html")
 
 

@@ -43,6 +43,8 @@ class OperatorUser:
 
 @bp.before_request
 def _set_actor():
+    if request.endpoint == "operator.static":
+        return  # the stylesheet needs no operator (and no database)
     if current_user.is_authenticated:
         g.actor = current_user.actor
         route_reads()
