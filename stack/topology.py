@@ -2,6 +2,7 @@
 MES_PORT_<NAME>, folders under the state folder."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .base import GROUP_VARS, LOCAL_LAYOUT, Ctx, load_secrets
+from .base import GROUP_VARS, LOCAL_LAYOUT, ROOT, Ctx, load_secrets
 
 TOPOLOGIES = ("split", "single")
 
@@ -28,41 +29,41 @@ def ports(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
     return {name: int(environ.get(f"MES_PORT_{name.upper()}", port)) for name, port in layout["ports"].items()}
 
 
+def _shared_builder():
+    """ansible/filter_plugins/mes_topology.py: the one builder of mes_topology, also the VMs' (plain Python)."""
+    spec = importlib.util.spec_from_file_location("mes_topology_shape", ROOT / "ansible" / "filter_plugins"
+                                                  / "mes_topology.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.environ) -> dict:
     if topology not in TOPOLOGIES:
         raise SystemExit(f"TOPOLOGY must be one of {TOPOLOGIES}, not {topology!r}")
+    shape = _shared_builder()
     host = yaml.safe_load(LOCAL_LAYOUT.read_text())["host"]
     p = ports(environ)
     single = topology == "single"
-    app = lambda name: {"name": name, "host": host, "port": p[name]}  # noqa: E731
-    node = lambda i: {"id": i, "name": f"pg{i}", "host": host, "port": p[f"pg{i}"],  # noqa: E731
-                      "data_dir": str(state / f"pg{i}" / "data"), "conf_dir": str(state / f"pg{i}" / "conf"),
-                      "socket_dir": str(state / f"pg{i}" / "run"),
-                      "exporter_port": p[f"pg{i}_exporter"], "patroni_port": p[f"pg{i}_patroni"]}
-    nodes = [node(0)] if single else [node(0), node(1)]
-    topology = {
-        "single": single,
-        "pg_bindir": pg_bindir(),
-        "pg_nodes": nodes,
-        "pgpool": {"host": host, "port": p["pgpool"], "pcp_port": p["pgpool_pcp"], "dir": str(state / "pgpool")},
-        "redis": {"host": host, "port": p["redis"], "dir": str(state / "redis"), "exporter_port": p["redis_exporter"]},
-        "app_operator": [] if single else [app("operator1"), app("operator2")],
-        "app_public": [] if single else [app("public1"), app("public2")],
-        "app_single": [app("single1")] if single else [],
-        "haproxy": {"bind": host, "public_port": p["public"], "operator_port": p["operator"],
-                    "stats_port": p["haproxy_stats"], "dir": str(state / "haproxy")},
-        "prometheus": {"host": host, "port": p["prometheus"], "dir": str(state / "prometheus")},
-        "node_exporters": [{"name": "local", "host": host, "port": p["node_exporter"]}],
+    app = lambda name: shape.app(name, host, p[name])  # noqa: E731
+    node = lambda i: shape.pg_node(i, f"pg{i}", host, p[f"pg{i}"], str(state / f"pg{i}" / "data"),  # noqa: E731
+                                   str(state / f"pg{i}" / "conf"), p[f"pg{i}_exporter"], p[f"pg{i}_patroni"],
+                                   socket_dir=str(state / f"pg{i}" / "run"))
+    return shape.assemble(
+        single=single, pg_bindir=pg_bindir(), pg_nodes=[node(0)] if single else [node(0), node(1)],
+        # Three etcd members, as on VMs: losing one of them changes nothing.
+        etcd=[shape.etcd_member(f"etcd{i}", host, p[f"etcd{i}"], p[f"etcd{i}_peer"], str(state / f"etcd{i}"))
+              for i in range(3)],
+        ports=p,
+        dirs={name: str(state / name) for name in ("pgpool", "redis", "haproxy", "prometheus", "db_endpoints")},
+        app_operator=[] if single else [app("operator1"), app("operator2")],
+        app_public=[] if single else [app("public1"), app("public2")],
+        app_single=[app("single1")] if single else [],
+        node_exporters=[{"name": "local", "host": host, "port": p["node_exporter"]}],
+        hosts={"pgpool": host, "redis": host, "haproxy": host, "prometheus": host, "db_endpoints": host},
+        db_endpoint_instances=[shape.instance("local", host)],
         # pgBackRest's repository: on VMs another host; here a folder of its own.
-        "backup": {"repo_path": str(state / "backup" / "repo"), "dir": str(state / "backup")},
-        # Three members, as on VMs: losing one of them changes nothing.
-        "etcd": [{"name": f"etcd{i}", "host": host, "client_port": p[f"etcd{i}"], "peer_port": p[f"etcd{i}_peer"],
-                  "dir": str(state / f"etcd{i}")} for i in range(3)],
-    }
-    if not single:
-        topology["db_endpoints"] = {"host": host, "primary_port": p["db_primary"], "replica_port": p["db_replicas"],
-                                    "stats_port": p["db_stats"], "dir": str(state / "db_endpoints")}
-    return topology
+        backup={"repo_path": str(state / "backup" / "repo"), "dir": str(state / "backup")})
 
 
 def state_dir(environ: Mapping[str, str] = os.environ) -> Path:

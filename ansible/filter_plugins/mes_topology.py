@@ -1,12 +1,73 @@
-"""`mes_topology` from the inventory: where each component of the MES runs on the VMs.
+"""`mes_topology`: where each component of the MES runs (its shape: stack/CONTRACT.md).
 
-The templates under haproxy/, pgpool/, postgresql/, redis/ and monitoring/ read this structure;
-the local one-machine stack builds the same structure from stack/local.yml (see stack/CONTRACT.md).
+One builder, `assemble()`, and the constructors of its parts make the structure; both places that
+need it call them: the `mes_topology` filter below (from the inventory, on VMs) and the local
+one-machine stack (stack/topology.py, from stack/local.yml). Plain Python, no Ansible import, so
+that the local stack can load this file as it is.
 """
 from __future__ import annotations
 
-PG_DATA = "/var/lib/postgresql/{version}/main"
+PG_DATA = "/var/lib/postgresql/{version}/main"     # Patroni's data directory on the VMs
+PG_CONF = "/etc/postgresql/{version}/main"         # mes.conf, pg_hba.conf, Patroni's postgresql.conf
 
+
+# --- the parts, each made in one place -------------------------------------------------------------
+
+def pg_node(i: int, name: str, host: str, port: int, data_dir: str, conf_dir: str, exporter_port: int,
+            patroni_port: int, socket_dir: str = "/var/run/postgresql") -> dict:
+    return {"id": i, "name": name, "host": host, "port": port, "data_dir": data_dir, "conf_dir": conf_dir,
+            "socket_dir": socket_dir, "exporter_port": exporter_port, "patroni_port": patroni_port}
+
+
+def etcd_member(name: str, host: str, client_port: int, peer_port: int, folder: str) -> dict:
+    return {"name": name, "host": host, "client_port": client_port, "peer_port": peer_port, "dir": folder}
+
+
+def app(name: str, host: str, port: int) -> dict:
+    return {"name": name, "host": host, "port": port}
+
+
+def instance(name: str, host: str) -> dict:
+    """A host that runs a per-host component (the database endpoints): Prometheus scrapes it there."""
+    return {"name": name, "host": host}
+
+
+def assemble(*, single: bool, pg_bindir: str, pg_nodes: list[dict], etcd: list[dict], ports: dict, dirs: dict,
+             app_operator: list[dict], app_public: list[dict], app_single: list[dict],
+             node_exporters: list[dict], hosts: dict, db_endpoint_instances: list[dict],
+             backup: dict | None = None) -> dict:
+    """The whole structure. `hosts`: component -> address (pgpool, redis, haproxy, prometheus,
+    alertmanager, db_endpoints); `ports`: mes_ports-like names; `dirs`: component -> folder;
+    `backup`: pgBackRest's repository (repo_path, dir), so far only the local stack's."""
+    topology = {
+        "single": single,
+        "pg_bindir": pg_bindir,
+        "pg_nodes": pg_nodes,
+        "etcd": etcd,
+        "pgpool": {"host": hosts["pgpool"], "port": ports["pgpool"], "pcp_port": ports["pgpool_pcp"],
+                   "dir": dirs["pgpool"]},
+        "redis": {"host": hosts["redis"], "port": ports["redis"], "dir": dirs["redis"],
+                  "exporter_port": ports["redis_exporter"]},
+        "app_operator": app_operator,
+        "app_public": app_public,
+        "app_single": app_single,
+        "haproxy": {"bind": hosts["haproxy"], "public_port": ports["public"], "operator_port": ports["operator"],
+                    "stats_port": ports["haproxy_stats"], "dir": dirs["haproxy"]},
+        "prometheus": {"host": hosts["prometheus"], "port": ports["prometheus"], "dir": dirs["prometheus"]},
+        "node_exporters": node_exporters,
+    }
+    if backup:
+        topology["backup"] = backup
+    if hosts.get("alertmanager"):
+        topology["alertmanager"] = {"host": hosts["alertmanager"], "port": ports["alertmanager"]}
+    if not single:
+        topology["db_endpoints"] = {"host": hosts["db_endpoints"], "primary_port": ports["db_primary"],
+                                    "replica_port": ports["db_replicas"], "stats_port": ports["db_stats"],
+                                    "dir": dirs["db_endpoints"], "instances": db_endpoint_instances}
+    return topology
+
+
+# --- from the inventory ----------------------------------------------------------------------------
 
 def _address(hostvars: dict, host: str) -> str:
     hv = hostvars[host]
@@ -14,7 +75,9 @@ def _address(hostvars: dict, host: str) -> str:
 
 
 def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15) -> dict:
-    """Build the topology dict from inventory groups; `ports` is mes_ports from group_vars."""
+    """The structure from the inventory groups; `ports` is mes_ports (group_vars/all/topology.yml).
+    Pgpool-II and the database endpoints (HAProxy) run on every app host and listen on loopback:
+    each app server talks to its own; `dcs` holds the etcd members (three, on different hosts)."""
     def first(group: str) -> str:
         members = groups.get(group) or []
         if not members:
@@ -22,34 +85,28 @@ def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15
         return members[0]
 
     pg_hosts = list(groups.get("db_primary", [])) + list(groups.get("db_replica", []))
-    nodes = [{"id": i, "name": h, "host": _address(hostvars, h), "port": ports["postgresql"],
-              "data_dir": PG_DATA.format(version=pg_version), "exporter_port": ports["postgres_exporter"]}
+    nodes = [pg_node(i, h, _address(hostvars, h), ports["postgresql"], PG_DATA.format(version=pg_version),
+                     PG_CONF.format(version=pg_version), ports["postgres_exporter"], ports["patroni"])
              for i, h in enumerate(pg_hosts)]
+    etcd = [etcd_member(h, _address(hostvars, h), ports["etcd"], ports["etcd_peer"], "/var/lib/etcd/mes")
+            for h in groups.get("dcs", [])]
 
     def apps(group: str) -> list[dict]:
-        return [{"name": h, "host": _address(hostvars, h), "port": ports["app"]} for h in groups.get(group, [])]
+        return [app(h, _address(hostvars, h), ports["app"]) for h in groups.get(group, [])]
 
-    lb, pgpool, redis, mon = first("lb"), first("pgpool"), first("redis"), first("monitoring")
-    return {
-        "single": False,
-        "pg_bindir": f"/usr/lib/postgresql/{pg_version}/bin",
-        "pg_nodes": nodes,
-        "pgpool": {"host": _address(hostvars, pgpool), "port": ports["pgpool"], "pcp_port": ports["pgpool_pcp"],
-                   "dir": "/var/lib/pgpool"},
-        "redis": {"host": _address(hostvars, redis), "port": ports["redis"], "dir": "/var/lib/redis",
-                  "exporter_port": ports["redis_exporter"]},
-        "app_operator": apps("app_operator"),
-        "app_public": apps("app_public"),
-        "app_single": [],
-        "haproxy": {"bind": _address(hostvars, lb), "public_port": ports["public"],
-                    "operator_port": ports["operator"], "stats_port": ports["haproxy_stats"],
-                    "dir": "/var/lib/haproxy"},
-        "prometheus": {"host": _address(hostvars, mon), "port": ports["prometheus"], "dir": "/var/lib/prometheus"},
-        "alertmanager": {"host": _address(hostvars, mon), "port": ports["alertmanager"]},
-        "node_exporters": [{"name": h, "host": _address(hostvars, h), "port": ports["node_exporter"]}
-                           for h in sorted(hostvars) if h in groups.get("all", [])],
-        "fence": "ssh",
-    }
+    app_hosts = list(groups.get("app_operator", [])) + list(groups.get("app_public", []))
+    mon = _address(hostvars, first("monitoring"))
+    return assemble(
+        single=False, pg_bindir=f"/usr/lib/postgresql/{pg_version}/bin", pg_nodes=nodes, etcd=etcd,
+        ports=ports,
+        dirs={"pgpool": "/var/lib/pgpool", "redis": "/var/lib/redis", "haproxy": "/var/lib/haproxy",
+              "prometheus": "/var/lib/prometheus", "db_endpoints": "/run/haproxy-db"},
+        app_operator=apps("app_operator"), app_public=apps("app_public"), app_single=[],
+        node_exporters=[{"name": h, "host": _address(hostvars, h), "port": ports["node_exporter"]}
+                        for h in sorted(hostvars) if h in groups.get("all", [])],
+        hosts={"pgpool": "127.0.0.1", "db_endpoints": "127.0.0.1", "redis": _address(hostvars, first("redis")),
+               "haproxy": _address(hostvars, first("lb")), "prometheus": mon, "alertmanager": mon},
+        db_endpoint_instances=[instance(h, _address(hostvars, h)) for h in app_hosts])
 
 
 class FilterModule:
