@@ -5,7 +5,9 @@ test subnet. Each command prints one JSON document on stdout.
   request METHOD URL [--header K:V ...] [--json BODY]   one request
   operator-login BASE LOGIN PASSWORD                    the operator UI's login form (CSRF, cookie)
   traffic --out FILE --stop-file FILE [--max-seconds N] --target NAME,METHOD,URL,RPS[,HEADER...] ...
-                                                        steady paced traffic until the stop file exists
+                                                        steady paced traffic until the stop file exists;
+                                                        POST targets create orders, and the result lists
+                                                        every acknowledged one (201)
 """
 from __future__ import annotations
 
@@ -76,6 +78,7 @@ def cmd_traffic(args) -> dict:
     operator UI), and every connection error or timeout, is a lost request."""
     stats: dict[str, Counter] = {}
     failures: list[dict] = []
+    acked: list[dict] = []           # every create the service acknowledged (201): none may be lost later
     lock = threading.Lock()
     started = time.time()
     stop = threading.Event()
@@ -102,6 +105,8 @@ def cmd_traffic(args) -> dict:
                 key, ok, detail = type(exc).__name__, False, str(exc)[:200]
             with lock:
                 counter[key] += 1
+                if t.method == "POST" and key == "201":
+                    acked.append({"reference": body["reference"], "t": round(at - started, 2)})
                 if not ok and len(failures) < 50:
                     failures.append({"target": t.name, "t": round(at - started, 2), "result": key, "detail": detail})
             next_at += interval
@@ -123,7 +128,7 @@ def cmd_traffic(args) -> dict:
     total = sum(sum(c.values()) for c in stats.values())
     lost = sum(n for c in stats.values() for code, n in c.items() if not (code.isdigit() and int(code) < 400))
     result = {"seconds": round(time.time() - started, 1), "total": total, "lost": lost,
-              "by_target": {k: dict(v) for k, v in stats.items()}, "failures": failures,
+              "by_target": {k: dict(v) for k, v in stats.items()}, "failures": failures, "acked": acked,
               "stopped_by": "stop file" if os.path.exists(args.stop_file) else "max-seconds"}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
