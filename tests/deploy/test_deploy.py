@@ -41,7 +41,7 @@ from . import containers, network
 from .cluster import ANSIBLE_DIR, REPO, Cluster, Settings
 from .network import CTL_NS
 from .util import log, run, wait_until
-from .wheelhouse import ensure_wheelhouse
+from .wheelhouse import ensure_patroni_wheelhouse, ensure_wheelhouse
 
 pytestmark = pytest.mark.deploy
 
@@ -82,7 +82,8 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def extra_vars(cluster) -> dict:
-    return {"mes_app_wheelhouse": str(ensure_wheelhouse(REPO, cluster.settings.cache_dir))}
+    return {"mes_app_wheelhouse": str(ensure_wheelhouse(REPO, cluster.settings.cache_dir)),
+            "patroni_wheelhouse": str(ensure_patroni_wheelhouse(REPO, cluster.settings.cache_dir))}
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -400,7 +401,7 @@ def test_prometheus_has_every_target_up(cluster):
         pytest.fail(f"targets not up: {all_up.last[1]}")
     targets = all_up.last[0]
     jobs = {t["labels"]["job"] for t in targets}
-    assert {"prometheus", "haproxy", "mes_operator", "mes_public", "postgres", "db_endpoints", "redis",
+    assert {"prometheus", "haproxy", "mes_operator", "mes_public", "postgres", "patroni", "haproxy_db", "redis",
             "node"} <= jobs, jobs
     nodes = [t for t in targets if t["labels"]["job"] == "node"]
     assert len(nodes) == len(cluster.site_hosts), [t["scrapeUrl"] for t in nodes]
