@@ -482,13 +482,13 @@ def test_backup_and_a_restore_that_finds_the_data(cluster):
     assert psql(cluster, primary, "SELECT count(*) FROM backup_marker") != "0"
 
 
-def test_a_new_replica_joins_under_traffic_and_gets_reads(cluster):
+def test_a_new_replica_joins_under_traffic_and_gets_reads(cluster, extra_vars):
     need("switchover")
     new = next(h for h in cluster.hosts if h not in cluster.site_hosts)     # db3, of the spare inventory
     apps = app_hosts("app_operator") + app_hosts("app_public")
     pids_before = {h: (service_pid(cluster, h, "pgpool2"), service_pid(cluster, h, "haproxy-db")) for h in apps}
     with steady_traffic(cluster, "add_replica.yml") as summary:
-        result = cluster.playbook("add_replica.yml", extra_vars={"new_replica": new}, with_spares=True,
+        result = cluster.playbook("add_replica.yml", extra_vars={**extra_vars, "new_replica": new}, with_spares=True,
                                   timeout=900)
     check_run(cluster, result, "add_replica.yml")
     assert summary["total"] >= 50 and summary["lost"] == 0, summary
