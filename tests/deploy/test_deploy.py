@@ -435,15 +435,19 @@ def test_loss_of_the_primary_host_loses_no_acknowledged_order_and_it_rejoins(clu
         time.sleep(5)
     new_primary = leader(promoted)
     acked = [a["reference"] for a in summary["acked"]]
-    assert acked and max(a["t"] for a in summary["acked"]) > summary["seconds"] - 15, "no acknowledged write after the failover"
+    assert acked and max(a["t"] for a in summary["acked"]) > summary["seconds"] - 15, \
+        "no acknowledged write after the failover"
     refs = ", ".join(f"'{r}'" for r in acked)
     found = int(psql(cluster, new_primary, f"SELECT count(*) FROM orders WHERE reference IN ({refs})"))
-    log(f"{len(acked)} acknowledged orders, {found} on {new_primary}; {summary['lost']} requests failed during the failover")
+    log(f"{len(acked)} acknowledged orders, {found} on {new_primary}; "
+        f"{summary['lost']} requests failed during the failover")
     assert found == len(acked), f"{len(acked) - found} acknowledged orders are missing"
 
     boot_host(cluster, old_primary)
+    booted_at = time.monotonic()
     back = wait_until(lambda: (lambda m: m if replicating(m, [old_primary]) else None)(patroni(cluster)), 180,
                       interval=2, what=f"{old_primary} to rejoin as a replica")
+    log(f"{old_primary} replicates from {new_primary} {time.monotonic() - booted_at:.1f} s after its host booted")
     assert leader(back) == new_primary, back
     assert psql(cluster, old_primary, "SELECT pg_is_in_recovery()") == "t"
     assert int(psql(cluster, old_primary, f"SELECT count(*) FROM orders WHERE reference IN ({refs})")) == len(acked)
