@@ -35,6 +35,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
+import yaml
+
 from .base import ROOT, Ctx, StackError, alive, chown, wait_until
 from .services import Daemon, http_ok
 
@@ -390,6 +392,13 @@ def kill_node(ctx: Ctx, name: str, *, postgres_only: bool = False, sig: int = si
     return pids
 
 
+def dynamic_settings(patroni_yml: Path) -> dict:
+    """The cluster-wide settings of a rendered patroni.yml: its bootstrap.dcs without the PostgreSQL
+    parameters (those are the nodes' own; a change to them rolls through restarts)."""
+    dcs = yaml.safe_load(patroni_yml.read_text())["bootstrap"]["dcs"]
+    return {k: v for k, v in dcs.items() if k != "postgresql"}
+
+
 class PatroniCluster:
     """Not a process: the cluster as a whole. `up` waits until Patroni shows a leader and every node
     running (a standby: streaming; one standby synchronous), then applies roles and database on the
@@ -442,13 +451,8 @@ class PatroniCluster:
 
     def _apply_dynamic_settings(self, ctx: Ctx) -> None:
         """The cluster-wide settings live in etcd (patroni.yml's bootstrap.dcs is read only when the
-        cluster is first made): bring them in line with group_vars on every `up`."""
-        v = ctx.vars
-        want = {"ttl": v["patroni_ttl"], "loop_wait": v["patroni_loop_wait"],
-                "retry_timeout": v["patroni_retry_timeout"],
-                "maximum_lag_on_failover": v["patroni_maximum_lag_on_failover"],
-                "synchronous_mode": v["patroni_synchronous_mode"],
-                "synchronous_mode_strict": v["patroni_synchronous_mode_strict"], "failsafe_mode": True}
+        cluster is first made): bring them in line with bootstrap.dcs, as rendered, on every `up`."""
+        want = dynamic_settings(PatroniNode(nodes(ctx)[0])._patroni_yml())
         leader = primary_node(ctx)
         code, current = rest(leader, "/config")
         if code == 200 and any(current.get(k) != val for k, val in want.items()):

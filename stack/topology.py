@@ -63,7 +63,9 @@ def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.
         hosts={"pgpool": host, "redis": host, "haproxy": host, "prometheus": host, "db_endpoints": host},
         db_endpoint_instances=[shape.instance("local", host)],
         # pgBackRest's repository: on VMs another host; here a folder of its own.
-        backup={"repo_path": str(state / "backup" / "repo"), "dir": str(state / "backup")})
+        backup={**shape.backup_repository(str(state / "backup" / "repo"), str(state / "backup" / "log"),
+                                          str(state / "backup" / "lock")),
+                "dir": str(state / "backup")})
 
 
 def state_dir(environ: Mapping[str, str] = os.environ) -> Path:

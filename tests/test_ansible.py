@@ -60,6 +60,9 @@ def test_the_inventory_yields_the_topology_the_templates_expect():
     assert topology["redis"]["host"] == "192.168.56.50"
     assert [a["name"] for a in topology["app_public"]] == ["pub1", "pub2"]
     assert topology["haproxy"]["public_port"] == 80
+    # pgBackRest's repository on the backup host, reached over TLS
+    assert (topology["backup"]["name"], topology["backup"]["host"], topology["backup"]["remote"]) == \
+        ("mon1", "192.168.56.60", True)
 
 
 def shape(value):
@@ -72,8 +75,8 @@ def shape(value):
 
 
 def test_the_local_stack_and_the_inventory_build_the_same_shape(tmp_path):
-    """Both are made by ansible/filter_plugins/mes_topology.py's assemble(); the VMs add alertmanager,
-    the local stack pgBackRest's repository."""
+    """Both are made by ansible/filter_plugins/mes_topology.py's assemble(); the VMs add alertmanager
+    and the host of pgBackRest's repository (remote), the local stack the repository's own folder."""
     sys.path.insert(0, str(ROOT))
     try:
         from stack.topology import build
@@ -81,7 +84,9 @@ def test_the_local_stack_and_the_inventory_build_the_same_shape(tmp_path):
         sys.path.remove(str(ROOT))
     local, vms = shape(build(tmp_path, "split")), shape(inventory_topology())
     vms.pop("alertmanager")
-    local.pop("backup")                     # pgBackRest: the local stack's so far (VMs: backup.yml)
+    local_backup, vm_backup = local.pop("backup"), vms.pop("backup")
+    assert local_backup["remote"] == vm_backup["remote"] == "bool"
+    assert set(local_backup) - {"dir"} == set(vm_backup) - {"host", "name", "port"}
     assert local.keys() == vms.keys()
     for key in local:
         if local[key] and vms[key]:          # app_single is empty in both split topologies

@@ -23,6 +23,15 @@ def etcd_member(name: str, host: str, client_port: int, peer_port: int, folder: 
     return {"name": name, "host": host, "client_port": client_port, "peer_port": peer_port, "dir": folder}
 
 
+def backup_repository(repo_path: str, log_dir: str, lock_dir: str, host: dict | None = None) -> dict:
+    """pgBackRest's repository: a folder of its own locally; on VMs a folder of another host (`host`:
+    name, address and port of its TLS server), which the database nodes reach over TLS."""
+    repository = {"repo_path": repo_path, "log_dir": log_dir, "lock_dir": lock_dir, "remote": host is not None}
+    if host is not None:
+        repository.update(host=host["host"], name=host["name"], port=host["port"])
+    return repository
+
+
 def app(name: str, host: str, port: int) -> dict:
     return {"name": name, "host": host, "port": port}
 
@@ -38,7 +47,8 @@ def assemble(*, single: bool, pg_bindir: str, pg_nodes: list[dict], etcd: list[d
              backup: dict | None = None) -> dict:
     """The whole structure. `hosts`: component -> address (pgpool, redis, haproxy, prometheus,
     alertmanager, db_endpoints); `ports`: mes_ports-like names; `dirs`: component -> folder;
-    `backup`: pgBackRest's repository (repo_path, dir), so far only the local stack's."""
+    `backup`: pgBackRest's repository (repo_path, log_dir, lock_dir; on VMs also the host it is on
+    and its TLS server's port: `remote`)."""
     topology = {
         "single": single,
         "pg_bindir": pg_bindir,
@@ -77,7 +87,8 @@ def _address(hostvars: dict, host: str) -> str:
 def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15) -> dict:
     """The structure from the inventory groups; `ports` is mes_ports (group_vars/all/topology.yml).
     Pgpool-II and the database endpoints (HAProxy) run on every app host and listen on loopback:
-    each app server talks to its own; `dcs` holds the etcd members (three, on different hosts)."""
+    each app server talks to its own; `dcs` holds the etcd members (three, on different hosts);
+    pgBackRest's repository is on the first host of `backup` (not a database host)."""
     def first(group: str) -> str:
         members = groups.get(group) or []
         if not members:
@@ -85,6 +96,8 @@ def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15
         return members[0]
 
     pg_hosts = list(groups.get("db_primary", [])) + list(groups.get("db_replica", []))
+    if set(groups.get("backup", [])) & set(pg_hosts):
+        raise ValueError("the backup repository must be on another host than the database nodes")
     nodes = [pg_node(i, h, _address(hostvars, h), ports["postgresql"], PG_DATA.format(version=pg_version),
                      PG_CONF.format(version=pg_version), ports["postgres_exporter"], ports["patroni"])
              for i, h in enumerate(pg_hosts)]
@@ -96,6 +109,10 @@ def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15
 
     app_hosts = list(groups.get("app_operator", [])) + list(groups.get("app_public", []))
     mon = _address(hostvars, first("monitoring"))
+    repo_host = first("backup")
+    repository = backup_repository("/var/lib/pgbackrest", "/var/log/pgbackrest", "/tmp/pgbackrest",
+                                   host={"name": repo_host, "host": _address(hostvars, repo_host),
+                                         "port": ports["pgbackrest"]})
     return assemble(
         single=False, pg_bindir=f"/usr/lib/postgresql/{pg_version}/bin", pg_nodes=nodes, etcd=etcd,
         ports=ports,
@@ -106,7 +123,8 @@ def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15
                         for h in sorted(hostvars) if h in groups.get("all", [])],
         hosts={"pgpool": "127.0.0.1", "db_endpoints": "127.0.0.1", "redis": _address(hostvars, first("redis")),
                "haproxy": _address(hostvars, first("lb")), "prometheus": mon, "alertmanager": mon},
-        db_endpoint_instances=[instance(h, _address(hostvars, h)) for h in app_hosts])
+        db_endpoint_instances=[instance(h, _address(hostvars, h)) for h in app_hosts],
+        backup=repository)
 
 
 class FilterModule:

@@ -33,8 +33,10 @@ from .util import TIMINGS, log, pid_cmdline, run, timed, wait_until
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
 INVENTORY = ANSIBLE_DIR / "inventories" / "test" / "hosts.yml"
-# Hosts booted with the others but left out of site.yml: add_replica.yml makes them database nodes.
-SPARE_INVENTORY = ANSIBLE_DIR / "inventories" / "test" / "add_replica.yml"
+# Hosts booted with the others but left out of site.yml: add_replica.yml makes db3 a database node,
+# restore.yml restores the database onto rest1.
+SPARE_INVENTORIES = (ANSIBLE_DIR / "inventories" / "test" / "add_replica.yml",
+                     ANSIBLE_DIR / "inventories" / "test" / "restore.yml")
 SUBNET = "10.213.0.0/24"          # must match the inventory; blackholed in the root namespace
 CTL_IP = "10.213.0.2"
 REQUIRED_TOOLS = ["debootstrap", "systemd-nspawn", "socat", "ip", "ssh", "ssh-keygen", "tar"]
@@ -70,7 +72,7 @@ def find_ansible_bin() -> Path:
 def read_inventory(*paths: Path) -> dict[str, str]:
     """host name -> address, from the test inventory files (default: hosts.yml and the spare hosts);
     every address must be in the test subnet."""
-    paths = paths or (INVENTORY, SPARE_INVENTORY)
+    paths = paths or (INVENTORY, *SPARE_INVENTORIES)
     hosts: dict[str, str] = {}
     for path in paths:
         hosts.update(_inventory_hosts(path))
@@ -325,7 +327,9 @@ class Cluster:
         """ansible-playbook <ansible/playbook> from the controller namespace (inventory hosts.yml, and the
         spare hosts too when with_spares); output to a log file, with progress (plays, failures, the
         recap) on stderr, or every line with MES_DEPLOY_VERBOSE=1."""
-        inventories = ["-i", str(INVENTORY)] + (["-i", str(SPARE_INVENTORY)] if with_spares else [])
+        inventories = ["-i", str(INVENTORY)]
+        for spare in SPARE_INVENTORIES if with_spares else ():
+            inventories += ["-i", str(spare)]
         argv = [str(self.settings.ansible_bin / "ansible-playbook"), *inventories, playbook, *args]
         if extra_vars:
             argv += ["-e", json.dumps(extra_vars)]

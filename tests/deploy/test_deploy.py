@@ -2,8 +2,9 @@
 folder): lint, site.yml from bare hosts, idempotency, the app through HAProxy, read/write split,
 monitoring, a rolling deploy under traffic, the loss of the primary's whole host under counted writes
 (Patroni fails over, no acknowledged order is lost, the old primary rejoins by itself when its host
-comes back), a planned switchover, a backup with a restore check, and a third database node added
-under traffic.
+comes back), a planned switchover, pgBackRest's backups (scheduled and on demand), a point-in-time restore onto a
+host that never ran PostgreSQL, and a third database node, restored from the backup repository,
+added under traffic.
 
 The tests run in order and build on each other (one set of hosts for the module); a test whose
 prerequisite failed is skipped with the reason. Every client runs in the controller namespace.
@@ -17,8 +18,9 @@ Contract assumed with the playbooks and roles (see README.md in this folder):
 - database hosts: Patroni (patroni.service) with its REST API on mes_ports.patroni; `psql` as the OS
   user postgres reaches the local node.
 - `deploy.yml` rolls the app servers one at a time (takes `mes_app_release` to force a new release);
-  `switchover.yml -e switchover_target=<node>` is a planned switchover; `backup.yml` reports its restore
-  check in a debug line; `add_replica.yml -e new_replica=<host>` with the spare inventory.
+  `switchover.yml -e switchover_target=<node>` is a planned switchover; `backup.yml -e backup_type=diff`
+  backs up on the repository's host (group backup); `restore.yml -e restore_host=rest1 -e restore_target=..`
+  and `add_replica.yml -e new_replica=db3` with the spare inventories.
 """
 from __future__ import annotations
 
@@ -83,7 +85,8 @@ def cluster():
 @pytest.fixture(scope="module")
 def extra_vars(cluster) -> dict:
     return {"mes_app_wheelhouse": str(ensure_wheelhouse(REPO, cluster.settings.cache_dir)),
-            "patroni_wheelhouse": str(ensure_patroni_wheelhouse(REPO, cluster.settings.cache_dir))}
+            "patroni_wheelhouse": str(ensure_patroni_wheelhouse(REPO, cluster.settings.cache_dir)),
+            "mes_pki_dir": str(cluster.work / "pki")}      # the internal CA of this run
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -470,25 +473,61 @@ def test_planned_switchover_back_to_the_first_primary(cluster):
     PASSED.add("switchover")
 
 
-def test_backup_and_a_restore_that_finds_the_data(cluster):
+def pgbackrest_info(cluster: Cluster) -> dict:
+    r = cluster.ssh(first(cluster, "backup"), f"cd / && runuser -u postgres -- pgbackrest "
+                    f"--stanza={GROUP_VARS['pgbackrest_stanza']} --output=json info")
+    return json.loads(r.stdout)[0]
+
+
+def test_backups_are_scheduled_and_taken_on_demand(cluster):
+    """site.yml made the stanza, took a first full backup and runs the timers on the repository's
+    host; backup.yml takes a differential one there (pgBackRest finds the primary)."""
     need("api")
-    key = new_client(cluster)
-    created = api(cluster, "POST", "/orders", key, new_order("DT-BK-1"))
-    assert created["status"] == 201, created
-    result = cluster.playbook("backup.yml", timeout=900)
+    repo = first(cluster, "backup")
+    timers = ["pgbackrest-backup-full.timer", "pgbackrest-backup-diff.timer"]
+    r = cluster.ssh(repo, f"systemctl is-enabled {' '.join(timers)}; systemctl is-active {' '.join(timers)}",
+                    check=False)
+    assert r.stdout.split() == ["enabled"] * 2 + ["active"] * 2, r.stdout + r.stderr
+    assert [b["type"] for b in pgbackrest_info(cluster)["backup"]][:1] == ["full"]
+    result = cluster.playbook("backup.yml", extra_vars={"backup_type": "diff"}, timeout=900)
     check_run(cluster, result, "backup.yml")
-    # the Report task's message (Ansible's output may wrap it over lines)
-    report = re.findall(r"restore of (\S+) and the WAL archive: both markers found, (\d+) orders",
-                        " ".join(result.output.split()))
-    assert report, result.tail(40)
+    stanza = pgbackrest_info(cluster)
+    assert stanza["status"]["code"] == 0 and stanza["backup"][-1]["type"] == "diff", stanza
+    assert stanza["cipher"] == "aes-256-cbc", stanza
+    PASSED.add("backup")
+
+
+def test_a_point_in_time_restore_onto_a_host_that_never_ran_postgresql(cluster, extra_vars):
+    """An order, the target time, another order; restore.yml onto rest1 (the spare host; no PostgreSQL
+    ever ran there) has the first order and not the second."""
+    need("backup")
+    host = "rest1"
+    assert cluster.ssh(host, "test -e /usr/lib/postgresql", check=False).returncode != 0
+    key = new_client(cluster)
+    write_through_haproxy(cluster, key, "DT-PITR-BEFORE")
     primary = leader(patroni(cluster))
-    assert int(report[-1][1]) == int(psql(cluster, primary, "SELECT count(*) FROM orders")), report
-    assert psql(cluster, primary, "SELECT count(*) FROM backup_marker") != "0"
+    target = psql(cluster, primary, "SELECT clock_timestamp()")
+    time.sleep(1)
+    write_through_haproxy(cluster, key, "DT-PITR-AFTER")
+    # the WAL past the target reaches the repository
+    psql(cluster, primary, "SELECT pg_switch_wal()")
+    wait_until(lambda: psql(cluster, primary, "SELECT last_archived_wal >= pg_walfile_name(pg_current_wal_lsn() - 1) "
+                                              "FROM pg_stat_archiver") == "t",
+               60, interval=1, what="the WAL past the target to be archived")
+    result = cluster.playbook("restore.yml", extra_vars={**extra_vars, "restore_host": host, "restore_target": target},
+                              with_spares=True, timeout=900)
+    check_run(cluster, result, "restore.yml")
+    found = psql(cluster, host, "SELECT reference FROM orders WHERE reference LIKE 'DT-PITR-%' ORDER BY 1")
+    assert found.split() == ["DT-PITR-BEFORE"], (found, target)
+    assert psql(cluster, host, "SELECT pg_is_in_recovery()") == "f"
+    # archiving is off there: the copy never writes into the cluster's archive
+    assert psql(cluster, host, "SHOW archive_mode") == "off"
+    PASSED.add("restore")
 
 
 def test_a_new_replica_joins_under_traffic_and_gets_reads(cluster, extra_vars):
-    need("switchover")
-    new = next(h for h in cluster.hosts if h not in cluster.site_hosts)     # db3, of the spare inventory
+    need("switchover", "backup")
+    new = "db3"                                                             # of the spare inventory
     apps = app_hosts("app_operator") + app_hosts("app_public")
     pids_before = {h: (service_pid(cluster, h, "pgpool2"), service_pid(cluster, h, "haproxy-db")) for h in apps}
     with steady_traffic(cluster, "add_replica.yml") as summary:
@@ -502,6 +541,10 @@ def test_a_new_replica_joins_under_traffic_and_gets_reads(cluster, extra_vars):
                          interval=2, what=f"{new} to replicate")
     primary = leader(members)
     assert psql(cluster, new, "SELECT pg_is_in_recovery()") == "t"
+    # Patroni restored it from pgBackRest's repository (not a copy of the primary)
+    created = cluster.ssh(new, "journalctl -u patroni --no-pager | grep -c 'replica has been created using pgbackrest'",
+                          check=False)
+    assert created.stdout.strip() not in ("", "0"), created.stdout + created.stderr
     assert psql(cluster, primary, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "2"
     # every app host's replica endpoint leads new connections to it too
     for host in apps:
