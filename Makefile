@@ -96,9 +96,9 @@ test-suite: packages-test venv
 test-deploy: packages-deploy-test venv
 	$(BIN)/python -m pytest -p no:cacheprovider -s tests/deploy
 
-## Quick loop while editing: SQLite only, no browser.
+## Quick loop while editing: SQLite only, no browser, no topology (a minute or two).
 test-fast: venv
-	MES_TEST_BACKENDS=sqlite $(BIN)/python -m pytest -p no:cacheprovider -m "not browser" -x -q
+	MES_TEST_BACKENDS=sqlite $(BIN)/python -m pytest -p no:cacheprovider -m "not browser and not topology" -x -q
 
 ## Server time of the orders queue and the API list at 10,000 and 1,000,000 orders (see BENCHMARKS.md).
 bench: packages-test venv
