@@ -28,6 +28,8 @@ def test_instants_are_moved_to_utc_and_kept_within_years_1_to_9999():
                 "2026-01-31T12:00:00", "2026-01-31 12:00:00Z", "2026-01-31T12:00:00Z\x00"):
         with pytest.raises(ValueError):
             inputs.parse_instant(raw)
+    assert inputs.parse_instant("9999-12-31T23:59:59-00:01", clamp=True) == datetime.max.replace(tzinfo=timezone.utc)
+    assert inputs.parse_instant("0001-01-01T00:00:00+00:01", clamp=True) == datetime.min.replace(tzinfo=timezone.utc)
 
 
 def test_text_rules_for_one_line_and_free_text():

@@ -29,11 +29,12 @@ def integer(name: str, *, default: int, low: int, high: int) -> int:
 
 
 def instant(name: str) -> datetime | None:
+    """A date-time to filter by: one beyond the calendar's ends filters as the end itself."""
     raw = request.args.get(name)
     if raw is None:
         return None
     try:
-        return inputs.parse_instant(raw)
+        return inputs.parse_instant(raw, clamp=True)
     except ValueError as err:
         raise bad_query(name, str(err)) from None
 

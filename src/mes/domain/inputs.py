@@ -48,8 +48,12 @@ def parse_int(raw: str, low: int, high: int) -> int:
     return int(raw)
 
 
-def parse_instant(raw: str) -> datetime:
-    """An RFC 3339 date-time with a zone, as an aware datetime in UTC."""
+def parse_instant(raw: str, *, clamp: bool = False) -> datetime:
+    """An RFC 3339 date-time with a zone, as an aware datetime in UTC.
+
+    Near the ends of the calendar an offset can move a valid date-time past year 9999 or before
+    year 1 once in UTC. With `clamp` (a filter: "changed since") such an instant becomes the last or
+    first one we can store, which filters exactly alike; without it (a cursor) it is refused."""
     match = _INSTANT.fullmatch(raw)
     if not match:
         raise ValueError("must be an RFC 3339 date-time with a zone, e.g. 2026-01-31T12:00:00Z "
@@ -59,11 +63,15 @@ def parse_instant(raw: str) -> datetime:
     zone = "+00:00" if zone in ("Z", "z") else zone
     try:
         value = datetime.fromisoformat(f"{day}T{time}{fraction}{zone}")
-        # An offset can move an instant past year 9999 or before year 1: not an instant we can store.
+    except ValueError:
+        raise ValueError("must be a real date and time, with an offset under 24 hours") from None
+    try:
         return value.astimezone(timezone.utc)
-    except (ValueError, OverflowError):
-        raise ValueError("must be a real date-time, with an offset under 24 hours, between years 1 and 9999 "
-                         "once in UTC") from None
+    except OverflowError:
+        if not clamp:
+            raise ValueError("must lie between years 1 and 9999 once in UTC") from None
+        edge = datetime.max if value.year == datetime.max.year else datetime.min
+        return edge.replace(tzinfo=timezone.utc)
 
 
 def parse_day(raw: str) -> date:
