@@ -84,3 +84,20 @@ def test_linked_sequences_match_the_document(contract_schema):
         max_examples=STATEFUL_SCENARIOS, stateful_step_count=STATEFUL_STEPS, deadline=None,
         suppress_health_check=list(hypothesis.HealthCheck), phases=[hypothesis.Phase.generate],
         derandomize=CI, database=None))
+
+
+def test_the_document_states_the_rules_the_server_applies():
+    """The patterns and limits in the document are the ones the input rules use, not copies that drift."""
+    from mes.api.routes import OPENAPI
+    from mes.domain import idempotency, inputs
+    from mes.services import cursors
+
+    schemas = OPENAPI["components"]["schemas"]
+    order = schemas["OrderCreate"]["properties"]
+    assert order["material"]["pattern"] == inputs.SINGLE_LINE_PATTERN
+    assert order["notes"]["pattern"] == schemas["CancelRequest"]["properties"]["reason"]["pattern"] \
+        == inputs.MULTI_LINE_PATTERN
+    assert (schemas["Cursor"]["pattern"], schemas["Cursor"]["maxLength"]) == (cursors.PATTERN, cursors.MAX_LENGTH)
+    key = OPENAPI["components"]["parameters"]["IdempotencyKey"]["schema"]
+    assert (key["pattern"], key["maxLength"]) == (idempotency.KEY_PATTERN, idempotency.MAX_KEY_LENGTH)
+    assert OPENAPI["components"]["parameters"]["OrderId"]["schema"]["maximum"] == inputs.MAX_ROW_ID
