@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import hypothesis
 import pytest
 from sqlalchemy import create_engine, text
 from werkzeug.serving import make_server
@@ -19,6 +20,12 @@ from mes.services import accounts
 from mes.testing.postgres import UNSAFE_FAST_SETTINGS, create_mes_database, temporary_postgres
 
 BACKENDS = [b for b in os.environ.get("MES_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+
+# Property tests (Hypothesis, schemathesis): no per-example deadline on a shared machine; under CI the
+# same examples on every run, so that a red build can be reproduced.
+hypothesis.settings.register_profile("dev", deadline=None)
+hypothesis.settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True)
+hypothesis.settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 TABLES = ["order_events", "idempotency_keys", "orders", "api_clients", "operators", "partners"]
 TEST_LIMITS = {"standard": "100000/minute", "bulk": "100000/minute", "crm": "100000/minute", "tiny": "3/minute"}
 

@@ -44,5 +44,7 @@ def today() -> date:
 class RowIdConverter(IntegerConverter):
     """`<id:order_id>`: a positive 64-bit id; anything else is a plain 404, never a database error."""
 
+    regex = r"[0-9]+"  # ASCII digits: werkzeug's \d also matches other scripts' digits (`٣`)
+
     def __init__(self, url_map):
         super().__init__(url_map, min=1, max=2**63 - 1)

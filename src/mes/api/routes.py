@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from importlib.resources import files
 
 import yaml
 from flask import Response, g, jsonify, request, url_for
 
-from ..domain.errors import BadQuery
 from ..domain.idempotency import check_key, fingerprint
 from ..domain.lifecycle import Status
 from ..db import use_primary
@@ -16,6 +14,7 @@ from ..domain.actors import OrderFacts, may_write, sees_order
 from ..domain.errors import NotFound
 from ..effects import cache_entry, order_created, route_reads, status_cache, status_changed
 from ..status_cache import StatusEntry
+from .. import query_params
 from ..extensions import limiter
 from ..services import cursors
 from ..services import orders as svc
@@ -65,7 +64,7 @@ def reject_unknown_query_parameters():
     method = "GET" if request.method == "HEAD" else request.method
     unknown = set(request.args) - QUERY_PARAMS.get((template, method), set())
     if unknown:
-        raise _bad_query(sorted(unknown)[0], "unknown parameter")
+        raise query_params.bad_query(sorted(unknown)[0], "is not a parameter of this operation")
 
 
 def tier_limit() -> str:
@@ -76,19 +75,6 @@ def tier_limit() -> str:
 
 
 limiter.limit(tier_limit)(bp)
-
-
-def _bad_query(field: str, message: str) -> BadQuery:
-    return BadQuery(f"Query parameter {field}: {message}.", errors=[{"field": field, "message": message}])
-
-
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise _bad_query(name, f"an integer from {low} to {high}")
-    return int(raw)
 
 
 @bp.post("/orders")
@@ -111,34 +97,13 @@ def create_order():
     return response
 
 
-def _cursor_arg(name: str) -> str | None:
-    value = request.args.get(name)
-    if value is not None and not value:
-        raise _bad_query(name, "empty; leave it out to start from the beginning")
-    return value
-
-
-def _timestamp_arg(name: str) -> datetime | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise _bad_query(name, "an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z") from None
-    if value.tzinfo is None or "T" not in raw.upper():
-        raise _bad_query(name, "an RFC 3339 date-time with a time zone (Z or +hh:mm)")
-    return value
-
-
 @bp.get("/orders")
 def list_orders():
-    status = request.args.get("status")
-    if status is not None and status not in STATUS_VALUES:
-        raise _bad_query("status", "one of " + ", ".join(STATUS_VALUES))
+    status = query_params.choice("status", STATUS_VALUES)
     page = svc.list_orders(db_session(), g.actor, status=Status(status) if status else None,
-                           updated_since=_timestamp_arg("updated_since"), after=_cursor_arg("cursor"),
-                           limit=_int_arg("limit", 50, 1, 200))
+                           updated_since=query_params.instant("updated_since"),
+                           after=query_params.cursor("cursor"),
+                           limit=query_params.integer("limit", default=50, low=1, high=200))
     response = jsonify({"items": [order_json(o) for o in page.items], "next_cursor": page.next_cursor})
     if page.next_cursor:
         args = {k: v for k, v in request.args.items() if k != "cursor"}
@@ -192,8 +157,9 @@ def cancel_order(order_id: int):
 
 @bp.get("/status-changes")
 def status_changes():
-    page = svc.status_changes(db_session(), g.actor, after=_cursor_arg("after"),
-                              limit=_int_arg("limit", 100, 1, 500), settle_seconds=settings().feed_settle_seconds)
+    page = svc.status_changes(db_session(), g.actor, after=query_params.cursor("after"),
+                              limit=query_params.integer("limit", default=100, low=1, high=500),
+                              settle_seconds=settings().feed_settle_seconds)
     items = [event_json(ev, ref, cursors.encode(ev.id)) for ev, ref in page.items]
     return jsonify({"items": items, "next_cursor": page.next_cursor})
 

@@ -5,13 +5,17 @@ from datetime import date
 from typing import Annotated, Literal
 
 from flask import request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
+from ..domain import inputs
 from ..domain.errors import ValidationFailed
 from ..domain.priority import Priority
 
-Text64 = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# Every text field passes the same rule as the operator's forms (no NUL, no control characters).
+SingleLine = AfterValidator(inputs.check_text)
+MultiLine = AfterValidator(lambda value: inputs.check_text(value, multiline=True))
+Text64 = Annotated[str, StringConstraints(min_length=1, max_length=64), SingleLine]
 
 
 class Strict(BaseModel):
@@ -20,10 +24,10 @@ class Strict(BaseModel):
 
 class OrderCreate(Strict):
     reference: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
-    product: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"\S")]
+    product: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"\S"), SingleLine]
     material: Text64
     quantity: Annotated[int, Field(ge=1, le=100_000)]
-    notes: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    notes: Annotated[str, StringConstraints(max_length=2000), MultiLine] | None = None
     priority: Literal["urgent", "high", "normal", "low"] = "normal"
     # JSON has no date type: accept the ISO string even in strict mode.
     promised_date: Annotated[date, Field(strict=False)] | None = None
@@ -34,15 +38,21 @@ class OrderCreate(Strict):
 
 
 class CancelRequest(Strict):
-    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+    reason: Annotated[str, StringConstraints(max_length=500), MultiLine] | None = None
 
 
 def json_body(optional: bool = False) -> object:
-    """The parsed JSON body; 415 for another content type, 400 for malformed JSON."""
+    """The parsed JSON body; 415 for another content type, 400 for malformed or deeply nested JSON."""
     if optional and not request.content_length and not request.data:
         return {}
     if not request.is_json:
         raise UnsupportedMediaType("Send the body as application/json.")
+    try:
+        text = request.get_data(cache=True).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("The body is not UTF-8 text.") from None
+    if inputs.json_depth_exceeds(text):
+        raise BadRequest(f"The body nests arrays or objects deeper than {inputs.MAX_JSON_DEPTH} levels.")
     data = request.get_json(silent=True)
     if data is None:
         raise BadRequest("The body is not valid JSON.")

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 from .errors import IdempotencyKeyMissing, IdempotencyKeyReused, ValidationFailed
 
 MAX_KEY_LENGTH = 255
+#: Visible ASCII and spaces, as a header value can carry them everywhere (the key is stored as text).
+KEY_PATTERN = r"^[ -~]*[!-~][ -~]*$"
+_KEY = re.compile(KEY_PATTERN)
 
 
 def check_key(key: str | None) -> str:
@@ -19,6 +23,11 @@ def check_key(key: str | None) -> str:
         raise ValidationFailed(
             f"Idempotency-Key is longer than {MAX_KEY_LENGTH} characters.",
             errors=[{"field": "Idempotency-Key", "message": f"at most {MAX_KEY_LENGTH} characters"}],
+        )
+    if not _KEY.match(key):
+        raise ValidationFailed(
+            "Idempotency-Key may hold only visible ASCII characters and spaces (a UUID, for example).",
+            errors=[{"field": "Idempotency-Key", "message": "visible ASCII characters and spaces only"}],
         )
     return key.strip()
 

@@ -1,6 +1,7 @@
 """Operator login and logout (session cookie, CSRF, throttled wrong passwords)."""
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from flask import flash, g, redirect, render_template, request, url_for
@@ -14,6 +15,9 @@ from ..services.accounts import check_operator_login, operator_actor
 from ..web import db_session, settings
 from . import bp
 from .forms import ActionForm, LoginForm
+
+# Visible ASCII but the backslash, after one slash (a browser sends anything else percent-encoded).
+_LOCAL_PATH = re.compile(r"/(?!/)[!-\[\]-~]*\Z")
 
 login_manager.login_view = "operator.login"
 login_manager.login_message = "Please log in to see the orders queue."
@@ -55,8 +59,9 @@ def _login_throttle_key() -> str:
 
 
 def _safe_next(target: str | None) -> str:
-    """Only local paths, so that the login form cannot redirect elsewhere."""
-    if target and target.startswith("/") and not target.startswith("//") and not urlsplit(target).netloc:
+    """Only local paths, so that the login form cannot redirect elsewhere (browsers read `/\\` as
+    `//`) nor put line breaks into the Location header."""
+    if target and _LOCAL_PATH.match(target) and not urlsplit(target).netloc:
         return target
     return url_for("operator.queue")
 

@@ -3,20 +3,60 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, IntegerField, PasswordField, StringField, TextAreaField
-from wtforms.validators import DataRequired, Length, Optional
+from wtforms.validators import DataRequired, Length, Optional, StopValidation
+
+from ..domain import inputs
+
+# What people type: held to the same text rule as the API's fields. Hidden fields are checked by
+# what reads them (a status, a local path), passwords are only ever compared with a hash.
+_TYPED_FIELDS = {"StringField": False, "TextAreaField": True}
 
 
-class LoginForm(FlaskForm):
+class Form(FlaskForm):
+    """A form whose typed text holds no NUL or other control characters (the database refuses NUL)."""
+
+    def validate(self, extra_validators=None) -> bool:
+        valid = super().validate(extra_validators)
+        for field in self:
+            multiline = _TYPED_FIELDS.get(field.type)
+            if multiline is None or not isinstance(field.data, str):
+                continue
+            try:
+                inputs.check_text(field.data, multiline=multiline)
+            except ValueError as err:
+                field.errors = [*field.errors, str(err)]
+                valid = False
+        return valid
+
+    def problems(self) -> str:
+        """The errors as one sentence for a flash message: 'Reason: must not ...'."""
+        return "; ".join(f"{self[name].label.text}: {', '.join(errors)}" for name, errors in self.errors.items())
+
+
+class VersionField(IntegerField):
+    """A status version, read with the service's integer rule (ASCII digits, in range)."""
+
+    def process_formdata(self, valuelist):
+        self.data = None
+        if valuelist and valuelist[0]:
+            self.data = inputs.parse_int(valuelist[0], 1, 2**31 - 1)  # a ValueError is the field's error
+
+    def pre_validate(self, form):
+        if self.data is None and not self.process_errors:
+            raise StopValidation("This field is required.")
+
+
+class LoginForm(Form):
     login = StringField("Login", validators=[DataRequired(), Length(max=64)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
     next = HiddenField()
 
 
-class ActionForm(FlaskForm):
+class ActionForm(Form):
     """Claim, release, logout: nothing but the CSRF token."""
 
 
-class StatusForm(FlaskForm):
-    target = HiddenField(validators=[DataRequired()])
-    version = IntegerField(validators=[DataRequired()])
+class StatusForm(Form):
+    target = HiddenField("Status", validators=[DataRequired()])
+    version = VersionField("Version")
     reason = TextAreaField("Reason", validators=[Optional(), Length(max=500)])

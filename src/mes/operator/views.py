@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import flash, g, redirect, render_template, request, url_for
 from flask_login import login_required
 
+from .. import query_params
 from ..domain import actors
 from ..domain.errors import DomainError, ValidationFailed
 from ..domain.lifecycle import ACTION_LABELS, OPEN_STATUSES, Status, is_rework
@@ -16,6 +17,7 @@ from . import bp
 from .forms import ActionForm, StatusForm
 
 PAGE_SIZE = 50
+SEARCH_MAX_LENGTH = 64  # an order id or a reference, which is at most 64 characters
 
 
 @bp.app_template_filter("priority")
@@ -35,7 +37,7 @@ def queue():
     if status not in {svc.QUEUE_OPEN, svc.QUEUE_ALL, *(s.value for s in Status)}:
         raise ValidationFailed(f"Unknown status filter {status!r}.")
     query = svc.QueueQuery(status=status, overdue_only=request.args.get("overdue") == "1",
-                           search=(request.args.get("q") or "").strip() or None,
+                           search=query_params.text("q", max_length=SEARCH_MAX_LENGTH),
                            after=request.args.get("after") or None, limit=PAGE_SIZE)
     session = db_session()
     day = today()
@@ -51,15 +53,22 @@ def queue():
 @bp.get("/orders/<id:order_id>")
 @login_required
 def order(order_id: int):
+    return _order_page(order_id)
+
+
+def _order_page(order_id: int, status_form: StatusForm | None = None, code: int = 200):
+    """The order page; after a refused form, with its errors and what the operator typed."""
     session = db_session()
     o = svc.get_order(session, g.actor, order_id)
     facts = svc.facts(o)
     moves = [(t, ACTION_LABELS[t], is_rework(facts.status, t)) for t in actors.allowed_moves(g.actor, facts)]
-    return render_template(
+    draft = status_form.reason.data if status_form is not None else None
+    html = render_template(
         "operator/order.html", order=o, events=svc.history(session, order_id), moves=moves,
         can_claim=actors.may_claim(g.actor, facts), can_release=actors.may_release(g.actor, facts),
         overdue=is_overdue(facts.status, o.promised_date, today()), action_form=ActionForm(),
-        status_form=StatusForm(version=o.status_version))
+        status_form=StatusForm(formdata=None, version=o.status_version), reason_draft=draft)
+    return html, code
 
 
 def _act(order_id: int, action) -> object:
@@ -98,10 +107,12 @@ def release(order_id: int):
 @login_required
 def change_status(order_id: int):
     form = StatusForm()
+    if not form.validate():
+        # Shown again with what was typed, so that a refused reason is not lost.
+        flash(f"Nothing was changed. {form.problems()}", "error")
+        return _order_page(order_id, status_form=form, code=422)
 
     def move():
-        if not form.validate():
-            raise ValidationFailed("The form was incomplete; reload the order and try again.")
         try:
             target = Status(form.target.data)
         except ValueError:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ from ..domain.errors import Conflict, NotFound, ValidationFailed
 from ..models import ApiClient, Operator, Partner, utcnow
 
 KEY_PREFIX = "mes"
+# What issue_key() hands out; anything else is unknown without asking the database.
+_KEY_SHAPE = re.compile(rf"{KEY_PREFIX}_[0-9a-f]{{8}}_[A-Za-z0-9_-]{{1,128}}")
 # Checked against when the login does not exist, so that a wrong login costs as long as a wrong password.
 _DUMMY_HASH = generate_password_hash("not-a-password")
 
@@ -124,10 +127,10 @@ class KeyHolder:
 
 def authenticate_key(session: Session, key: str, *, key_hash: str | None = None) -> KeyHolder | None:
     """The client that holds this key, unless the key is unknown or revoked."""
-    parts = key.split("_", 2)
-    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+    if not _KEY_SHAPE.fullmatch(key):
         return None
-    client = session.scalar(select(ApiClient).where(ApiClient.key_prefix == parts[1]))
+    prefix = key.split("_", 2)[1]
+    client = session.scalar(select(ApiClient).where(ApiClient.key_prefix == prefix))
     if client is None or client.revoked_at is not None or client.key_hash is None:
         return None
     if not hmac.compare_digest(client.key_hash, key_hash or hash_key(key)):

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db import begin_write
-from ..domain import actors
+from ..domain import actors, inputs
 from ..domain.actors import Actor, OrderFacts
 from ..domain.errors import AlreadyClaimed, Conflict, Forbidden, NotFound, ReferenceConflict, VersionConflict
 from ..domain.idempotency import check_replay
@@ -220,6 +220,14 @@ class QueueQuery:
     limit: int = 50
 
 
+def _as_order_id(term: str) -> int | None:
+    """The search term as an order id, when it is one (a reference may be all digits too)."""
+    try:
+        return inputs.parse_row_id(term)
+    except ValueError:
+        return None
+
+
 @dataclass
 class Page:
     items: list
@@ -239,13 +247,13 @@ def operator_queue(session: Session, q: QueueQuery, today: date) -> Page:
     if q.search:
         term = q.search.strip()
         cond = Order.reference == term
-        if term.isdigit():
-            cond = cond | (Order.id == int(term))
+        order_id = _as_order_id(term)
+        if order_id is not None:
+            cond = cond | (Order.id == order_id)
         stmt = stmt.where(cond)
     if q.after:
-        d, prio, oid = cursors.decode(q.after, 3)
-        stmt = stmt.where(tuple_(Order.promised_date, Order.priority, Order.id) >
-                          tuple_(date.fromisoformat(d), prio, oid))
+        d, prio, oid = cursors.decode(q.after, cursors.day, cursors.priority, cursors.row_id)
+        stmt = stmt.where(tuple_(Order.promised_date, Order.priority, Order.id) > tuple_(d, prio, oid))
     rows = list(session.scalars(
         stmt.order_by(Order.promised_date, Order.priority, Order.id).limit(q.limit + 1)))
     more = len(rows) > q.limit
@@ -298,11 +306,7 @@ def list_orders(session: Session, actor: Actor, *, status: Status | None, update
     if updated_since is not None:
         stmt = stmt.where(Order.updated_at >= updated_since)
     if after:
-        ts, oid = cursors.decode(after, 2)
-        try:
-            ts = datetime.fromisoformat(ts)
-        except (TypeError, ValueError):
-            raise cursors.BadCursor("The cursor is not valid; use next_cursor from a previous page.") from None
+        ts, oid = cursors.decode(after, cursors.instant, cursors.row_id)
         stmt = stmt.where(tuple_(Order.updated_at, Order.id) > tuple_(ts, oid))
     rows = list(session.scalars(stmt.order_by(Order.updated_at, Order.id).limit(limit + 1)))
     more = len(rows) > limit
@@ -315,9 +319,7 @@ def status_changes(session: Session, actor: Actor, *, after: str | None, limit: 
                    settle_seconds: float) -> Page:
     """The feed of status events after a cursor. Events younger than `settle_seconds` wait for the
     next poll, so that a transaction that took its id earlier but committed later is not skipped."""
-    last = cursors.decode(after, 1)[0] if after else 0
-    if not isinstance(last, int):
-        raise cursors.BadCursor("The cursor is not valid; use next_cursor from a previous page.")
+    last = cursors.decode(after, cursors.row_id)[0] if after else 0
     stmt = (select(OrderEvent, Order.reference).join(Order, Order.id == OrderEvent.order_id)
             .where(OrderEvent.id > last))
     if actor.kind == "client" and actor.scope is actors.Scope.PARTNER:
