@@ -42,6 +42,10 @@ def test_create_operator_and_duplicate(mes_cli, client):
     assert r.exit_code == 0 and "anna (supervisor) created" in r.output
     again = mes_cli("create-operator", "anna", "--password", "long-enough")
     assert again.exit_code == 1 and "exists already" in again.output
+    variant = mes_cli("create-operator", " ANNA", "--password", "long-enough")
+    assert variant.exit_code == 1 and "'anna' exists already" in variant.output
+    invisible = mes_cli("create-operator", "bo\u200bb", "--password", "long-enough")
+    assert invisible.exit_code == 1 and "Invalid login" in invisible.output
     short = mes_cli("create-operator", "bob", "--password", "short")
     assert short.exit_code == 1 and "at least 8" in short.output
 

@@ -10,6 +10,7 @@ from mes.domain.errors import (
 )
 from mes.domain.idempotency import check_key, check_replay, fingerprint
 from mes.domain.lifecycle import TRANSITIONS, Status, check_transition, parse_status
+from mes.domain.logins import login_problem, normalize_login
 from mes.domain.promises import is_overdue, promised_date
 
 S = Status
@@ -153,3 +154,25 @@ def test_overdue_only_while_the_factory_still_owes_the_order():
     assert not is_overdue(S.IN_PRODUCTION, date(2026, 1, 2), date(2026, 1, 2))
     assert not is_overdue(S.SHIPPED, date(2026, 1, 1), date(2026, 1, 2))
     assert not is_overdue(S.CANCELLED, date(2026, 1, 1), date(2026, 1, 2))
+
+
+@pytest.mark.parametrize("spelling", ["olga", " olga", "olga\t\n", "OLGA", "Olga", "\u3000olga\u00a0",
+                                      "\uff4f\uff4c\uff47\uff41", "\uff2f\uff2c\uff27\uff21"])
+def test_every_spelling_of_a_login_normalises_to_one(spelling):
+    assert normalize_login(spelling) == "olga"
+
+
+def test_normalising_folds_case_beyond_ascii_and_keeps_inner_words_apart():
+    assert normalize_login("STRASSE") == normalize_login("straße") == "strasse"
+    assert normalize_login("  anna   maria ") == "anna maria"
+    assert normalize_login(normalize_login("\u212bngstr\u00f6m")) == normalize_login("\u212bngstr\u00f6m")
+
+
+@pytest.mark.parametrize("login,problem", [("", "needed"), ("x" * 65, "at most 64"),
+                                           ("olga\u200b", "letters"), ("ol\x00ga", "letters")])
+def test_a_new_login_must_be_visible_and_bounded(login, problem):
+    assert problem in login_problem(login)
+
+
+def test_a_plain_login_is_fine():
+    assert login_problem(normalize_login("Olga K.")) is None

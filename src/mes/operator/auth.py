@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 from flask import flash, g, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
+from ..domain.logins import normalize_login
 from ..effects import route_reads
 from ..extensions import limiter, login_manager
 from ..models import Operator
@@ -51,7 +52,8 @@ def _set_actor():
 
 
 def _login_throttle_key() -> str:
-    return f"login:{request.remote_addr}:{request.form.get('login', '').lower()}"
+    """Per address and login, under the same normalised login that the lookup uses."""
+    return f"login:{request.remote_addr}:{normalize_login(request.form.get('login', ''))}"
 
 
 def _safe_next(target: str | None) -> str:
@@ -68,7 +70,7 @@ def _safe_next(target: str | None) -> str:
 def login():
     form = LoginForm(next=request.args.get("next"))
     if form.validate_on_submit():
-        op = check_operator_login(db_session(), form.login.data.strip(), form.password.data)
+        op = check_operator_login(db_session(), form.login.data, form.password.data)
         if op is not None:
             login_user(OperatorUser(op))
             return redirect(_safe_next(form.next.data))

@@ -12,6 +12,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..domain.actors import Actor, Role, Scope
 from ..domain.errors import Conflict, NotFound, ValidationFailed
+from ..domain.logins import login_problem, normalize_login
 from ..models import ApiClient, Operator, Partner, utcnow
 
 KEY_PREFIX = "mes"
@@ -35,21 +36,31 @@ def client_actor(client: ApiClient) -> Actor:
 
 def create_operator(session: Session, login: str, password: str, *, role: str = "operator",
                     display_name: str | None = None) -> Operator:
+    """Stored under the normalised login; the display name keeps the spelling as typed."""
+    name = normalize_login(login)
+    problem = login_problem(name)
+    if problem is not None:
+        raise ValidationFailed(f"Invalid login: {problem}.", errors=[{"field": "login", "message": problem}])
     if len(password) < 8:
         raise ValidationFailed("Passwords need at least 8 characters.",
                                errors=[{"field": "password", "message": "at least 8 characters"}])
-    if session.scalar(select(Operator).where(Operator.login == login)):
-        raise Conflict(f"An operator with login {login!r} exists already.")
-    op = Operator(login=login, display_name=display_name or login, role=Role(role).value,
+    if find_operator(session, name) is not None:
+        raise Conflict(f"An operator with login {name!r} exists already.")
+    op = Operator(login=name, display_name=display_name or login.strip(), role=Role(role).value,
                   password_hash=generate_password_hash(password))
     session.add(op)
     session.commit()
     return op
 
 
+def find_operator(session: Session, login: str) -> Operator | None:
+    """The operator whose login is any spelling of `login` that normalises to it."""
+    return session.scalar(select(Operator).where(Operator.login == normalize_login(login)))
+
+
 def check_operator_login(session: Session, login: str, password: str) -> Operator | None:
     """The active operator with these credentials, or None."""
-    op = session.scalar(select(Operator).where(Operator.login == login))
+    op = find_operator(session, login)
     if op is None:
         check_password_hash(_DUMMY_HASH, password)
         return None
