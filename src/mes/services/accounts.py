@@ -6,10 +6,11 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from ..db import begin_write
 from ..domain.actors import Actor, Role, Scope
 from ..domain.errors import Conflict, NotFound, ValidationFailed
 from ..domain.logins import login_problem, normalize_login
@@ -67,6 +68,36 @@ def check_operator_login(session: Session, login: str, password: str) -> Operato
     if not check_password_hash(op.password_hash, password) or not op.active:
         return None
     return op
+
+
+def end_sessions(session: Session, operator_id: int, **changes) -> None:
+    """Move the operator to the next session generation (with any other changes to the row) and commit:
+    every session issued before ends at its next request, wherever its cookie is."""
+    begin_write(session)
+    session.execute(update(Operator).where(Operator.id == operator_id)
+                    .values(session_generation=Operator.session_generation + 1, **changes))
+    session.commit()
+
+
+def _existing_operator(session: Session, login: str) -> Operator:
+    begin_write(session)  # the row as the primary has it, under the write lock on SQLite
+    op = find_operator(session, login)
+    if op is None:
+        raise NotFound(f"No operator with login {normalize_login(login)!r}.")
+    return op
+
+
+def deactivate_operator(session: Session, login: str) -> None:
+    """The operator can no longer log in, and their open sessions end at once."""
+    end_sessions(session, _existing_operator(session, login).id, active=False)
+
+
+def set_operator_password(session: Session, login: str, password: str) -> None:
+    """A new password ends every session opened with the old one."""
+    if len(password) < 8:
+        raise ValidationFailed("Passwords need at least 8 characters.",
+                               errors=[{"field": "password", "message": "at least 8 characters"}])
+    end_sessions(session, _existing_operator(session, login).id, password_hash=generate_password_hash(password))
 
 
 def get_or_create_partner(session: Session, name: str) -> Partner:
