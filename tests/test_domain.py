@@ -12,6 +12,9 @@ from mes.domain.idempotency import check_key, check_replay, fingerprint
 from mes.domain.lifecycle import TRANSITIONS, Status, check_transition, parse_status
 from mes.domain.logins import login_problem, normalize_login
 from mes.domain.promises import is_overdue, promised_date
+from mes.domain.sessions import (
+    Ending, SessionPolicy, ending_by_account, ending_by_time, parse_session_token, session_token,
+)
 
 S = Status
 HAPPY_PATH = [S.RECEIVED, S.QUEUED, S.IN_PRODUCTION, S.QUALITY_CHECK, S.PACKED, S.SHIPPED, S.DELIVERED]
@@ -176,3 +179,28 @@ def test_a_new_login_must_be_visible_and_bounded(login, problem):
 
 def test_a_plain_login_is_fine():
     assert login_problem(normalize_login("Olga K.")) is None
+
+
+SHIFT = SessionPolicy(idle_seconds=1800, lifetime_seconds=12 * 3600)
+
+
+def test_a_session_lives_until_idle_or_lifetime_runs_out():
+    assert ending_by_time(SHIFT, started_at=0, seen_at=0, now=1799) is None
+    assert ending_by_time(SHIFT, started_at=0, seen_at=0, now=1800) is Ending.IDLE
+    assert ending_by_time(SHIFT, started_at=0, seen_at=43_000, now=43_199) is None
+    assert ending_by_time(SHIFT, started_at=0, seen_at=43_199, now=43_200) is Ending.LIFETIME
+
+
+def test_only_the_current_generation_of_an_active_operator_lives():
+    assert ending_by_account(3, current_generation=3, active=True) is None
+    assert ending_by_account(2, current_generation=3, active=True) is Ending.REVOKED
+    assert ending_by_account(3, current_generation=3, active=False) is Ending.REVOKED
+
+
+@pytest.mark.parametrize("token", ["7", "7:", ":2", "7:x", "7:2:1", "\u0667:2", "-7:2", ""])
+def test_a_token_names_an_operator_and_a_generation_or_nothing(token):
+    assert parse_session_token(token) is None
+
+
+def test_a_token_round_trips():
+    assert parse_session_token(session_token(7, 2)) == (7, 2)
