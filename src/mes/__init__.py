@@ -17,6 +17,7 @@ from .logs import configure_logging, init_request_logging
 from .metrics import init_metrics
 from .status_cache import StatusCache, make_redis
 from .reconnect import ReconnectingFlask
+from .security_headers import init_security_headers
 from .web import RowIdConverter, init_db
 
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
     register_blueprints(app, cfg.pools)  # before the limiter: the API authenticates first
     register_extensions(app)
     register_error_handlers(app)
+    init_security_headers(app)
     return app
 
 
