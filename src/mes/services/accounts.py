@@ -42,9 +42,7 @@ def create_operator(session: Session, login: str, password: str, *, role: str = 
     problem = login_problem(name)
     if problem is not None:
         raise ValidationFailed(f"Invalid login: {problem}.", errors=[{"field": "login", "message": problem}])
-    if len(password) < 8:
-        raise ValidationFailed("Passwords need at least 8 characters.",
-                               errors=[{"field": "password", "message": "at least 8 characters"}])
+    _check_password(password)
     if find_operator(session, name) is not None:
         raise Conflict(f"An operator with login {name!r} exists already.")
     op = Operator(login=name, display_name=display_name or login.strip(), role=Role(role).value,
@@ -70,34 +68,45 @@ def check_operator_login(session: Session, login: str, password: str) -> Operato
     return op
 
 
-def end_sessions(session: Session, operator_id: int, **changes) -> None:
-    """Move the operator to the next session generation (with any other changes to the row) and commit:
-    every session issued before ends at its next request, wherever its cookie is."""
+def end_sessions(session: Session, operator_id: int) -> None:
+    """Move the operator to the next session generation and commit: every session issued before ends at
+    its next request, wherever its cookie is."""
     begin_write(session)
-    session.execute(update(Operator).where(Operator.id == operator_id)
-                    .values(session_generation=Operator.session_generation + 1, **changes))
+    _next_generation(session, operator_id)
     session.commit()
 
 
-def _existing_operator(session: Session, login: str) -> Operator:
-    begin_write(session)  # the row as the primary has it, under the write lock on SQLite
+def _next_generation(session: Session, operator_id: int, **changes) -> None:
+    session.execute(update(Operator).where(Operator.id == operator_id)
+                    .values(session_generation=Operator.session_generation + 1, **changes))
+
+
+def _change_operator(session: Session, login: str, **changes) -> None:
+    """Apply `changes` to the operator's row and end their sessions, in one transaction."""
+    begin_write(session)
     op = find_operator(session, login)
     if op is None:
+        session.rollback()
         raise NotFound(f"No operator with login {normalize_login(login)!r}.")
-    return op
+    _next_generation(session, op.id, **changes)
+    session.commit()
 
 
 def deactivate_operator(session: Session, login: str) -> None:
     """The operator can no longer log in, and their open sessions end at once."""
-    end_sessions(session, _existing_operator(session, login).id, active=False)
+    _change_operator(session, login, active=False)
 
 
 def set_operator_password(session: Session, login: str, password: str) -> None:
     """A new password ends every session opened with the old one."""
+    _check_password(password)
+    _change_operator(session, login, password_hash=generate_password_hash(password))
+
+
+def _check_password(password: str) -> None:
     if len(password) < 8:
         raise ValidationFailed("Passwords need at least 8 characters.",
                                errors=[{"field": "password", "message": "at least 8 characters"}])
-    end_sessions(session, _existing_operator(session, login).id, password_hash=generate_password_hash(password))
 
 
 def get_or_create_partner(session: Session, name: str) -> Partner:
