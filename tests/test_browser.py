@@ -27,12 +27,22 @@ def page():
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
                                                        args=CHROMIUM_ARGS)
-        yield context.new_page()
+        page = context.new_page()
+        yield page
         context.close()
     shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_operator_logs_in_filters_claims_and_moves_an_order(page, live_server, client, accounts_, db):
+@pytest.fixture
+def refused_by_policy(page) -> list[str]:
+    """What the page's Content-Security-Policy refused (Chromium says so on the console)."""
+    refused: list[str] = []
+    page.on("console", lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None)
+    return refused
+
+
+def test_operator_logs_in_filters_claims_and_moves_an_order(page, refused_by_policy, live_server, client,
+                                                            accounts_, db):
     accounts_.operator("olga", "secret-pass", display_name="Olga K.")
     partner = accounts_.partner()
     late = create_order(client, partner, key="a", reference="LATE-1").get_json()["id"]
@@ -72,3 +82,19 @@ def test_operator_logs_in_filters_claims_and_moves_an_order(page, live_server, c
     page.get_by_role("link", name="My work").click()
     expect(page.locator("#in-progress")).to_contain_text("LATE-1")
     expect(page.locator("#done-today tbody tr")).to_have_count(2)
+    assert refused_by_policy == []
+
+
+def test_a_cookie_copied_before_logout_does_not_log_the_browser_back_in(page, live_server, accounts_):
+    accounts_.operator("olga", "secret-pass")
+    page.goto(f"{live_server.url}/operator/login")
+    page.get_by_label("Login").fill(" Olga")
+    page.get_by_label("Password").fill("secret-pass")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Orders queue")).to_be_visible()
+    copied = page.context.cookies()
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("status")).to_have_text("You are logged out.")
+    page.context.add_cookies(copied)
+    page.goto(f"{live_server.url}/operator/")
+    expect(page.get_by_role("heading", name="Operator login")).to_be_visible()

@@ -42,8 +42,27 @@ def test_create_operator_and_duplicate(mes_cli, client):
     assert r.exit_code == 0 and "anna (supervisor) created" in r.output
     again = mes_cli("create-operator", "anna", "--password", "long-enough")
     assert again.exit_code == 1 and "exists already" in again.output
+    variant = mes_cli("create-operator", " ANNA", "--password", "long-enough")
+    assert variant.exit_code == 1 and "'anna' exists already" in variant.output
+    invisible = mes_cli("create-operator", "bo\u200bb", "--password", "long-enough")
+    assert invisible.exit_code == 1 and "Invalid login" in invisible.output
     short = mes_cli("create-operator", "bob", "--password", "short")
     assert short.exit_code == 1 and "at least 8" in short.output
+
+
+def test_set_password_and_deactivate_operator(mes_cli, db):
+    from mes.services.accounts import check_operator_login, find_operator
+    mes_cli("create-operator", "anna", "--password", "long-enough")
+    r = mes_cli("set-password", "Anna", "--password", "longer-still")
+    assert r.exit_code == 0 and "sessions have ended" in r.output
+    assert check_operator_login(db, "anna", "longer-still") is not None
+    assert mes_cli("set-password", "anna", "--password", "short").exit_code == 1
+    r = mes_cli("deactivate-operator", "anna")
+    assert r.exit_code == 0 and "anna deactivated" in r.output
+    db.rollback()  # a new transaction, which sees the commands' commits
+    assert find_operator(db, "anna").active is False and find_operator(db, "anna").session_generation == 3
+    missing = mes_cli("deactivate-operator", "nobody")
+    assert missing.exit_code == 1 and "No operator" in missing.output
 
 
 def test_client_key_is_printed_once_and_works_until_revoked(mes_cli, backend):

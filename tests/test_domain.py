@@ -10,7 +10,11 @@ from mes.domain.errors import (
 )
 from mes.domain.idempotency import check_key, check_replay, fingerprint
 from mes.domain.lifecycle import TRANSITIONS, Status, check_transition, parse_status
+from mes.domain.logins import login_problem, normalize_login
 from mes.domain.promises import is_overdue, promised_date
+from mes.domain.sessions import (
+    Ending, SessionPolicy, ending_by_account, ending_by_time, parse_session_token, session_token,
+)
 
 S = Status
 HAPPY_PATH = [S.RECEIVED, S.QUEUED, S.IN_PRODUCTION, S.QUALITY_CHECK, S.PACKED, S.SHIPPED, S.DELIVERED]
@@ -153,3 +157,50 @@ def test_overdue_only_while_the_factory_still_owes_the_order():
     assert not is_overdue(S.IN_PRODUCTION, date(2026, 1, 2), date(2026, 1, 2))
     assert not is_overdue(S.SHIPPED, date(2026, 1, 1), date(2026, 1, 2))
     assert not is_overdue(S.CANCELLED, date(2026, 1, 1), date(2026, 1, 2))
+
+
+@pytest.mark.parametrize("spelling", ["olga", " olga", "olga\t\n", "OLGA", "Olga", "\u3000olga\u00a0",
+                                      "\uff4f\uff4c\uff47\uff41", "\uff2f\uff2c\uff27\uff21"])
+def test_every_spelling_of_a_login_normalises_to_one(spelling):
+    assert normalize_login(spelling) == "olga"
+
+
+def test_normalising_folds_case_beyond_ascii_and_keeps_inner_words_apart():
+    assert normalize_login("STRASSE") == normalize_login("straße") == "strasse"
+    assert normalize_login("  anna   maria ") == "anna maria"
+    assert normalize_login(normalize_login("\u212bngstr\u00f6m")) == normalize_login("\u212bngstr\u00f6m")
+
+
+@pytest.mark.parametrize("login,problem", [("", "needed"), ("x" * 65, "at most 64"),
+                                           ("olga\u200b", "letters"), ("ol\x00ga", "letters")])
+def test_a_new_login_must_be_visible_and_bounded(login, problem):
+    assert problem in login_problem(login)
+
+
+def test_a_plain_login_is_fine():
+    assert login_problem(normalize_login("Olga K.")) is None
+
+
+SHIFT = SessionPolicy(idle_seconds=1800, lifetime_seconds=12 * 3600)
+
+
+def test_a_session_lives_until_idle_or_lifetime_runs_out():
+    assert ending_by_time(SHIFT, started_at=0, seen_at=0, now=1799) is None
+    assert ending_by_time(SHIFT, started_at=0, seen_at=0, now=1800) is Ending.IDLE
+    assert ending_by_time(SHIFT, started_at=0, seen_at=43_000, now=43_199) is None
+    assert ending_by_time(SHIFT, started_at=0, seen_at=43_199, now=43_200) is Ending.LIFETIME
+
+
+def test_only_the_current_generation_of_an_active_operator_lives():
+    assert ending_by_account(3, current_generation=3, active=True) is None
+    assert ending_by_account(2, current_generation=3, active=True) is Ending.REVOKED
+    assert ending_by_account(3, current_generation=3, active=False) is Ending.REVOKED
+
+
+@pytest.mark.parametrize("token", ["7", "7:", ":2", "7:x", "7:2:1", "\u0667:2", "-7:2", ""])
+def test_a_token_names_an_operator_and_a_generation_or_nothing(token):
+    assert parse_session_token(token) is None
+
+
+def test_a_token_round_trips():
+    assert parse_session_token(session_token(7, 2)) == (7, 2)

@@ -8,6 +8,7 @@ import pytest
 from conftest import create_order
 from sqlalchemy import update
 
+from mes.domain.errors import Conflict
 from mes.domain.lifecycle import Status
 from mes.models import Order
 from mes.services import orders as svc
@@ -58,6 +59,32 @@ def test_wrong_password_is_a_readable_401_and_is_throttled(client, accounts_):
     assert r.status_code == 429 and "Too many failed logins" in r.get_data(as_text=True)
     other_login = b.login("ivan", "nope-nope")  # the throttle is per login and address
     assert other_login.status_code == 401 and "Wrong login or password" in other_login.get_data(as_text=True)
+
+
+# Spellings the lookup treats as the same login: padding, case, Unicode compatibility forms.
+LOGIN_VARIANTS = [" olga", "olga   ", "\tOlga\n", "OLGA", "\u3000olga", "\uff4f\uff4c\uff47\uff41"]
+
+
+@pytest.mark.parametrize("variant", LOGIN_VARIANTS)
+def test_login_variants_share_the_throttle_of_the_login(client, accounts_, variant):
+    accounts_.operator("olga", "secret-pass")
+    b = Browserless(client)
+    assert [b.login("olga", "nope-nope").status_code for _ in range(5)] == [401] * 5
+    r = b.login(variant, "secret-pass")
+    assert r.status_code == 429 and "Too many failed logins" in r.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("variant", LOGIN_VARIANTS)
+def test_login_variants_reach_the_same_account(client, accounts_, variant):
+    accounts_.operator("olga", "secret-pass")
+    assert Browserless(client).login(variant, "secret-pass").status_code == 302
+
+
+def test_accounts_are_created_under_the_normalised_login(accounts_):
+    op = accounts_.operator(" Olga ", "secret-pass")
+    assert op.login == "olga" and op.display_name == " Olga ".strip()
+    with pytest.raises(Conflict):
+        accounts_.operator("\uff2f\uff2c\uff27\uff21", "secret-pass")
 
 
 def test_inactive_operator_cannot_log_in(client, accounts_, db):

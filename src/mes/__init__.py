@@ -1,6 +1,10 @@
 """MES order service: one code base, two pools (operator UI, public API)."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
 from flask import Flask, jsonify, redirect, url_for
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -13,11 +17,13 @@ from .logs import configure_logging, init_request_logging
 from .metrics import init_metrics
 from .status_cache import StatusCache, make_redis
 from .reconnect import ReconnectingFlask
+from .security_headers import init_security_headers
 from .web import RowIdConverter, init_db
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Build the app for the pools named in settings (MES_POOLS): the table of contents of the service."""
+def create_app(settings: Settings | None = None, *, clock: Callable[[], float] = time.time) -> Flask:
+    """Build the app for the pools named in settings (MES_POOLS): the table of contents of the service.
+    `clock` (seconds since the epoch) is what session lifetimes are measured by; tests move it."""
     cfg = settings or Settings.from_env()
     pool = "+".join(cfg.pools)
     app = ReconnectingFlask(__name__)
@@ -28,6 +34,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=cfg.session_cookie_secure,
         SESSION_COOKIE_NAME=f"mes_{'_'.join(cfg.pools)}_session",
+        # Flask refuses a cookie signed longer ago than this: a backstop under the operator session's
+        # own idle and absolute limits (mes.operator.sessions), which are checked first.
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=cfg.session_lifetime_hours),
         RATELIMIT_STORAGE_URI=cfg.redis_url or "memory://",
         # Redis down must not turn into 5xx: count in memory until it is back.
         RATELIMIT_SWALLOW_ERRORS=True,
@@ -41,6 +50,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.extensions["mes_settings"] = cfg
+    app.extensions["mes_clock"] = clock
     if cfg.trusted_proxies:
         # The client's address for login throttling and logs, as HAProxy saw it.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=cfg.trusted_proxies, x_proto=cfg.trusted_proxies)
@@ -54,6 +64,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_blueprints(app, cfg.pools)  # before the limiter: the API authenticates first
     register_extensions(app)
     register_error_handlers(app)
+    init_security_headers(app)
     return app
 
 

@@ -47,6 +47,29 @@ def create_operator(login, password, role, display_name):
     click.echo(f"operator {op.login} ({op.role}) created")
 
 
+@main.command("set-password")
+@click.argument("login")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@with_appcontext
+def set_password(login, password):
+    """Give an operator a new password; their open sessions end at once."""
+    from .services.accounts import set_operator_password
+
+    _run(lambda: set_operator_password(db_session(), login, password))
+    click.echo(f"password of {login.strip()} changed; their sessions have ended")
+
+
+@main.command("deactivate-operator")
+@click.argument("login")
+@with_appcontext
+def deactivate_operator(login):
+    """Stop an operator from logging in; their open sessions end at once."""
+    from .services.accounts import deactivate_operator as deactivate
+
+    _run(lambda: deactivate(db_session(), login))
+    click.echo(f"operator {login.strip()} deactivated; their sessions have ended")
+
+
 @main.command("create-client")
 @click.argument("name")
 @click.option("--scope", type=click.Choice(["partner", "crm"]), default="partner", show_default=True)

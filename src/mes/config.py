@@ -51,6 +51,10 @@ class Settings:
         default_factory=lambda: {"standard": "600/minute", "bulk": "3000/minute", "crm": "6000/minute"}
     )
     login_limit: str = "5/minute"
+    # An operator's session ends after this long without a request, and this long after logging in
+    # whatever happens: a shift, with a break in it.
+    session_idle_minutes: float = 30.0
+    session_lifetime_hours: float = 12.0
     session_cookie_secure: bool = False
     log_level: str = "INFO"
     # How many proxies (HAProxy) stand in front and set X-Forwarded-For; 0 when clients connect directly.
@@ -89,6 +93,8 @@ class Settings:
             feed_settle_seconds=float(_env("MES_FEED_SETTLE_SECONDS", "1.0")),
             rate_limits=limits,
             login_limit=_env("MES_LOGIN_LIMIT", defaults.login_limit),
+            session_idle_minutes=float(_env("MES_SESSION_IDLE_MINUTES", str(defaults.session_idle_minutes))),
+            session_lifetime_hours=float(_env("MES_SESSION_LIFETIME_HOURS", str(defaults.session_lifetime_hours))),
             session_cookie_secure=_env("MES_SECURE_COOKIES", "0") == "1",
             log_level=_env("LOG_LEVEL", "INFO"),
             trusted_proxies=int(_env("MES_TRUSTED_PROXIES", "0")),

@@ -1,9 +1,14 @@
 """Engine and sessions: one engine per process, one session per request."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
 
 
 def make_engine(url: str, *, application_name: str | None = None, pool_size: int = 5) -> Engine:
@@ -82,3 +87,22 @@ def use_primary(session: Session) -> None:
         session.info["primary"] = True
         if session.in_transaction():
             session.commit()
+
+
+def read_on_primary(session: Session, work: Callable[[], T]) -> T:
+    """work() in a transaction of its own on the primary; the session's later reads go where they went
+    before. For the few reads that a replica's lag must never answer (who is logged in), without
+    sending the whole request to the primary."""
+    before = bool(session.info.get("primary"))
+    if session.in_transaction():
+        session.commit()
+    session.info["primary"] = True
+    try:
+        result = work()
+        session.commit()
+        return result
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.info["primary"] = before

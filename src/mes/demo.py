@@ -159,7 +159,7 @@ DEMO_SUPERVISOR = ("chief", "chief-pass")
 def seed(session: Session, engine: Engine, order_count: int) -> Iterator[str]:
     """Accounts for trying the system out; keys are re-issued on every run (they are shown once)."""
     for (login, password), role in ((DEMO_OPERATOR, "operator"), (DEMO_SUPERVISOR, "supervisor")):
-        if session.scalar(select(Operator).where(Operator.login == login)) is None:
+        if accounts.find_operator(session, login) is None:
             accounts.create_operator(session, login, password, role=role)
         yield f"{role} login: {login} / {password}"
     for name, scope, partner in (("demo-partner", "partner", "Demo Partner"), ("demo-crm", "crm", None)):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from flask import g, request
-from flask_limiter import HeaderNames, Limiter
+from flask_limiter import Limiter
 from flask_login import LoginManager
 from flask_wtf import CSRFProtect
 
@@ -13,15 +13,7 @@ def rate_limit_key() -> str:
     return f"client:{client.client_id}" if client is not None else f"addr:{request.remote_addr}"
 
 
-limiter = Limiter(
-    key_func=rate_limit_key,
-    headers_enabled=True,
-    header_name_mapping={
-        HeaderNames.LIMIT: "RateLimit-Limit",
-        HeaderNames.REMAINING: "RateLimit-Remaining",
-        HeaderNames.RESET: "RateLimit-Reset",
-    },
-    retry_after="delta-seconds",
-)
+# The API writes its own RateLimit-* and Retry-After headers (mes.api.rate_limit_headers).
+limiter = Limiter(key_func=rate_limit_key, headers_enabled=False)
 login_manager = LoginManager()
 csrf = CSRFProtect()

@@ -91,6 +91,8 @@ class Operator(Base):
     password_hash: Mapped[str] = mapped_column(String(256))
     role: Mapped[str] = mapped_column(String(16), default="operator")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Sessions name the generation they were issued under; moving it on ends them all (mes.domain.sessions).
+    session_generation: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     __table_args__ = (CheckConstraint("role IN ('operator', 'supervisor')", name="role"),)
 

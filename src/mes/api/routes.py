@@ -74,7 +74,10 @@ def tier_limit() -> str:
     return limits.get(client.rate_tier, limits["standard"]) if client is not None else limits["standard"]
 
 
-limiter.limit(tier_limit)(bp)
+# One budget per client and tier across every endpoint (a shared scope; a plain limit on a blueprint
+# counts each endpoint apart). An endpoint may add a tighter limit of its own with
+# `@limiter.limit(..., override_defaults=False)`, which is counted besides this one.
+limiter.shared_limit(tier_limit, scope="api")(bp)
 
 
 @bp.post("/orders")

@@ -1,19 +1,21 @@
-"""Operator login and logout (session cookie, CSRF, throttled wrong passwords)."""
+"""Operator login and logout (session cookie, CSRF, throttled wrong passwords); sessions.py says when
+a session ends."""
 from __future__ import annotations
 
 import re
 from urllib.parse import urlsplit
 
 from flask import flash, g, redirect, render_template, request, url_for
-from flask_login import current_user, login_required, login_user, logout_user
+from flask_login import current_user, login_required
 
+from ..db import read_on_primary
+from ..domain.logins import normalize_login
 from ..effects import route_reads
 from ..extensions import limiter, login_manager
-from ..models import Operator
 from ..reconnect import retry_while_unavailable
-from ..services.accounts import check_operator_login, operator_actor
+from ..services.accounts import check_operator_login
 from ..web import db_session, settings
-from . import bp
+from . import bp, sessions
 from .forms import ActionForm, LoginForm
 
 # Visible ASCII but the backslash, after one slash (a browser sends anything else percent-encoded).
@@ -21,28 +23,7 @@ _LOCAL_PATH = re.compile(r"/(?!/)[!-\[\]-~]*\Z")
 
 login_manager.login_view = "operator.login"
 login_manager.login_message = "Please log in to see the orders queue."
-
-
-@login_manager.user_loader
-def load_operator(operator_id: str):
-    # A read: safe to repeat while the database switches nodes, whatever the request's method.
-    op = retry_while_unavailable(lambda: db_session().get(Operator, int(operator_id)))
-    return OperatorUser(op) if op is not None and op.active else None
-
-
-class OperatorUser:
-    """Flask-Login's view of an operator row."""
-
-    is_authenticated = True
-    is_active = True
-    is_anonymous = False
-
-    def __init__(self, op: Operator):
-        self.op = op
-        self.actor = operator_actor(op)
-
-    def get_id(self) -> str:
-        return str(self.op.id)
+login_manager.user_loader(sessions.operator_of)
 
 
 @bp.before_request
@@ -55,7 +36,8 @@ def _set_actor():
 
 
 def _login_throttle_key() -> str:
-    return f"login:{request.remote_addr}:{request.form.get('login', '').lower()}"
+    """Per address and login, under the same normalised login that the lookup uses."""
+    return f"login:{request.remote_addr}:{normalize_login(request.form.get('login', ''))}"
 
 
 def _safe_next(target: str | None) -> str:
@@ -73,9 +55,11 @@ def _safe_next(target: str | None) -> str:
 def login():
     form = LoginForm(next=request.args.get("next"))
     if form.validate_on_submit():
-        op = check_operator_login(db_session(), form.login.data.strip(), form.password.data)
+        # On the primary: a password changed or an operator deactivated a moment ago counts already.
+        op = retry_while_unavailable(lambda: read_on_primary(
+            db_session(), lambda: check_operator_login(db_session(), form.login.data, form.password.data)))
         if op is not None:
-            login_user(OperatorUser(op))
+            sessions.start(op)
             return redirect(_safe_next(form.next.data))
         flash("Wrong login or password.", "error")
         return render_template("operator/login.html", form=form), 401
@@ -86,6 +70,6 @@ def login():
 @login_required
 def logout():
     ActionForm()  # CSRF is checked globally; the form only documents it
-    logout_user()
+    sessions.end_everywhere(current_user.op)
     flash("You are logged out.", "info")
     return redirect(url_for("operator.login"))

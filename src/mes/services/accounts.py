@@ -7,12 +7,14 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from ..db import begin_write
 from ..domain.actors import Actor, Role, Scope
 from ..domain.errors import Conflict, NotFound, ValidationFailed
+from ..domain.logins import login_problem, normalize_login
 from ..models import ApiClient, Operator, Partner, utcnow
 
 KEY_PREFIX = "mes"
@@ -38,27 +40,76 @@ def client_actor(client: ApiClient) -> Actor:
 
 def create_operator(session: Session, login: str, password: str, *, role: str = "operator",
                     display_name: str | None = None) -> Operator:
-    if len(password) < 8:
-        raise ValidationFailed("Passwords need at least 8 characters.",
-                               errors=[{"field": "password", "message": "at least 8 characters"}])
-    if session.scalar(select(Operator).where(Operator.login == login)):
-        raise Conflict(f"An operator with login {login!r} exists already.")
-    op = Operator(login=login, display_name=display_name or login, role=Role(role).value,
+    """Stored under the normalised login; the display name keeps the spelling as typed."""
+    name = normalize_login(login)
+    problem = login_problem(name)
+    if problem is not None:
+        raise ValidationFailed(f"Invalid login: {problem}.", errors=[{"field": "login", "message": problem}])
+    _check_password(password)
+    if find_operator(session, name) is not None:
+        raise Conflict(f"An operator with login {name!r} exists already.")
+    op = Operator(login=name, display_name=display_name or login.strip(), role=Role(role).value,
                   password_hash=generate_password_hash(password))
     session.add(op)
     session.commit()
     return op
 
 
+def find_operator(session: Session, login: str) -> Operator | None:
+    """The operator whose login is any spelling of `login` that normalises to it."""
+    return session.scalar(select(Operator).where(Operator.login == normalize_login(login)))
+
+
 def check_operator_login(session: Session, login: str, password: str) -> Operator | None:
     """The active operator with these credentials, or None."""
-    op = session.scalar(select(Operator).where(Operator.login == login))
+    op = find_operator(session, login)
     if op is None:
         check_password_hash(_DUMMY_HASH, password)
         return None
     if not check_password_hash(op.password_hash, password) or not op.active:
         return None
     return op
+
+
+def end_sessions(session: Session, operator_id: int) -> None:
+    """Move the operator to the next session generation and commit: every session issued before ends at
+    its next request, wherever its cookie is."""
+    begin_write(session)
+    _next_generation(session, operator_id)
+    session.commit()
+
+
+def _next_generation(session: Session, operator_id: int, **changes) -> None:
+    session.execute(update(Operator).where(Operator.id == operator_id)
+                    .values(session_generation=Operator.session_generation + 1, **changes))
+
+
+def _change_operator(session: Session, login: str, **changes) -> None:
+    """Apply `changes` to the operator's row and end their sessions, in one transaction."""
+    begin_write(session)
+    op = find_operator(session, login)
+    if op is None:
+        session.rollback()
+        raise NotFound(f"No operator with login {normalize_login(login)!r}.")
+    _next_generation(session, op.id, **changes)
+    session.commit()
+
+
+def deactivate_operator(session: Session, login: str) -> None:
+    """The operator can no longer log in, and their open sessions end at once."""
+    _change_operator(session, login, active=False)
+
+
+def set_operator_password(session: Session, login: str, password: str) -> None:
+    """A new password ends every session opened with the old one."""
+    _check_password(password)
+    _change_operator(session, login, password_hash=generate_password_hash(password))
+
+
+def _check_password(password: str) -> None:
+    if len(password) < 8:
+        raise ValidationFailed("Passwords need at least 8 characters.",
+                               errors=[{"field": "password", "message": "at least 8 characters"}])
 
 
 def get_or_create_partner(session: Session, name: str) -> Partner:
