@@ -46,8 +46,13 @@ class VersionField(IntegerField):
             raise StopValidation("This field is required.")
 
 
+def _strip(value):
+    """Surrounding whitespace (a scanner's Tab or Enter too) is no part of a login."""
+    return value.strip() if isinstance(value, str) else value
+
+
 class LoginForm(Form):
-    login = StringField("Login", validators=[DataRequired(), Length(max=64)])
+    login = StringField("Login", filters=[_strip], validators=[DataRequired(), Length(max=64)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
     next = HiddenField()
 
