@@ -17,9 +17,10 @@ from . import bp
 log = logging.getLogger("mes.rate_limits")
 
 
-def seconds_until(reset_at: float, now: float) -> int:
-    """Whole seconds left until `reset_at` (rounded up: a client that waits them is not refused)."""
-    return max(0, math.ceil(reset_at - now))
+def seconds_until(reset_at: float, now: float, window: int) -> int:
+    """Whole seconds left until `reset_at` (rounded up: a client that waits them is not refused), never
+    more than the window (the storage keeps the reset time in whole seconds, a second late)."""
+    return min(window, max(0, math.ceil(reset_at - now)))
 
 
 @bp.after_request
@@ -28,7 +29,7 @@ def rate_limit_headers(response: Response) -> Response:
     if current is None:  # not counted: the OpenAPI document, or refused before the limiter (401)
         return response
     try:
-        reset_in = seconds_until(current.reset_at, time.time())
+        reset_in = seconds_until(current.reset_at, time.time(), current.limit.get_expiry())
         remaining = current.remaining
     except Exception as exc:  # the storage went away since the check: the answer goes out without them
         log.warning("rate-limit headers left out", extra={"error": type(exc).__name__})
