@@ -19,6 +19,7 @@ GROUP_VARS = ROOT / "ansible" / "group_vars" / "all" / "main.yml"
 LOCAL_LAYOUT = Path(__file__).resolve().parent / "local.yml"
 SECRET_NAMES = ("db_owner_password", "db_app_password", "replication_password", "pgpool_password",
                 "exporter_password", "pgpool_key", "pcp_password", "secret_key", "backup_cipher_pass")
+LOG_MODE = 0o640
 
 
 class StackError(RuntimeError):
@@ -77,6 +78,17 @@ class Ctx:
     def logfile(self, name: str) -> Path:
         return self.path("logs", f"{name}.log")
 
+    def open_log(self, name: str, owner: str | None = None):
+        """logs/NAME.log for appending, private to its service: mode 0640, owned by `owner`, in a
+        folder other local users cannot enter (a log may hold addresses, ids and error details)."""
+        self.ensure_dir(self.path("logs"), mode=0o750)
+        path = self.logfile(name)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+        os.fchmod(fd, LOG_MODE)  # also a file made before this rule or under a looser umask
+        if owner:
+            chown(path, owner)
+        return os.fdopen(fd, "ab")
+
     def run(self, argv: list[str], *, user: str | None = None, env: dict | None = None,
             check: bool = True, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         result = subprocess.run(as_user(argv, user), env=_env(env), cwd=cwd or "/", capture_output=True,
@@ -89,10 +101,7 @@ class Ctx:
               cwd: Path | None = None) -> int:
         """Start a foreground program detached from us (its own session), log to logs/NAME.log."""
         self.ensure_dir(self.path("pids"))
-        self.ensure_dir(self.path("logs"))
-        log = self.logfile(name).open("ab")
-        if user:
-            chown(self.logfile(name), user)
+        log = self.open_log(name, user)
         proc = subprocess.Popen(as_user(argv, user), env=_env(env), cwd=cwd or "/", stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()

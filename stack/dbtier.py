@@ -445,9 +445,8 @@ class PatroniCluster:
         out = psql(ctx, primary_node(ctx), _render_text(ctx, "postgresql/roles.sql.j2"))
         for line in out.splitlines():
             if line.startswith("changed:"):
-                ctx.logfile("patroni").parent.mkdir(parents=True, exist_ok=True)
-                with ctx.logfile("patroni").open("a") as log:
-                    log.write(line + "\n")
+                with ctx.open_log("patroni") as log:
+                    log.write(f"{line}\n".encode())
 
     def _apply_dynamic_settings(self, ctx: Ctx) -> None:
         """The cluster-wide settings live in etcd (patroni.yml's bootstrap.dcs is read only when the

@@ -119,3 +119,29 @@ def test_refused_requests_are_timed_too(public_pool):
         assert requests.get(f"{public_pool.url}/api/v1/orders", timeout=10).status_code == 401
     text = scrape(public_pool.url)
     assert sample(text, "flask_http_request_duration_seconds_count", url_rule="/api/v1/orders", status="401") == 3
+
+
+def test_one_log_line_per_request_with_the_query_redacted(public_pool, accounts_):
+    """gunicorn's access log is off: each request is the app's JSON line alone, and a key sent in the
+    query string never reaches the log."""
+    partner = accounts_.partner()
+    secret = partner["Authorization"].split()[1]
+    for i in range(3):
+        requests.get(f"{public_pool.url}/api/v1/orders?limit=1&api_key={secret}",
+                     headers={**auth(partner), "X-Request-ID": f"once-{i}"}, timeout=10)
+    time.sleep(0.5)
+    raw = public_pool.log.read_text()
+    assert secret not in raw
+    assert len([line for line in raw.splitlines() if "/api/v1/orders" in line]) == 3, raw[-3000:]
+    assert all(line.startswith("{") for line in raw.splitlines() if line.strip()), raw[-3000:]
+    mine = [x for x in public_pool.log_lines() if x.get("request_id", "").startswith("once-")]
+    assert [x["query"] for x in mine] == ["limit=1&api_key=[redacted]"] * 3
+
+
+def test_health_probes_that_pass_are_not_logged(public_pool):
+    for _ in range(5):
+        assert requests.get(f"{public_pool.url}/healthz/ready", timeout=10).status_code == 200
+        assert requests.get(f"{public_pool.url}/healthz/live", timeout=10).status_code == 200
+    time.sleep(0.5)
+    raw = public_pool.log.read_text()
+    assert "healthz" not in raw, raw[-3000:]

@@ -3,8 +3,13 @@
 per pool, HAProxy, Prometheus and the exporters. Real requests, real failures."""
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import pwd
 import signal
+import socket
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -143,6 +148,138 @@ def test_public_frontend_never_reaches_operator_routes(stack):
         r = requests.get(f"{stack.public}{path}", timeout=10, allow_redirects=False)
         assert r.status_code in (400, 403, 404), (path, r.status_code)
         assert "Operator login" not in r.text and "flask_http_request" not in r.text, path
+
+
+def _raw(port: int, data: bytes, source: str = "127.0.0.1", wait: float = 15) -> tuple[bytes, float]:
+    """Send raw bytes to HAProxy on 127.0.0.1 (from `source`, another loopback address when a test needs
+    a second client) and read until the connection closes; returns the answer and the seconds it took."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait, source_address=(source, 0)) as s:
+        s.sendall(data)
+        answer = b""
+        with contextlib.suppress(socket.timeout, ConnectionResetError):
+            while chunk := s.recv(65536):
+                answer += chunk
+    return answer, time.monotonic() - started
+
+
+def _problem(answer: bytes) -> tuple[int, dict, dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def test_haproxys_and_gunicorns_own_errors_are_problem_json_with_the_request_id(stack):
+    """400 (gunicorn refusing a lowercase method), 408 (a body that never comes), 414, 431 on the public
+    frontend: problem+json with the request id; the operator frontend answers the same with a page."""
+    public = _port(stack.public)
+    cases = {
+        400: b"get /api/v1/orders HTTP/1.1\r\nHost: mes\r\nConnection: close\r\nX-Request-ID: edge-400\r\n\r\n",
+        408: b"POST /api/v1/orders HTTP/1.1\r\nHost: mes\r\nX-Request-ID: edge-408\r\nContent-Type: application/json"
+             b"\r\nContent-Length: 100\r\n\r\n{\"reference\":",
+        414: b"GET /api/v1/orders?cursor=" + b"a" * 5000 + b" HTTP/1.1\r\nHost: mes\r\nConnection: close\r\n"
+             b"X-Request-ID: edge-414\r\n\r\n",
+        431: b"GET /api/v1/orders HTTP/1.1\r\nHost: mes\r\nConnection: close\r\nX-Request-ID: edge-431\r\n"
+             b"X-Big: " + b"b" * 9000 + b"\r\n\r\n",
+    }
+    timeout = float(GROUP_VARS["haproxy_timeout_http_request"].rstrip("s"))
+    for status, request in cases.items():
+        answer, seconds = _raw(public, request)
+        got, headers, body = _problem(answer)
+        assert got == status, answer[:300]
+        assert headers["content-type"] == "application/problem+json", (status, headers)
+        assert body["status"] == status and body["request_id"] == f"edge-{status}", body
+        assert headers["x-request-id"] == f"edge-{status}"
+        assert seconds < (timeout + 3 if status == 408 else 3), (status, seconds)
+    page = requests.get(f"{stack.operator}/operator/{'a' * 5000}", headers={"X-Request-ID": "edge-op"}, timeout=10)
+    assert page.status_code == 414 and page.headers["Content-Type"].startswith("text/html")
+    assert "edge-op" in page.text
+
+
+def test_one_address_cannot_lock_operators_out_with_idle_connections(stack):
+    """600 idle connections from one address (more than the operator frontend's maxconn): the address
+    keeps only its share, another address's operator is served at once, idle ones are closed soon."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    operator = _port(stack.operator)
+    idle, closed = [], 0
+    try:
+        for _ in range(600):
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.settimeout(5)
+            try:
+                s.connect(("127.0.0.1", operator))
+            except ConnectionResetError:  # refused so fast that the handshake's end met the reset
+                closed += 1
+                s.close()
+                continue
+            idle.append(s)
+        started = time.monotonic()
+        r = requests.get(f"{stack.operator}/operator/login", timeout=30)
+        assert r.status_code == 200 and time.monotonic() - started < 2, time.monotonic() - started
+        for s in idle:
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                try:
+                    closed += s.recv(1) == b""
+                except ConnectionResetError:
+                    closed += 1
+        assert closed >= 600 - GROUP_VARS["haproxy_operator_src_conn_limit"] - 5, closed
+    finally:
+        for s in idle:
+            s.close()
+    # An idle connection on either frontend is closed after timeout http-request.
+    timeout = float(GROUP_VARS["haproxy_timeout_http_request"].rstrip("s"))
+    for port in (operator, _port(stack.public)):
+        _, seconds = _raw(port, b"GET /healthz/live HTTP/1.1\r\nHost: mes\r\n", source="127.0.0.4", wait=30)
+        assert seconds < timeout + 2, (port, seconds)
+
+
+def test_header_variants_share_one_key_in_the_stick_table(stack):
+    """Every Authorization form the app accepts is one key to HAProxy's per-key limit."""
+    calm = stack.new_key("variants-calm")["Authorization"].split()[1]
+    variants = ["Bearer {}", "bearer {}", "BEARER\t{}", "Bearer   {}", "Bearer \t {}"]
+    for form in variants:  # the app takes each of them
+        r = requests.get(f"{stack.public}/api/v1/orders?limit=1", headers={"Authorization": form.format(calm)},
+                         timeout=10)
+        assert r.status_code == 200, (form, r.text)
+    key = stack.new_key("variants-flood", tier="crm", scope="crm")["Authorization"].split()[1]
+    limit = GROUP_VARS["haproxy_key_rate_limit"]
+    # From an address of its own, so that the source-rate limit of 127.0.0.1 stays out of it.
+    conn = http.client.HTTPConnection("127.0.0.1", _port(stack.public), timeout=10, source_address=("127.0.0.3", 0))
+    statuses = []
+    for i in range(limit + 10):
+        conn.request("GET", "/not-an-api-path", headers={"Authorization": variants[i % len(variants)].format(key)})
+        response = conn.getresponse()
+        response.read()
+        statuses.append(response.status)
+        if response.getheader("Connection", "").lower() == "close":
+            conn.close()
+    assert statuses[0] == 404 and statuses[-len(variants):] == [429] * len(variants), statuses[-20:]
+
+
+def test_no_log_holds_a_key_and_every_log_is_private_to_its_service(stack):
+    key = stack.new_key("logs")
+    secret = key["Authorization"].split()[1]
+    requests.get(f"{stack.public}/api/v1/orders?limit=1&api_key={secret}", headers=key, timeout=10)
+    requests.get(f"{stack.public}/api/v1/orders?token={secret}", headers={"Authorization": f"Bearer\t{secret}x"},
+                 timeout=10)
+    time.sleep(1)
+    logs = stack.state / "logs"
+    assert stat.S_IMODE(logs.stat().st_mode) == 0o750
+    for path in logs.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+        assert secret not in path.read_text(errors="replace"), path
+    assert (logs / "redis.log").stat().st_uid == pwd.getpwnam("redis").pw_uid
+    assert (logs / "pg0.log").stat().st_uid == pwd.getpwnam("postgres").pw_uid
 
 
 def test_operator_frontend_stays_fast_while_the_public_pool_is_stalled(stack):

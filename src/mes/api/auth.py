@@ -1,6 +1,8 @@
 """Bearer-key authentication of API clients, before rate limiting and the views."""
 from __future__ import annotations
 
+import re
+
 from flask import current_app, g, request
 
 from ..domain.errors import Unauthorized
@@ -11,6 +13,16 @@ from ..web import db_session
 from . import bp
 
 PUBLIC_ENDPOINTS = {"api.openapi_yaml", "api.openapi_json"}
+# "Bearer <key>": the scheme in any case, one or more spaces or tabs, a token68 (RFC 6750), blanks at the
+# end. HAProxy's per-key rate limit reads the key with this same pattern (haproxy/haproxy.cfg.j2,
+# bearer_regex), so no form the app accepts can count as a fresh key there.
+BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr][ \t]+([A-Za-z0-9._~+/-]+=*)[ \t]*$")
+
+
+def bearer_token(header: str) -> str | None:
+    """The key of an Authorization header in the Bearer form, or None for anything else."""
+    match = BEARER.fullmatch(header)
+    return match.group(1) if match else None
 
 
 @bp.before_app_request
@@ -18,11 +30,10 @@ def authenticate_api_client():
     """Registered app-wide so that it runs before flask-limiter, which keys limits on the client."""
     if request.blueprint != "api" or request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
         return
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = bearer_token(request.headers.get("Authorization", ""))
+    if key is None:
         raise Unauthorized("Send your API key as 'Authorization: Bearer <key>'.")
-    holder = holder_of(key.strip())
+    holder = holder_of(key)
     if holder is None:
         raise Unauthorized("The API key is unknown or revoked.")
     g.client = holder

@@ -1,4 +1,5 @@
-"""Settings both pools share: JSON logs, multiprocess Prometheus metrics, worker recycling.
+"""Settings both pools share: JSON logs (no access log: the app logs each request once), multiprocess
+Prometheus metrics, worker recycling.
 
 Every value can be moved with an environment variable (GUNICORN_*), which is how the
 local stack and the Ansible role render their per-host settings.
@@ -8,6 +9,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+
+from gunicorn import glogging
+
+from mes.logs import FORMAT
 
 
 def env_int(name: str, default: int) -> int:
@@ -34,16 +39,22 @@ def child_exit(server, worker) -> None:
     GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
 
 
+class AppLogsOnly(glogging.Logger):
+    """Gunicorn's logger without its access log: the app writes the one line per request itself
+    (src/mes/logs.py), with the request id, the actor and the query string redacted."""
+
+    def access(self, resp, req, environ, request_time):
+        return None
+
+
 LOGCONFIG = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "pythonjsonlogger.json.JsonFormatter",
-                            "fmt": "{asctime}{levelname}{name}{message}", "style": "{",
-                            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"}}},
+    # The app's formatter: JSON, with secrets redacted from gunicorn's own messages too.
+    "formatters": {"json": {"()": "mes.logs.RedactingJsonFormatter", **FORMAT}},
     "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
     "root": {"handlers": ["stdout"], "level": "INFO"},
-    "loggers": {"gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
-                "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False}},
+    "loggers": {"gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False}},
 }
 
 
@@ -66,7 +77,8 @@ def pool_settings(pool: str, *, bind: str, timeout: int, workers: int) -> dict:
         "max_requests_jitter": env_int("GUNICORN_MAX_REQUESTS", 5000) // 10,
         "proc_name": f"mes-{pool.replace(',', '+')}",
         "pidfile": os.environ.get("GUNICORN_PIDFILE") or None,
-        "accesslog": None,  # the app logs one JSON line per request itself
+        "accesslog": None,
+        "logger_class": AppLogsOnly,  # one line per request: the app's
         "logconfig_dict": LOGCONFIG,
         "raw_env": [f"MES_POOLS={pool}"],
         "on_starting": on_starting,
