@@ -9,7 +9,8 @@ from sqlalchemy import update
 
 from mes import create_app
 from mes.models import Order
-from mes.status_cache import StatusCache, StatusEntry, make_redis
+from mes.redis_client import make_redis
+from mes.status_cache import StatusCache, StatusEntry
 from mes.testing.redis import temporary_redis
 
 
@@ -117,7 +118,7 @@ def test_redis_restarted_comes_back_empty(cached_app, accounts_, redis_server):
     assert client.post(f"/api/v1/orders/{oid}/cancel", headers=auth(partner)).status_code == 200
     assert client.get(f"/api/v1/orders/{oid}/status", headers=auth(partner)).get_json()["status"] == "cancelled"
     redis_server.start()
-    time.sleep(StatusCache.BREAKER_SECONDS + 0.1)
+    time.sleep(cached_app.extensions["mes_settings"].redis_cooldown + 0.1)
     assert client.get(f"/api/v1/orders/{oid}/status", headers=auth(partner)).get_json()["status"] == "cancelled"
 
 

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import redis
 
+from .redis_client import RedisSkipped
+
 log = logging.getLogger("mes.status_cache")
 
 # KEYS[1] = entry; ARGV = version, payload, ttl. Set only if the stored version is older.
@@ -45,7 +47,6 @@ class StatusCache:
     """Status entries keyed by order id; `enabled` is False without Redis (the embedded default)."""
 
     RETRY_SECONDS = 0.5
-    BREAKER_SECONDS = 1.0  # after a failure, skip Redis this long instead of waiting on timeouts
 
     def __init__(self, client: redis.Redis | None, *, ttl: int, prefix: str = "mes:status:"):
         self.client = client
@@ -54,7 +55,6 @@ class StatusCache:
         self._script = client.register_script(_PUT_IF_NEWER) if client is not None else None
         self._pending: set[int] = set()
         self._lock = threading.Lock()
-        self._down_until = 0.0
         self._retrier: threading.Thread | None = None
 
     @property
@@ -66,7 +66,7 @@ class StatusCache:
 
     def get(self, order_id: int) -> StatusEntry | None:
         """The cached entry, or None on a miss, when Redis is down, or while the id may be stale."""
-        if not self._usable() or order_id in self._pending:
+        if not self.enabled or order_id in self._pending:
             return None
         try:
             raw = self.client.hget(self.key(order_id), "d")
@@ -79,21 +79,18 @@ class StatusCache:
         """Store the entry unless Redis has the same or a newer version; never raises."""
         if not self.enabled:
             return
-        if self._usable():
-            try:
-                self._script(keys=[self.key(entry.id)],
-                             args=[entry.status_version, json.dumps(asdict(entry)), self.ttl])
-                return
-            except redis.RedisError as exc:
-                self._failed(exc)
+        try:
+            self._script(keys=[self.key(entry.id)], args=[entry.status_version, json.dumps(asdict(entry)), self.ttl])
+            return
+        except redis.RedisError as exc:
+            self._failed(exc)
         self._remember_stale(entry.id)
 
     # --- failure handling -----------------------------------------------------------------------
-    def _usable(self) -> bool:
-        return self.enabled and time.monotonic() >= self._down_until
-
-    def _failed(self, exc: Exception) -> None:
-        self._down_until = time.monotonic() + self.BREAKER_SECONDS
+    @staticmethod
+    def _failed(exc: Exception) -> None:
+        if isinstance(exc, RedisSkipped):
+            return  # logged once, when it failed
         log.warning("redis unavailable, status cache bypassed", extra={"error": str(exc)})
 
     def _remember_stale(self, order_id: int) -> None:
@@ -117,13 +114,5 @@ class StatusCache:
                 continue
             with self._lock:
                 self._pending.difference_update(pending)
-            self._down_until = 0.0
             log.info("stale status entries removed after redis came back", extra={"orders": len(pending)})
 
-
-def make_redis(url: str | None) -> redis.Redis | None:
-    """Short timeouts: a slow or dead Redis must cost a request milliseconds, not seconds."""
-    if not url:
-        return None
-    return redis.Redis.from_url(url, socket_connect_timeout=0.25, socket_timeout=0.25,
-                                health_check_interval=10, decode_responses=True)

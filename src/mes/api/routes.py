@@ -15,7 +15,7 @@ from ..domain.errors import NotFound
 from ..effects import cache_entry, order_created, route_reads, status_cache, status_changed
 from ..status_cache import StatusEntry
 from .. import query_params
-from ..extensions import limiter
+from ..extensions import budget, limiter
 from ..services import cursors
 from ..services import orders as svc
 from ..web import db_session, settings
@@ -71,7 +71,7 @@ def tier_limit() -> str:
     """The rate limit of the calling client's tier (the key was checked before this runs)."""
     client = g.get("client")
     limits = settings().rate_limits
-    return limits.get(client.rate_tier, limits["standard"]) if client is not None else limits["standard"]
+    return budget(limits.get(client.rate_tier, limits["standard"]) if client is not None else limits["standard"])
 
 
 # One budget per client and tier across every endpoint (a shared scope; a plain limit on a blueprint
