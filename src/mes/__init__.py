@@ -16,6 +16,7 @@ from .key_cache import KeyCache
 from .logs import configure_logging, init_request_logging
 from .metrics import init_metrics
 from .redis_client import Breaker, guarded_pool, make_redis
+from .stale_status import CacheSettler, trace_status_writes
 from .status_cache import StatusCache
 from .reconnect import ReconnectingFlask
 from .security_headers import init_security_headers
@@ -97,11 +98,16 @@ def register_blueprints(app: Flask, pools: tuple[str, ...]) -> None:
 
 
 def init_caches(app: Flask, cfg: Settings) -> None:
-    """The status cache and the read-your-writes tracker share one Redis client (none on SQLite);
-    the API key cache is this process's own."""
+    """The status cache and the read-your-writes tracker share one Redis client (none without REDIS_URL);
+    status writes leave a trace in the database until the cache has them; the API key cache is this
+    process's own."""
     app.extensions["mes_key_cache"] = KeyCache(ttl=cfg.api_key_cache_seconds)
-    client = make_redis(cfg.redis_url, timeout=cfg.redis_timeout, breaker=app.extensions["mes_redis_breaker"])
-    app.extensions["mes_status_cache"] = StatusCache(client, ttl=cfg.status_cache_ttl)
+    breaker = app.extensions["mes_redis_breaker"]
+    client = make_redis(cfg.redis_url, timeout=cfg.redis_timeout, breaker=breaker)
+    cache = app.extensions["mes_status_cache"] = StatusCache(client, ttl=cfg.status_cache_ttl)
+    app.extensions["mes_cache_settler"] = CacheSettler(cache, breaker, interval=cfg.status_cache_settle_seconds)
+    if cache.enabled:
+        trace_status_writes(app.extensions["mes_sessionmaker"])
     app.extensions["mes_write_tracker"] = WriteTracker(
         client, enabled=cfg.read_your_writes and not cfg.is_sqlite)
 

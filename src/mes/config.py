@@ -45,6 +45,8 @@ class Settings:
     # rate limits in its own memory against its share of the budget.
     pool_processes: int = 1
     status_cache_ttl: int = 86400
+    # Each process looks for status writes the cache missed (mes.stale_status) at least this often.
+    status_cache_settle_seconds: float = 1.0
     # Per worker, API key -> client is remembered this long: a revoked key may work this much longer.
     api_key_cache_seconds: float = 5.0
     # Behind Pgpool-II with replicas: an actor's reads go to the primary until its write is replicated.
@@ -94,6 +96,8 @@ class Settings:
             redis_cooldown=float(_env("MES_REDIS_COOLDOWN", str(defaults.redis_cooldown))),
             pool_processes=int(_env("MES_POOL_PROCESSES", str(defaults.pool_processes))),
             status_cache_ttl=int(_env("MES_STATUS_CACHE_TTL", "86400")),
+            status_cache_settle_seconds=float(_env("MES_STATUS_CACHE_SETTLE_SECONDS",
+                                                   str(defaults.status_cache_settle_seconds))),
             api_key_cache_seconds=float(_env("MES_API_KEY_CACHE_SECONDS", str(defaults.api_key_cache_seconds))),
             read_your_writes=_env("MES_READ_YOUR_WRITES", "0") == "1",
             secret_key=secret or defaults.secret_key,

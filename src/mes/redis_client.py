@@ -29,12 +29,15 @@ class Breaker:
         self.cooldown = cooldown
         self._clock = clock
         self._open_until = 0.0
+        self.failures = 0  # how many so far: whoever trusts what Redis holds can tell that it failed since
+
 
     @property
     def open(self) -> bool:
         return self._clock() < self._open_until
 
     def failed(self) -> None:
+        self.failures += 1
         self._open_until = self._clock() + self.cooldown
 
 
