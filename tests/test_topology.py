@@ -362,14 +362,17 @@ def test_read_your_writes_with_a_paused_replay(stack):
     from stack import dbtier
     writer = stack.new_key("ryw-writer")
     markers_before = set(_redis(stack).scan_iter("mes:rw:*"))
-    time.sleep(1)
-    dbtier.pause_replay(stack.ctx)
+    replica = next(n for n in stack.ctx.vars["mes_topology"]["pg_nodes"]
+                   if n["name"] != dbtier.primary_node(stack.ctx)["name"])
+    dbtier.psql(stack.ctx, replica, "SELECT pg_wal_replay_pause()")
     try:
+        deadline = time.monotonic() + 10
+        while dbtier.psql(stack.ctx, replica, "SELECT pg_get_wal_replay_pause_state()").strip() != "paused":
+            assert time.monotonic() < deadline, "replay did not pause"
+            time.sleep(0.1)
         order = create(stack, writer, "RYW-1")
         marker = set(_redis(stack).scan_iter("mes:rw:*")) - markers_before
         assert len(marker) == 1, marker
-        replica = next(n for n in stack.ctx.vars["mes_topology"]["pg_nodes"]
-                       if n["name"] != dbtier.primary_node(stack.ctx)["name"])
         assert dbtier.psql(stack.ctx, replica, f"SELECT count(*) FROM orders WHERE id = {order['id']}",
                            db=GROUP_VARS["pg_database"]).strip() == "0"  # the replica really lags
         for _ in range(3):
@@ -377,7 +380,7 @@ def test_read_your_writes_with_a_paused_replay(stack):
             assert r.status_code == 200 and r.json()["reference"] == "RYW-1", r.text
         assert _redis(stack).exists(*marker)  # not replayed: still routed
     finally:
-        dbtier.resume_replay(stack.ctx)
+        dbtier.psql(stack.ctx, replica, "SELECT pg_wal_replay_resume()")
     deadline = time.monotonic() + 15
     while _redis(stack).exists(*marker) and time.monotonic() < deadline:
         assert api(stack, "GET", f"/orders/{order['id']}", writer).status_code == 200
