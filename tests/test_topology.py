@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import pwd
 import signal
 import socket
@@ -423,3 +424,109 @@ def test_a_point_in_time_restore_has_what_was_committed_before_the_target_only(s
     finally:
         subprocess.run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", server[0],
                         "stop", "-D", str(dest), "-m", "fast", "-w"], cwd="/", capture_output=True)
+
+
+def _redis(stack: Stack):
+    import redis
+    t = stack.ctx.vars["mes_topology"]["redis"]
+    return redis.Redis(host=t["host"], port=t["port"], decode_responses=True, socket_timeout=5)
+
+
+def test_a_hung_redis_under_load_costs_no_request_more_than_the_timeout(stack):
+    """SIGSTOP of Redis: the cache, the limiter and read-your-writes all meet it; every answer is a success,
+    none waits much longer than one Redis timeout (redis-py's default retries made it 10 s and more)."""
+    keys = [stack.new_key(f"hung-{i}", tier="bulk") for i in range(4)]
+    orders = [create(stack, key, f"HUNG-{i}") for i, key in enumerate(keys)]
+    stop = time.monotonic() + 6
+
+    def traffic(i: int) -> list[tuple[int, float]]:
+        seen, n = [], 0
+        with requests.Session() as s:
+            while time.monotonic() < stop:
+                n += 1
+                path = ["/orders?limit=5", f"/orders/{orders[i]['id']}", f"/orders/{orders[i]['id']}/status"][n % 3]
+                started = time.monotonic()
+                if n % 4 == 0:
+                    r = s.post(f"{stack.public}/api/v1/orders", timeout=15, json={
+                        "reference": f"HUNG-{i}-{n}", "product": "P", "material": "M", "quantity": 1},
+                        headers={**keys[i], "Idempotency-Key": f"hung-{i}-{n}"})
+                else:
+                    r = s.get(f"{stack.public}/api/v1{path}", headers=keys[i], timeout=15)
+                seen.append((r.status_code, time.monotonic() - started))
+        return seen
+
+    stack.signal_group("redis", signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(4) as pool:  # fewer clients than the pool has workers: no queueing
+            seen = [answer for answers in pool.map(traffic, range(4)) for answer in answers]
+    finally:
+        stack.signal_group("redis", signal.SIGCONT)
+    codes = {code for code, _ in seen}
+    slowest = max(duration for _, duration in seen)
+    assert len(seen) > 40 and codes <= {200, 201}, (len(seen), codes)
+    assert slowest < GROUP_VARS["mes_redis_timeout"] + 1.0, slowest  # one timeout, plus the work on a busy machine
+
+
+def test_a_reload_during_a_redis_outage_leaves_no_stale_status(stack):
+    """The cancel's cache update fails while Redis hangs with the old entry inside; every worker is then
+    replaced (SIGHUP to gunicorn) before Redis answers again: no process remembers what it missed."""
+    partner = stack.new_key("reload-outage")
+    orders = [create(stack, partner, f"RELOAD-{i}") for i in range(5)]
+    for order in orders:
+        assert api(stack, "GET", f"/orders/{order['id']}/status", partner).json()["status"] == "received"
+    stack.signal_group("redis", signal.SIGSTOP)
+    try:
+        for order in orders:
+            r = api(stack, "POST", f"/orders/{order['id']}/cancel", partner, json={"reason": "outage"})
+            assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+        for name in ("public1", "public2"):
+            os.kill(stack.pid(name), signal.SIGHUP)  # gunicorn: new workers, old ones leave
+        time.sleep(3)
+    finally:
+        stack.signal_group("redis", signal.SIGCONT)
+    assert all('"received"' in _redis(stack).hget(f"mes:status:{o['id']}", "d") for o in orders)  # still inside
+    time.sleep(GROUP_VARS["mes_redis_cooldown"])
+    for _ in range(4):  # through both instances and several workers
+        for order in orders:
+            r = api(stack, "GET", f"/orders/{order['id']}/status", partner)
+            assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    assert all('"cancelled"' in _redis(stack).hget(f"mes:status:{o['id']}", "d") for o in orders)
+
+
+def test_read_your_writes_with_a_paused_replay(stack):
+    """The writer reads its order from the primary while the replica has not replayed it, and goes back
+    to the replica (its marker forgotten) as soon as the replica has."""
+    from stack import dbtier
+    writer = stack.new_key("ryw-writer")
+    markers_before = set(_redis(stack).scan_iter("mes:rw:*"))
+    replica = next(n for n in stack.ctx.vars["mes_topology"]["pg_nodes"]
+                   if n["name"] != dbtier.primary_node(stack.ctx)["name"])
+    dbtier.psql(stack.ctx, replica, "SELECT pg_wal_replay_pause()")
+    try:
+        deadline = time.monotonic() + 10
+        while dbtier.psql(stack.ctx, replica, "SELECT pg_get_wal_replay_pause_state()").strip() != "paused":
+            assert time.monotonic() < deadline, "replay did not pause"
+            time.sleep(0.1)
+        order = create(stack, writer, "RYW-1")
+        marker = set(_redis(stack).scan_iter("mes:rw:*")) - markers_before
+        assert len(marker) == 1, marker
+        assert dbtier.psql(stack.ctx, replica, f"SELECT count(*) FROM orders WHERE id = {order['id']}",
+                           db=GROUP_VARS["pg_database"]).strip() == "0"  # the replica really lags
+        for _ in range(3):
+            r = api(stack, "GET", f"/orders/{order['id']}", writer)
+            assert r.status_code == 200 and r.json()["reference"] == "RYW-1", r.text
+        assert _redis(stack).exists(*marker)  # not replayed: still routed
+    finally:
+        dbtier.psql(stack.ctx, replica, "SELECT pg_wal_replay_resume()")
+    deadline = time.monotonic() + 15
+    while _redis(stack).exists(*marker) and time.monotonic() < deadline:
+        assert api(stack, "GET", f"/orders/{order['id']}", writer).status_code == 200
+        time.sleep(0.2)
+    assert not _redis(stack).exists(*marker), "the marker must be forgotten once the replica replayed the write"
+    roles = {n["node_id"]: n["role"] for n in dbtier.pool_nodes(stack.ctx)}
+    standby = next(i for i, role in roles.items() if role == "standby")
+    before = {n["node_id"]: int(n["select_cnt"]) for n in dbtier.pool_nodes(stack.ctx)}
+    for _ in range(20):
+        assert api(stack, "GET", f"/orders/{order['id']}", writer).status_code == 200
+    after = {n["node_id"]: int(n["select_cnt"]) for n in dbtier.pool_nodes(stack.ctx)}
+    assert after[standby] - before[standby] >= 20  # the writer reads the replica again

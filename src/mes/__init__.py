@@ -15,7 +15,9 @@ from .extensions import csrf, limiter, login_manager
 from .key_cache import KeyCache
 from .logs import configure_logging, init_request_logging
 from .metrics import init_metrics
-from .status_cache import StatusCache, make_redis
+from .redis_client import Breaker, guarded_pool, make_redis
+from .stale_status import CacheSettler, trace_status_writes
+from .status_cache import StatusCache
 from .reconnect import ReconnectingFlask
 from .security_headers import init_security_headers
 from .web import RowIdConverter, init_db
@@ -38,7 +40,8 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         # own idle and absolute limits (mes.operator.sessions), which are checked first.
         PERMANENT_SESSION_LIFETIME=timedelta(hours=cfg.session_lifetime_hours),
         RATELIMIT_STORAGE_URI=cfg.redis_url or "memory://",
-        # Redis down must not turn into 5xx: count in memory until it is back.
+        # Redis down must not turn into 5xx: count in memory until it is back (each process against its
+        # share of the budget, mes.extensions.budget).
         RATELIMIT_SWALLOW_ERRORS=True,
         RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
         # Two O(1) scripts per request (a weighted pair of counters) instead of moving-window's list of
@@ -51,6 +54,11 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
     )
     app.extensions["mes_settings"] = cfg
     app.extensions["mes_clock"] = clock
+    # One breaker for every Redis client of this process: a failure seen by one spares the others.
+    app.extensions["mes_redis_breaker"] = breaker = Breaker(cfg.redis_cooldown)
+    if cfg.redis_url:
+        app.config["RATELIMIT_STORAGE_OPTIONS"] = {
+            "connection_pool": guarded_pool(cfg.redis_url, timeout=cfg.redis_timeout, breaker=breaker)}
     if cfg.trusted_proxies:
         # The client's address for login throttling and logs, as HAProxy saw it.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=cfg.trusted_proxies, x_proto=cfg.trusted_proxies)
@@ -90,11 +98,16 @@ def register_blueprints(app: Flask, pools: tuple[str, ...]) -> None:
 
 
 def init_caches(app: Flask, cfg: Settings) -> None:
-    """The status cache and the read-your-writes tracker share one Redis client (none on SQLite);
-    the API key cache is this process's own."""
+    """The status cache and the read-your-writes tracker share one Redis client (none without REDIS_URL);
+    status writes leave a trace in the database until the cache has them; the API key cache is this
+    process's own."""
     app.extensions["mes_key_cache"] = KeyCache(ttl=cfg.api_key_cache_seconds)
-    client = make_redis(cfg.redis_url)
-    app.extensions["mes_status_cache"] = StatusCache(client, ttl=cfg.status_cache_ttl)
+    breaker = app.extensions["mes_redis_breaker"]
+    client = make_redis(cfg.redis_url, timeout=cfg.redis_timeout, breaker=breaker)
+    cache = app.extensions["mes_status_cache"] = StatusCache(client, ttl=cfg.status_cache_ttl)
+    app.extensions["mes_cache_settler"] = CacheSettler(cache, breaker, interval=cfg.status_cache_settle_seconds)
+    if cache.enabled:
+        trace_status_writes(app.extensions["mes_sessionmaker"])
     app.extensions["mes_write_tracker"] = WriteTracker(
         client, enabled=cfg.read_your_writes and not cfg.is_sqlite)
 

@@ -37,7 +37,16 @@ class Settings:
     db_application_name: str | None = None
     db_pool_size: int = 5
     redis_url: str | None = None
+    # A hung or unreachable Redis costs a request at most this long (connect, or one reply) ...
+    redis_timeout: float = 0.25
+    # ... and after a failure every Redis client of the process skips Redis this long (mes.redis_client).
+    redis_cooldown: float = 2.0
+    # Worker processes of the whole pool (instances x workers): while Redis is unreachable each one counts
+    # rate limits in its own memory against its share of the budget.
+    pool_processes: int = 1
     status_cache_ttl: int = 86400
+    # Each process looks for status writes the cache missed (mes.stale_status) at least this often.
+    status_cache_settle_seconds: float = 1.0
     # Per worker, API key -> client is remembered this long: a revoked key may work this much longer.
     api_key_cache_seconds: float = 5.0
     # Behind Pgpool-II with replicas: an actor's reads go to the primary until its write is replicated.
@@ -83,7 +92,12 @@ class Settings:
             db_application_name=_env("MES_DB_APPLICATION_NAME"),
             db_pool_size=int(_env("MES_DB_POOL_SIZE", "5")),
             redis_url=_env("REDIS_URL"),
+            redis_timeout=float(_env("MES_REDIS_TIMEOUT", str(defaults.redis_timeout))),
+            redis_cooldown=float(_env("MES_REDIS_COOLDOWN", str(defaults.redis_cooldown))),
+            pool_processes=int(_env("MES_POOL_PROCESSES", str(defaults.pool_processes))),
             status_cache_ttl=int(_env("MES_STATUS_CACHE_TTL", "86400")),
+            status_cache_settle_seconds=float(_env("MES_STATUS_CACHE_SETTLE_SECONDS",
+                                                   str(defaults.status_cache_settle_seconds))),
             api_key_cache_seconds=float(_env("MES_API_KEY_CACHE_SECONDS", str(defaults.api_key_cache_seconds))),
             read_your_writes=_env("MES_READ_YOUR_WRITES", "0") == "1",
             secret_key=secret or defaults.secret_key,

@@ -8,14 +8,19 @@ from flask import current_app, g
 from .consistency import WriteTracker
 from .domain.lifecycle import Status
 from .metrics import business_metrics
-from .models import Order, iso
+from .models import Order
 from .services.orders import StatusChanged
+from .stale_status import CacheSettler, entry_of
 from .status_cache import StatusCache, StatusEntry
 from .web import db_session
 
 
 def status_cache() -> StatusCache:
     return current_app.extensions["mes_status_cache"]
+
+
+def cache_settler() -> CacheSettler:
+    return current_app.extensions["mes_cache_settler"]
 
 
 def write_tracker() -> WriteTracker:
@@ -27,14 +32,14 @@ def actor_key() -> str:
 
 
 def cache_entry(order: Order) -> StatusEntry:
-    return StatusEntry(id=order.id, partner_id=order.partner_id, status=order.status,
-                       status_version=order.status_version, updated_at=iso(order.updated_at))
+    return entry_of(order)
 
 
 def order_created(body: dict) -> None:
     """`body` is the API's representation of the new order (what the client is answered)."""
-    status_cache().put(StatusEntry(id=body["id"], partner_id=body["partner_id"], status=body["status"],
-                                   status_version=body["status_version"], updated_at=body["updated_at"]))
+    cache_settler().written(db_session(), StatusEntry(
+        id=body["id"], partner_id=body["partner_id"], status=body["status"],
+        status_version=body["status_version"], updated_at=body["updated_at"]))
     write_tracker().remember(db_session(), actor_key())
     metrics = business_metrics()
     metrics.orders_received.inc()
@@ -42,7 +47,7 @@ def order_created(body: dict) -> None:
 
 
 def status_changed(change: StatusChanged) -> None:
-    status_cache().put(cache_entry(change.order))
+    cache_settler().written(db_session(), cache_entry(change.order))
     write_tracker().remember(db_session(), actor_key())
     business_metrics().transitions.labels(from_status=change.previous.value, to_status=change.order.status).inc()
 

@@ -178,3 +178,13 @@ class IdempotencyRecord(Base):
     response_body: Mapped[str | None] = mapped_column(Text)
     order_id: Mapped[int | None] = mapped_column(BigId)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class StaleStatus(Base):
+    """A status write the Redis cache may not have: written in the write's own transaction, removed once
+    the cache has that version (mes.stale_status). A row that outlives its write means the cache entry
+    of that order must be rewritten from the primary before the cache is trusted again."""
+
+    __tablename__ = "stale_status"
+    order_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    status_version: Mapped[int] = mapped_column(Integer, primary_key=True)

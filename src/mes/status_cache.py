@@ -5,20 +5,19 @@
   or a reader filling a miss) never overwrites a newer one.
 - A miss is filled from the primary, never from a replica that may lag.
 - Entries expire after `ttl` as a safety net only.
-- Redis down: reads go to the database, writes still succeed. A put that could not be made
-  leaves the order id in a pending set that a background thread deletes from Redis as soon as
-  it answers again, so no stale entry survives Redis's return. Redis itself keeps no
-  persistence (see group_vars), so a restarted Redis starts empty.
+- Redis down: reads go to the database, writes still succeed. What a failed put leaves behind is
+  settled from the database (mes.stale_status), not from this process's memory. Redis itself keeps
+  no persistence (see group_vars), so a restarted Redis starts empty.
 """
 from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from dataclasses import asdict, dataclass
 
 import redis
+
+from .redis_client import RedisSkipped
 
 log = logging.getLogger("mes.status_cache")
 
@@ -44,18 +43,11 @@ class StatusEntry:
 class StatusCache:
     """Status entries keyed by order id; `enabled` is False without Redis (the embedded default)."""
 
-    RETRY_SECONDS = 0.5
-    BREAKER_SECONDS = 1.0  # after a failure, skip Redis this long instead of waiting on timeouts
-
     def __init__(self, client: redis.Redis | None, *, ttl: int, prefix: str = "mes:status:"):
         self.client = client
         self.ttl = ttl
         self.prefix = prefix
         self._script = client.register_script(_PUT_IF_NEWER) if client is not None else None
-        self._pending: set[int] = set()
-        self._lock = threading.Lock()
-        self._down_until = 0.0
-        self._retrier: threading.Thread | None = None
 
     @property
     def enabled(self) -> bool:
@@ -65,65 +57,29 @@ class StatusCache:
         return f"{self.prefix}{order_id}"
 
     def get(self, order_id: int) -> StatusEntry | None:
-        """The cached entry, or None on a miss, when Redis is down, or while the id may be stale."""
-        if not self._usable() or order_id in self._pending:
+        """The cached entry, or None on a miss or when Redis is down."""
+        if not self.enabled:
             return None
         try:
             raw = self.client.hget(self.key(order_id), "d")
         except redis.RedisError as exc:
-            self._failed(exc)
+            _failed(exc)
             return None
         return StatusEntry(**json.loads(raw)) if raw else None
 
-    def put(self, entry: StatusEntry) -> None:
-        """Store the entry unless Redis has the same or a newer version; never raises."""
+    def put(self, entry: StatusEntry) -> bool:
+        """Store the entry unless Redis has the same or a newer version. True when Redis has this
+        version or a newer one afterwards; never raises."""
         if not self.enabled:
-            return
-        if self._usable():
-            try:
-                self._script(keys=[self.key(entry.id)],
-                             args=[entry.status_version, json.dumps(asdict(entry)), self.ttl])
-                return
-            except redis.RedisError as exc:
-                self._failed(exc)
-        self._remember_stale(entry.id)
+            return False
+        try:
+            self._script(keys=[self.key(entry.id)], args=[entry.status_version, json.dumps(asdict(entry)), self.ttl])
+            return True
+        except redis.RedisError as exc:
+            _failed(exc)
+            return False
 
-    # --- failure handling -----------------------------------------------------------------------
-    def _usable(self) -> bool:
-        return self.enabled and time.monotonic() >= self._down_until
 
-    def _failed(self, exc: Exception) -> None:
-        self._down_until = time.monotonic() + self.BREAKER_SECONDS
+def _failed(exc: Exception) -> None:
+    if not isinstance(exc, RedisSkipped):  # logged once, when it failed
         log.warning("redis unavailable, status cache bypassed", extra={"error": str(exc)})
-
-    def _remember_stale(self, order_id: int) -> None:
-        with self._lock:
-            self._pending.add(order_id)
-            if self._retrier is None or not self._retrier.is_alive():
-                self._retrier = threading.Thread(target=self._drain, name="status-cache-retry", daemon=True)
-                self._retrier.start()
-
-    def _drain(self) -> None:
-        """Delete the entries we could not update, as soon as Redis answers again."""
-        while True:
-            time.sleep(self.RETRY_SECONDS)
-            with self._lock:
-                pending = list(self._pending)
-            if not pending:
-                return
-            try:
-                self.client.delete(*(self.key(i) for i in pending))
-            except redis.RedisError:
-                continue
-            with self._lock:
-                self._pending.difference_update(pending)
-            self._down_until = 0.0
-            log.info("stale status entries removed after redis came back", extra={"orders": len(pending)})
-
-
-def make_redis(url: str | None) -> redis.Redis | None:
-    """Short timeouts: a slow or dead Redis must cost a request milliseconds, not seconds."""
-    if not url:
-        return None
-    return redis.Redis.from_url(url, socket_connect_timeout=0.25, socket_timeout=0.25,
-                                health_check_interval=10, decode_responses=True)

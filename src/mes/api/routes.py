@@ -12,10 +12,10 @@ from ..domain.lifecycle import Status
 from ..db import use_primary
 from ..domain.actors import OrderFacts, may_write, sees_order
 from ..domain.errors import NotFound
-from ..effects import cache_entry, order_created, route_reads, status_cache, status_changed
+from ..effects import cache_entry, cache_settler, order_created, route_reads, status_cache, status_changed
 from ..status_cache import StatusEntry
 from .. import query_params
-from ..extensions import limiter
+from ..extensions import budget, limiter
 from ..services import cursors
 from ..services import orders as svc
 from ..web import db_session, settings
@@ -71,7 +71,7 @@ def tier_limit() -> str:
     """The rate limit of the calling client's tier (the key was checked before this runs)."""
     client = g.get("client")
     limits = settings().rate_limits
-    return limits.get(client.rate_tier, limits["standard"]) if client is not None else limits["standard"]
+    return budget(limits.get(client.rate_tier, limits["standard"]) if client is not None else limits["standard"])
 
 
 # One budget per client and tier across every endpoint (a shared scope; a plain limit on a blueprint
@@ -138,10 +138,9 @@ def get_status(order_id: int):
 
 def current_status(order_id: int) -> StatusEntry:
     """From the cache; a miss reads the primary (a replica may lag) and fills the cache."""
-    cache = status_cache()
-    entry = cache.get(order_id)
+    cache, session = status_cache(), db_session()
+    entry = cache.get(order_id) if cache_settler().cache_readable(session) else None
     if entry is None:
-        session = db_session()
         use_primary(session)
         entry = cache_entry(svc.get_order(session, g.actor, order_id))
         cache.put(entry)

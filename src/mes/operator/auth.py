@@ -11,7 +11,7 @@ from flask_login import current_user, login_required
 from ..db import read_on_primary
 from ..domain.logins import normalize_login
 from ..effects import route_reads
-from ..extensions import limiter, login_manager
+from ..extensions import budget, limiter, login_manager
 from ..reconnect import retry_while_unavailable
 from ..services.accounts import check_operator_login
 from ..web import db_session, settings
@@ -49,7 +49,7 @@ def _safe_next(target: str | None) -> str:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(lambda: settings().login_limit, key_func=_login_throttle_key, methods=["POST"],
+@limiter.limit(lambda: budget(settings().login_limit), key_func=_login_throttle_key, methods=["POST"],
                deduct_when=lambda response: response.status_code != 302,
                error_message="Too many failed logins; wait a minute and try again.")
 def login():

@@ -311,6 +311,15 @@ def create_mes_database(server: PostgresServer, *, dbname: str = "mes",
         f"GRANT USAGE, SELECT ON SEQUENCES TO {a};\n",
         dbname=dbname,
     )
+    # Read-your-writes asks this instead of reading pg_stat_replication (as postgresql/roles.sql.j2).
+    server.psql(
+        "CREATE FUNCTION public.mes_replicas_replayed(target pg_lsn) RETURNS boolean\n"
+        "  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $b$ SELECT count(*) > 0"
+        " AND coalesce(bool_and(replay_lsn >= target), false) FROM pg_catalog.pg_stat_replication $b$;\n"
+        "REVOKE ALL ON FUNCTION public.mes_replicas_replayed(pg_lsn) FROM PUBLIC;\n"
+        f"GRANT EXECUTE ON FUNCTION public.mes_replicas_replayed(pg_lsn) TO {a};\n",
+        dbname=dbname,
+    )
     return server.url(owner_name, owner_pw, dbname), server.url(app_name, app_pw, dbname)
 
 
