@@ -1,25 +1,20 @@
 """The status-change feed: every committed event exactly once, in an order no late commit can break.
 
-An event's id (a sequence) and its time are taken while its transaction runs, not when it commits: a
-transaction that took id 10 may commit after the one that took id 11. A reader in between sees 11,
-and a cursor at 11 would skip 10 for good. A replica makes the gap as long as its lag, which is why
-waiting a fixed time (the old settle window) could not close it.
+An event's id and time are taken while its transaction runs, not when it commits: the transaction
+that took id 10 may commit after the one that took 11, and a reader in between (on a replica, for as
+long as it lags) would move its cursor past 10 for good. Waiting a fixed time cannot close that gap.
 
-So the feed's position is (txid, id), where txid is the id of the writing transaction
-(`pg_current_xact_id()`, the column's default), and a read hands out only events whose txid lies
-below the xmin of its own snapshot (`pg_snapshot_xmin(pg_current_snapshot())`): every transaction
-below that horizon has ended, and every transaction that starts later gets a larger id, so the set
-of events below it never grows again. The cursor can move past them safely; events above it wait
-for a later poll. Why this and not a sequence stamped at commit by one writer: it needs no extra
-process or lock on the write path, and it holds wherever the statement runs. Pgpool-II balances it
-like any read (both functions are stable, not volatile), and on a hot standby the snapshot counts
-every transaction the standby has seen a trace of, and every lower id, as running until it reads
-its end in the WAL, so a lagging replica holds events back rather than skipping them. Rows and
-horizon come from one statement, hence one snapshot. The price: the feed waits for the longest
-running write transaction, and events come grouped by transaction rather than strictly by id.
+So the position is (txid, id), txid being the writing transaction's id (`pg_current_xact_id()`,
+the column's default), and a read hands out only events below the xmin of its own snapshot
+(`pg_snapshot_xmin(pg_current_snapshot())`): every transaction below it has ended and every later
+one gets a larger id, so that part of the feed never changes again. Chosen over a sequence stamped
+at commit by a single writer because it needs no extra process and no lock on the write path, and
+it holds wherever the statement runs: Pgpool-II balances it like any read (both functions are
+stable), and a hot standby counts every transaction it has seen a trace of, and every lower id, as
+running until it replays its end. Rows and horizon come from one statement, so one snapshot. The
+price: the feed waits for the longest running write transaction.
 
-SQLite (the dev mode) has one writer at a time, so ids are taken in commit order; txid is 0 there
-and the horizon is unlimited.
+SQLite (dev mode) has one writer at a time, so ids follow commit order; txid is 0 there, no horizon.
 """
 from __future__ import annotations
 
