@@ -38,7 +38,7 @@ class Backend:
 
     def settings(self, **overrides) -> Settings:
         base = Settings(database_url=self.app_url, migration_database_url=self.owner_url,
-                        secret_key="test-secret", feed_settle_seconds=0, rate_limits=dict(TEST_LIMITS),
+                        secret_key="test-secret", rate_limits=dict(TEST_LIMITS),
                         log_level="WARNING")
         return replace(base, **overrides)
 

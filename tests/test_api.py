@@ -215,17 +215,6 @@ def test_status_change_feed_with_cursor(client, accounts_, db):
     assert client.get("/api/v1/status-changes?after=garbage", headers=auth(partner)).status_code == 400
 
 
-def test_feed_holds_back_events_younger_than_the_settle_window(backend, accounts_):
-    from mes import create_app
-    app = create_app(backend.settings(feed_settle_seconds=3600))
-    client = app.test_client()
-    partner = accounts_.partner()
-    create_order(client, partner)
-    feed = client.get("/api/v1/status-changes", headers=auth(partner)).get_json()
-    assert feed["items"] == []
-    app.extensions["mes_engine"].dispose()
-
-
 def test_rate_limit_per_client_with_headers(client, accounts_):
     slow, other = accounts_.partner("slow", "S", tier="tiny"), accounts_.partner("fast", "F")
     answers = [client.get("/api/v1/orders", headers=auth(slow)) for _ in range(4)]

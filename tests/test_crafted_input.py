@@ -94,7 +94,8 @@ def test_order_list_cursor_with_wrong_types_is_400(client, partner, value):
 
 
 @pytest.mark.parametrize("value", [cursor("7"), cursor([7]), cursor(True), cursor(False), cursor(1.5),
-                                   cursor(ROW_ID_OVERFLOW), cursor(-1), cursor(None), cursor(7, 8)])
+                                   cursor(ROW_ID_OVERFLOW), cursor(-1), cursor(None), cursor(7, 8, 9),
+                                   cursor(7, "8"), cursor([7], 8), cursor(-1, 8), cursor(7, ROW_ID_OVERFLOW)])
 def test_feed_cursor_with_wrong_types_is_400(client, partner, value):
     assert_problem(client.get(f"/api/v1/status-changes?after={value}", headers=auth(partner)), 400, "bad-cursor")
 

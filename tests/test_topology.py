@@ -11,6 +11,7 @@ import pwd
 import signal
 import socket
 import stat
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -107,6 +108,95 @@ def test_operator_sees_own_claim_and_changes_at_once(stack):
         assert "is now queued" in html and '<span class="badge" id="status">queued</span>' in html
     finally:
         dbtier.resume_replay(stack.ctx)
+
+
+def operator_session(stack: Stack, login: str = "demo", password: str = "demo-pass") -> requests.Session:
+    """A logged-in operator's browser session on the operator frontend."""
+    s = requests.Session()
+    page = s.get(f"{stack.operator}/operator/login", timeout=10).text
+    token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    r = s.post(f"{stack.operator}/operator/login", data={"login": login, "password": password,
+                                                         "csrf_token": token}, timeout=10)
+    assert r.status_code == 200 and "Orders queue" in r.text
+    return s
+
+
+class HeldRowLock:
+    """A transaction on the primary that holds one row of the status counter locked until released,
+    so that a status change writes its event and then waits before it can commit."""
+
+    def __init__(self, stack: Stack, status: str):
+        from stack import dbtier
+        from stack.base import as_user
+        node = dbtier.primary_node(stack.ctx)
+        argv = [dbtier._bin(stack.ctx, "psql"), "-X", "-q", "-At", "-h", str(dbtier.socket_dir(node)),
+                "-p", str(node["port"]), "-U", dbtier.SUPERUSER, "-d", GROUP_VARS["pg_database"]]
+        self.proc = subprocess.Popen(as_user(argv, dbtier.PG_USER), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.proc.stdin.write(f"BEGIN;\nSELECT 'locked' FROM status_counts WHERE status = '{status}' FOR UPDATE;\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "locked"
+
+    def release(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.communicate("ROLLBACK;\n", timeout=30)
+
+
+def test_the_feed_on_the_replica_skips_no_late_commit(stack):
+    """A's change takes the lower event id and commits last; B's commits first. The CRM polls the feed
+    (always on the replica) while A is open, again while the replica has not replayed A's commit, then
+    after: it gets both changes, once each. A cursor that moved past A would have lost it for good."""
+    from stack import dbtier
+    partner, crm = stack.new_key("feed-late"), stack.new_key("feed-crm", tier="crm", scope="crm")
+    order_a, order_b = create(stack, partner, "LATE-A")["id"], create(stack, partner, "LATE-B")["id"]
+    s = operator_session(stack)
+    page = s.get(f"{stack.operator}/operator/orders/{order_b}", timeout=10).text
+    token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    html = s.post(f"{stack.operator}/operator/orders/{order_b}/status",
+                  data={"csrf_token": token, "target": "queued", "version": "1"}, timeout=10).text
+    assert "is now queued" in html
+
+    def poll(cursor: str | None) -> tuple[list, str]:
+        page = api(stack, "GET", "/status-changes" + (f"?after={cursor}" if cursor else ""), crm).json()
+        return [(e["order_id"], e["to_status"]) for e in page["items"]], page["next_cursor"]
+
+    cursor = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # up to date with everything so far, on the replica
+        items, cursor = poll(cursor)
+        if (order_b, "queued") in items:
+            break
+        time.sleep(0.2)
+    delivered = []
+    before = {n["role"]: int(n["select_cnt"]) for n in dbtier.pool_nodes(stack.ctx)}
+    lock = HeldRowLock(stack, "received")  # A (received -> cancelled) writes its event, then waits here
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            cancel_a = pool.submit(api, stack, "POST", f"/orders/{order_a}/cancel", partner, json={})
+            time.sleep(1)  # A's event row exists, uncommitted
+            r = api(stack, "POST", f"/orders/{order_b}/cancel", partner, json={})  # queued -> cancelled
+            assert r.status_code == 200, r.text
+            time.sleep(2)  # B's commit is on the replica, older than any settle window
+            for _ in range(3):
+                items, cursor = poll(cursor)
+                delivered += items
+            dbtier.pause_replay(stack.ctx)
+        finally:
+            lock.release()
+        try:
+            assert cancel_a.result(30).status_code == 200
+            items, cursor = poll(cursor)  # A committed on the primary, not replayed yet
+            delivered += items
+        finally:
+            dbtier.resume_replay(stack.ctx)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(delivered) < 2:
+        items, cursor = poll(cursor)
+        delivered += items
+        time.sleep(0.2)
+    after = {n["role"]: int(n["select_cnt"]) for n in dbtier.pool_nodes(stack.ctx)}
+    assert sorted(delivered) == sorted([(order_a, "cancelled"), (order_b, "cancelled")]), delivered
+    assert after["standby"] - before["standby"] >= 5  # the polls read the replica
 
 
 def test_the_stick_table_answers_429_before_the_app(stack):

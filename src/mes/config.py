@@ -55,7 +55,6 @@ class Settings:
     promise_lead_days: int = 21
     max_body_bytes: int = 64 * 1024
     idempotency_retention_hours: int = 48
-    feed_settle_seconds: float = 1.0
     rate_limits: dict[str, str] = field(
         default_factory=lambda: {"standard": "600/minute", "bulk": "3000/minute", "crm": "6000/minute"}
     )
@@ -104,7 +103,6 @@ class Settings:
             promise_lead_days=int(_env("MES_PROMISE_LEAD_DAYS", "21")),
             max_body_bytes=int(_env("MES_MAX_BODY_BYTES", str(defaults.max_body_bytes))),
             idempotency_retention_hours=int(_env("MES_IDEMPOTENCY_RETENTION_HOURS", "48")),
-            feed_settle_seconds=float(_env("MES_FEED_SETTLE_SECONDS", "1.0")),
             rate_limits=limits,
             login_limit=_env("MES_LOGIN_LIMIT", defaults.login_limit),
             session_idle_minutes=float(_env("MES_SESSION_IDLE_MINUTES", str(defaults.session_idle_minutes))),

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 
 from sqlalchemy import (
-    BigInteger, Boolean, CheckConstraint, Date, DateTime, ForeignKey, Index, Integer, MetaData,
+    BigInteger, Boolean, CheckConstraint, Date, DateTime, FetchedValue, ForeignKey, Index, Integer, MetaData,
     SmallInteger, String, Text, TypeDecorator, UniqueConstraint, text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -152,9 +152,13 @@ class OrderEvent(Base):
     operator_id: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The id of the transaction that wrote the event, set by the database (PostgreSQL; 0 on SQLite):
+    # with `id` it is the event's position in the feed (mes.services.feed).
+    txid: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
     __table_args__ = (
         Index("ix_order_events_order", "order_id", "id"),
-        Index("ix_order_events_partner", "partner_id", "id"),
+        Index("ix_order_events_position", "txid", "id"),
+        Index("ix_order_events_partner_position", "partner_id", "txid", "id"),
         Index("ix_order_events_operator_day", "operator_id", "created_at"),
     )
 

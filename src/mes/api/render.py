@@ -1,6 +1,9 @@
 """JSON representations of orders and events, as the OpenAPI document describes them."""
 from __future__ import annotations
 
+from ..domain.actors import is_client_label
+from ..domain.disclosure import partner_reason
+from ..domain.lifecycle import Status
 from ..domain.priority import Priority
 from ..models import Order, OrderEvent, iso
 
@@ -26,6 +29,10 @@ def order_json(order: Order) -> dict:
 
 
 def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:
+    """A status change as every API key sees it: the shop floor's notes replaced (mes.domain.disclosure)."""
+    current = Status(event.from_status) if event.from_status else None
+    reason = partner_reason(current, Status(event.to_status), event.reason,
+                            written_by_client=is_client_label(event.actor))
     return {
         "cursor": cursor,
         "order_id": event.order_id,
@@ -33,7 +40,7 @@ def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:
         "from_status": event.from_status,
         "to_status": event.to_status,
         "status_version": event.status_version,
-        "reason": event.reason,
+        "reason": reason,
         "occurred_at": iso(event.created_at),
     }
 

@@ -16,7 +16,7 @@ from ..effects import cache_entry, cache_settler, order_created, route_reads, st
 from ..status_cache import StatusEntry
 from .. import query_params
 from ..extensions import budget, limiter
-from ..services import cursors
+from ..services import feed
 from ..services import orders as svc
 from ..web import db_session, settings
 from . import bp
@@ -159,10 +159,9 @@ def cancel_order(order_id: int):
 
 @bp.get("/status-changes")
 def status_changes():
-    page = svc.status_changes(db_session(), g.actor, after=query_params.cursor("after"),
-                              limit=query_params.integer("limit", default=100, low=1, high=500),
-                              settle_seconds=settings().feed_settle_seconds)
-    items = [event_json(ev, ref, cursors.encode(ev.id)) for ev, ref in page.items]
+    page = feed.status_changes(db_session(), g.actor, after=query_params.cursor("after"),
+                               limit=query_params.integer("limit", default=100, low=1, high=500))
+    items = [event_json(ev, ref, feed.cursor_of(ev)) for ev, ref in page.items]
     return jsonify({"items": items, "next_cursor": page.next_cursor})
 
 

@@ -40,6 +40,11 @@ class Actor:
         return self.role is Role.SUPERVISOR
 
 
+def is_client_label(label: str) -> bool:
+    """Whether a stored actor label (Actor.label) names an API client rather than the shop floor."""
+    return label.startswith("client:")
+
+
 @dataclass(frozen=True)
 class OrderFacts:
     """What permission checks need to know about an order."""

@@ -315,22 +315,6 @@ def list_orders(session: Session, actor: Actor, *, status: Status | None, update
     return Page(rows, nxt)
 
 
-def status_changes(session: Session, actor: Actor, *, after: str | None, limit: int,
-                   settle_seconds: float) -> Page:
-    """The feed of status events after a cursor. Events younger than `settle_seconds` wait for the
-    next poll, so that a transaction that took its id earlier but committed later is not skipped."""
-    last = cursors.decode(after, cursors.row_id)[0] if after else 0
-    stmt = (select(OrderEvent, Order.reference).join(Order, Order.id == OrderEvent.order_id)
-            .where(OrderEvent.id > last))
-    if actor.kind == "client" and actor.scope is actors.Scope.PARTNER:
-        stmt = stmt.where(OrderEvent.partner_id == actor.partner_id)
-    if settle_seconds > 0:
-        stmt = stmt.where(OrderEvent.created_at <= utcnow() - timedelta(seconds=settle_seconds))
-    rows = list(session.execute(stmt.order_by(OrderEvent.id).limit(limit)))
-    nxt = cursors.encode(rows[-1][0].id if rows else last)
-    return Page(rows, nxt)
-
-
 def day_start(now: datetime | None = None) -> datetime:
     now = now or utcnow()
     return datetime(now.year, now.month, now.day, tzinfo=timezone.utc)
