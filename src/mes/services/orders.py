@@ -14,6 +14,7 @@ from ..db import begin_write
 from ..domain import actors, inputs
 from ..domain.actors import Actor, OrderFacts
 from ..domain.errors import AlreadyClaimed, Conflict, Forbidden, NotFound, ReferenceConflict, VersionConflict
+from ..domain.holds import EventKind, HoldState, check_move_while_held, closed
 from ..domain.idempotency import check_replay
 from ..domain.lifecycle import OPEN_STATUSES, Status, check_transition
 from ..domain.priority import Priority
@@ -150,7 +151,12 @@ def change_status(session: Session, actor: Actor, order_id: int, target: Status,
                 current_status=current.value, status_version=order.status_version)
         check_transition(current, target, reason)
         actors.require_move(actor, facts(order), target)
+        hold = HoldState(since=order.hold_since, earlier_seconds=order.hold_seconds or 0)
+        check_move_while_held(hold, target, order.hold_reason.label if order.hold_reason else None)
         now = utcnow()
+        if hold.on_hold:  # a cancelled order is held no more: its hold time stops counting
+            order.hold_seconds = closed(hold, now).earlier_seconds
+            order.hold_since, order.hold_reason = None, None
         order.status, order.status_version, order.updated_at = target.value, order.status_version + 1, now
         session.add(OrderEvent(order_id=order.id, partner_id=order.partner_id, from_status=current.value,
                                to_status=target.value, status_version=order.status_version, actor=actor.label,
@@ -289,7 +295,8 @@ def my_work(session: Session, operator_id: int, day_start: datetime) -> MyWork:
         select(Order).where(Order.holder_id == operator_id, Order.status.in_([s.value for s in OPEN_STATUSES]))
         .order_by(Order.promised_date, Order.priority, Order.id))
     done = session.scalars(
-        select(OrderEvent).where(OrderEvent.operator_id == operator_id, OrderEvent.created_at >= day_start)
+        select(OrderEvent).where(OrderEvent.operator_id == operator_id, OrderEvent.created_at >= day_start,
+                                 OrderEvent.kind == EventKind.STATUS.value)
         .order_by(OrderEvent.id.desc()))
     return MyWork(list(held), list(done))
 
