@@ -1,6 +1,7 @@
 """JSON representations of orders and events, as the OpenAPI document describes them."""
 from __future__ import annotations
 
+from ..domain.holds import EventKind
 from ..domain.priority import Priority
 from ..models import Order, OrderEvent, iso
 
@@ -21,19 +22,32 @@ def order_json(order: Order) -> dict:
         "status_version": order.status_version,
         "created_at": iso(order.created_at),
         "updated_at": iso(order.updated_at),
+        "hold": hold_json(order),
         "links": {"self": base, "status": f"{base}/status"},
     }
 
 
+def hold_json(order: Order) -> dict | None:
+    """What partners see of a hold: since when and the reason's label, never the operator's note."""
+    if order.hold_since is None:
+        return None
+    code = order.hold_reason
+    return {"since": iso(order.hold_since), "reason_code": code.code, "reason": code.label}
+
+
 def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:
+    """A hold or release carries its reason code's label as the reason; the internal note stays inside."""
+    kind = event.kind or EventKind.STATUS.value
+    reason = event.reason if kind == EventKind.STATUS.value else (event.reason_code.label if event.reason_code else None)
     return {
         "cursor": cursor,
+        "type": kind,
         "order_id": event.order_id,
         "reference": reference,
         "from_status": event.from_status,
         "to_status": event.to_status,
         "status_version": event.status_version,
-        "reason": event.reason,
+        "reason": reason,
         "occurred_at": iso(event.created_at),
     }
 
