@@ -76,7 +76,7 @@ def test_cancelling_a_held_order_ends_its_hold_and_keeps_its_hold_time(client, a
     holds.put_on_hold(db, floor, order_id, code_id(db, "waiting_for_customer"))
     r = client.post(f"/api/v1/orders/{order_id}/cancel", json={"reason": "not needed"}, headers=auth(partner))
     assert r.status_code == 200 and r.get_json()["status"] == "cancelled" and r.get_json()["hold"] is None
-    db.expire_all()
+    db.rollback()  # a fresh snapshot: the app wrote in its own session
     row = db.get(Order, order_id)
     assert row.hold_since is None and row.hold_reason_id is None and row.hold_seconds >= 0
 

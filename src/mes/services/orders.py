@@ -221,6 +221,8 @@ QUEUE_ALL = "all"
 class QueueQuery:
     status: str = QUEUE_OPEN  # a Status value, "open" or "all"
     overdue_only: bool = False
+    on_hold_only: bool = False
+    hold_reason_id: int | None = None  # held for this reason (implies on hold)
     search: str | None = None
     after: str | None = None  # cursor of the last row seen
     limit: int = 50
@@ -250,6 +252,10 @@ def operator_queue(session: Session, q: QueueQuery, today: date) -> Page:
     if q.overdue_only:
         stmt = stmt.where(Order.promised_date < today,
                           Order.status.in_([s.value for s in OPEN_STATUSES]))
+    if q.on_hold_only or q.hold_reason_id is not None:
+        stmt = stmt.where(Order.hold_since.is_not(None))  # its own partial index, in queue order
+    if q.hold_reason_id is not None:
+        stmt = stmt.where(Order.hold_reason_id == q.hold_reason_id)
     if q.search:
         term = q.search.strip()
         cond = Order.reference == term
@@ -279,6 +285,14 @@ def count_overdue(session: Session, today: date, *, cap: int | None = None) -> i
     """Open orders past their promised date; with `cap`, stop counting there (for the page)."""
     inner = select(Order.id).where(Order.status.in_([s.value for s in OPEN_STATUSES]),
                                    Order.promised_date < today)
+    if cap is not None:
+        inner = inner.limit(cap)
+    return session.scalar(select(func.count()).select_from(inner.subquery()))
+
+
+def count_on_hold(session: Session, *, cap: int | None = None) -> int:
+    """Orders on hold now (a range of their small partial index); with `cap`, stop counting there."""
+    inner = select(Order.id).where(Order.hold_since.is_not(None))
     if cap is not None:
         inner = inner.limit(cap)
     return session.scalar(select(func.count()).select_from(inner.subquery()))
