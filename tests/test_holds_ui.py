@@ -53,6 +53,7 @@ def test_hold_with_a_reason_shows_in_the_queue_and_the_filters(client, accounts_
     assert "Machine down" in row and re.search(r'class="hold-age">\d+m<', row)
     assert '<strong id="on-hold-count">2</strong>' in queue
     assert queue_rows(client.get("/operator/?hold=1").get_data(as_text=True)) == [first, second]
+    assert queue_rows(client.get("/operator/?hold=1&reason=").get_data(as_text=True)) == [first, second]
     assert queue_rows(client.get("/operator/?reason=tooling").get_data(as_text=True)) == [second]
     assert client.get("/operator/?reason=no_such").status_code == 400
 

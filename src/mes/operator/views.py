@@ -45,7 +45,9 @@ def queue():
         raise ValidationFailed(f"Unknown status filter {status!r}.")
     session = db_session()
     hold_codes = reason_codes.listed(session, Kind.HOLD)  # retired ones too: held orders may still carry them
-    reason = query_params.choice("reason", [c.code for c in hold_codes])
+    reason = request.args.get("reason") or None  # the form's "any" sends it empty
+    if reason is not None and reason not in {c.code for c in hold_codes}:
+        raise query_params.bad_query("reason", "must be one of " + ", ".join(c.code for c in hold_codes))
     reason_id = next((c.id for c in hold_codes if c.code == reason), None)
     query = svc.QueueQuery(status=status, overdue_only=request.args.get("overdue") == "1",
                            on_hold_only=request.args.get("hold") == "1" or reason_id is not None,
