@@ -7,7 +7,7 @@ from conftest import auth, create_order
 
 from mes.domain.errors import Forbidden, OrderOnHold, ValidationFailed
 from mes.domain.lifecycle import Status
-from mes.models import Order, ReasonCode
+from mes.models import Order, OrderEvent, ReasonCode
 from mes.services import holds, orders as svc, reason_codes
 from mes.services.accounts import client_actor, operator_actor
 from mes.models import ApiClient
@@ -122,3 +122,21 @@ def test_the_openapi_document_describes_holds(client):
     assert set(schemas["Hold"]["required"]) == {"since", "reason_code", "reason"}
     assert schemas["EventType"]["enum"] == ["status", "hold", "release"]
     assert "type" in schemas["StatusChange"]["required"]
+
+
+def test_demo_orders_include_holds_with_reasons_that_partners_can_read(app, client, accounts_, db):
+    from mes.demo import load_orders
+
+    load_orders(app.extensions["mes_engine"], 1500, partners=3, seed=7)
+    held = db.scalars(select(Order).where(Order.hold_since.is_not(None))).all()
+    assert 10 <= len(held) <= 200
+    for order in held:
+        assert order.status in {s.value for s in Status if s not in (Status.SHIPPED, Status.DELIVERED,
+                                                                      Status.CANCELLED)}
+        assert order.hold_reason is not None and order.hold_since <= order.updated_at
+        last = db.scalar(select(OrderEvent).where(OrderEvent.order_id == order.id).order_by(OrderEvent.id.desc()))
+        assert (last.kind, last.reason_code_id, last.status_version) == ("hold", order.hold_reason_id,
+                                                                         order.status_version)
+    crm = accounts_.crm()
+    body = client.get(f"/api/v1/orders/{held[0].id}", headers=auth(crm)).get_json()
+    assert body["hold"]["reason"] == held[0].hold_reason.label
