@@ -7,11 +7,12 @@ from conftest import auth, create_order
 
 from mes.domain.errors import Forbidden, OrderOnHold, ValidationFailed
 from mes.domain.lifecycle import Status
-from mes.models import Order, OrderEvent, ReasonCode
-from mes.services import holds, orders as svc, reason_codes
-from mes.services.accounts import client_actor, operator_actor
-from mes.models import ApiClient
 from sqlalchemy import select
+
+from mes.models import ApiClient, Order, OrderEvent, ReasonCode
+from mes.services import holds, reason_codes
+from mes.services import orders as svc
+from mes.services.accounts import client_actor, operator_actor
 
 INTERNAL_NOTE = "Hans dropped the die again"
 

@@ -38,7 +38,10 @@ def hold_json(order: Order) -> dict | None:
 def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:
     """A hold or release carries its reason code's label as the reason; the internal note stays inside."""
     kind = event.kind or EventKind.STATUS.value
-    reason = event.reason if kind == EventKind.STATUS.value else (event.reason_code.label if event.reason_code else None)
+    if kind == EventKind.STATUS.value:
+        reason = event.reason
+    else:
+        reason = event.reason_code.label if event.reason_code else None
     return {
         "cursor": cursor,
         "type": kind,

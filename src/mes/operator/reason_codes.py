@@ -24,8 +24,9 @@ def _supervisors_only():
 @login_required
 def reason_codes(new_form: NewReasonCodeForm | None = None, code: int = 200):
     return render_template("operator/reason_codes.html", codes=codes.listed(db_session(), Kind.HOLD),
-                           new_form=new_form or NewReasonCodeForm(formdata=None), relabel_form=RelabelForm(formdata=None),
-                           action_form=ActionForm(), code_max=CODE_MAX_LENGTH, label_max=LABEL_MAX_LENGTH), code
+                           new_form=new_form or NewReasonCodeForm(formdata=None),
+                           relabel_form=RelabelForm(formdata=None), action_form=ActionForm(),
+                           code_max=CODE_MAX_LENGTH, label_max=LABEL_MAX_LENGTH), code
 
 
 def _done(action, message: str):

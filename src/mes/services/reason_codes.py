@@ -29,7 +29,8 @@ def choosable(session: Session, kind: Kind, code_id: int | None) -> ReasonCode:
     return code
 
 
-def add(session: Session, actor: Actor, kind: Kind, code: str, label: str, *, requires_note: bool = False) -> ReasonCode:
+def add(session: Session, actor: Actor, kind: Kind, code: str, label: str, *,
+        requires_note: bool = False) -> ReasonCode:
     actors.require_supervisor(actor, "change reason codes")
     value, text = parse_code(code), parse_label(label)
     begin_write(session)

@@ -55,7 +55,8 @@ def upgrade() -> None:
     op.add_column("orders", sa.Column("hold_since", sa.DateTime(timezone=True)))
     op.add_column("orders", sa.Column("hold_reason_id", sa.Integer()))
     op.add_column("orders", sa.Column("hold_seconds", sa.BigInteger(), nullable=False, server_default=sa.text("0")))
-    op.add_column("order_events", sa.Column("kind", sa.String(8), nullable=False, server_default=sa.text("'status'")))
+    op.add_column("order_events", sa.Column("kind", sa.String(8), nullable=False,
+                                            server_default=sa.text("'status'")))
     op.add_column("order_events", sa.Column("reason_code_id", sa.Integer()))
     op.add_column("order_events", sa.Column("note", sa.Text()))
     held = sa.text("hold_since IS NOT NULL")
