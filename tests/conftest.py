@@ -14,6 +14,7 @@ from werkzeug.serving import make_server
 
 from mes import create_app
 from mes.config import Settings
+from mes.domain.reason_codes import DEFAULT_HOLD_REASONS
 from mes.extensions import limiter
 from mes.migrate import upgrade
 from mes.services import accounts
@@ -26,7 +27,8 @@ BACKENDS = [b for b in os.environ.get("MES_TEST_BACKENDS", "sqlite,postgresql").
 hypothesis.settings.register_profile("dev", deadline=None)
 hypothesis.settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True)
 hypothesis.settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
-TABLES = ["stale_status", "order_events", "idempotency_keys", "orders", "api_clients", "operators", "partners"]
+TABLES = ["stale_status", "order_events", "idempotency_keys", "orders", "api_clients", "operators", "partners",
+          "reason_codes"]
 TEST_LIMITS = {"standard": "100000/minute", "bulk": "100000/minute", "crm": "100000/minute", "tiny": "3/minute"}
 
 
@@ -51,7 +53,18 @@ class Backend:
                 for table in TABLES:
                     conn.execute(text(f"DELETE FROM {table}"))
             conn.execute(text("UPDATE status_counts SET count = 0"))
+            seed_reason_codes(conn)
         engine.dispose()
+
+
+def seed_reason_codes(conn) -> None:
+    """The hold reasons a fresh database has, back as the migration left them (ids 1 to 7)."""
+    rows = [{"id": i + 1, "kind": "hold", "code": seed.code, "label": seed.label, "requires_note": seed.requires_note,
+             "sort_order": (i + 1) * 10} for i, seed in enumerate(DEFAULT_HOLD_REASONS)]
+    conn.execute(text("INSERT INTO reason_codes (id, kind, code, label, requires_note, active, sort_order, created_at) "
+                      "VALUES (:id, :kind, :code, :label, :requires_note, true, :sort_order, CURRENT_TIMESTAMP)"), rows)
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT setval('reason_codes_id_seq', (SELECT max(id) FROM reason_codes))"))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Demo data: a realistic spread of orders, loaded in batches (COPY on PostgreSQL).
 
 Each order walks the lifecycle with jittered stage durations from a random creation time,
-so that recent orders are still open, old ones are delivered, and some are overdue.
+so that recent orders are still open, old ones are delivered, and some are overdue; a few open
+orders are on hold for one of the hold reasons, as the shop floor would have put them.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from .domain.lifecycle import Status
-from .models import ApiClient, Operator, Order, OrderEvent, Partner, StatusCount, utcnow
+from .domain.lifecycle import OPEN_STATUSES, Status
+from .domain.reason_codes import Kind
+from .models import ApiClient, Operator, Order, OrderEvent, Partner, ReasonCode, StatusCount, utcnow
 from .services import accounts
 
 S = Status
@@ -31,9 +33,13 @@ MATERIALS = ["steel S235", "steel S355", "stainless 1.4301", "aluminium 6061", "
 PARTNER_NAMES = ["Nordwerk", "Baltic Machines", "Ural Components", "Kama Trucks", "Volga Pumps", "Severtech",
                  "Irtysh Agro", "Don Hydraulics", "Oka Motors", "Ladoga Marine", "Altai Mining", "Sayan Energy"]
 ORDER_COLS = ["id", "partner_id", "reference", "product", "material", "quantity", "notes", "priority",
-              "promised_date", "status", "status_version", "holder_id", "created_at", "updated_at"]
+              "promised_date", "status", "status_version", "holder_id", "created_at", "updated_at",
+              "hold_since", "hold_reason_id", "hold_seconds"]
 EVENT_COLS = ["id", "order_id", "partner_id", "from_status", "to_status", "status_version", "actor",
-              "operator_id", "reason", "created_at"]
+              "operator_id", "reason", "created_at", "kind", "reason_code_id", "note"]
+#: Share of open orders that are on hold, and what the floor writes when a reason needs a note.
+HOLD_SHARE = 0.12
+HOLD_NOTES = ["coating line booked until next week", "drawing revision pending", "waiting for a gauge"]
 
 
 @dataclass
@@ -75,8 +81,19 @@ def _walk(rng: random.Random, created: datetime, now: datetime) -> list[tuple[S 
     return changes
 
 
+def _hold(rng: random.Random, last_change: datetime, now: datetime,
+          hold_codes: list[tuple[int, bool]]) -> tuple[datetime, int, str | None] | None:
+    """A current hold for a share of open orders: (since, reason code id, note)."""
+    if not hold_codes or rng.random() >= HOLD_SHARE:
+        return None
+    code_id, needs_note = rng.choice(hold_codes)
+    since = last_change + (now - last_change) * rng.uniform(0.1, 0.9)
+    return since, code_id, rng.choice(HOLD_NOTES) if needs_note else None
+
+
 def _generate(rng: random.Random, n: int, first_order: int, first_event: int, partners: list[int],
-              operators: list[int], now: datetime) -> tuple[list[tuple], list[tuple]]:
+              operators: list[int], now: datetime,
+              hold_codes: list[tuple[int, bool]] = ()) -> tuple[list[tuple], list[tuple]]:
     orders, events = [], []
     event_id = first_event
     for oid in range(first_order, first_order + n):
@@ -86,13 +103,19 @@ def _generate(rng: random.Random, n: int, first_order: int, first_event: int, pa
         status = changes[-1][1]
         holder = rng.choice(operators) if operators and status in (S.IN_PRODUCTION, S.QUALITY_CHECK, S.PACKED) else None
         promised = (created + timedelta(days=21 + (rng.choice([0, 0, 0, 7, 14]) if rng.random() < 0.2 else 0))).date()
+        hold = _hold(rng, changes[-1][2], now, list(hold_codes)) if status in OPEN_STATUSES else None
+        version, updated = len(changes) + (1 if hold else 0), hold[0] if hold else changes[-1][2]
         orders.append((oid, partner, f"PO-{oid:08d}", rng.choice(PRODUCTS), rng.choice(MATERIALS),
                        rng.choice([1, 2, 5, 10, 20, 40, 50, 100, 250, 500]), None,
-                       rng.choices([0, 1, 2, 3], weights=[5, 15, 65, 15])[0], promised, status.value, len(changes),
-                       holder, created, changes[-1][2]))
+                       rng.choices([0, 1, 2, 3], weights=[5, 15, 65, 15])[0], promised, status.value, version,
+                       holder, created, updated, hold[0] if hold else None, hold[1] if hold else None, 0))
         for version, (old, new, when, reason) in enumerate(changes, start=1):
             events.append((event_id, oid, partner, old.value if old else None, new.value, version,
-                           "demo:loader", None, reason, when))
+                           "demo:loader", None, reason, when, "status", None, None))
+            event_id += 1
+        if hold:
+            events.append((event_id, oid, partner, status.value, status.value, len(changes) + 1,
+                           "demo:loader", None, None, hold[0], "hold", hold[1], hold[2]))
             event_id += 1
     return orders, events
 
@@ -118,11 +141,13 @@ def load_orders(engine: Engine, count: int, *, partners: int = 25, seed: int = 1
         operators = list(session.scalars(select(Operator.id).where(Operator.active)))
         next_order = (session.scalar(select(func.max(Order.id))) or 0) + 1
         next_event = (session.scalar(select(func.max(OrderEvent.id))) or 0) + 1
+        hold_codes = [(c.id, c.requires_note) for c in session.scalars(
+            select(ReasonCode).where(ReasonCode.kind == Kind.HOLD.value, ReasonCode.active.is_(True)))]
     loaded = Loaded()
     postgres = engine.dialect.name == "postgresql"
     while loaded.orders < count:
         n = min(BATCH, count - loaded.orders)
-        orders, events = _generate(rng, n, next_order, next_event, partner_ids, operators, now)
+        orders, events = _generate(rng, n, next_order, next_event, partner_ids, operators, now, hold_codes)
         per_status: dict[str, int] = {}
         for row in orders:
             per_status[row[9]] = per_status.get(row[9], 0) + 1

@@ -9,6 +9,7 @@ from .consistency import WriteTracker
 from .domain.lifecycle import Status
 from .metrics import business_metrics
 from .models import Order
+from .services.holds import HoldChanged
 from .services.orders import StatusChanged
 from .stale_status import CacheSettler, entry_of
 from .status_cache import StatusCache, StatusEntry
@@ -50,6 +51,12 @@ def status_changed(change: StatusChanged) -> None:
     cache_settler().written(db_session(), cache_entry(change.order))
     write_tracker().remember(db_session(), actor_key())
     business_metrics().transitions.labels(from_status=change.previous.value, to_status=change.order.status).inc()
+
+
+def hold_changed(change: HoldChanged) -> None:
+    """A hold or release is a new version of the order: the cache and the actor's next reads see it."""
+    cache_settler().written(db_session(), cache_entry(change.order))
+    write_tracker().remember(db_session(), actor_key())
 
 
 def holder_changed() -> None:

@@ -97,6 +97,25 @@ class Operator(Base):
     __table_args__ = (CheckConstraint("role IN ('operator', 'supervisor')", name="role"),)
 
 
+class ReasonCode(Base):
+    """A reason an operator can pick (kinds: mes.domain.reason_codes.Kind). Retired codes stay on the
+    events that used them and can no longer be chosen; codes are never deleted."""
+
+    __tablename__ = "reason_codes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    code: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(String(80))  # what operators pick and partners read
+    requires_note: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    sort_order: Mapped[int] = mapped_column(Integer, default=100)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    __table_args__ = (
+        UniqueConstraint("kind", "code"),
+        CheckConstraint("kind IN ('hold', 'late', 'defect')", name="kind"),
+    )
+
+
 _open = ", ".join(f"'{s.value}'" for s in OPEN_STATUSES)
 
 
@@ -114,10 +133,16 @@ class Order(Base):
     status: Mapped[str] = mapped_column(String(16), default=Status.RECEIVED.value)
     status_version: Mapped[int] = mapped_column(Integer, default=1)
     holder_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
+    # The current hold (none when hold_since is null) and the seconds of every earlier one (mes.domain.holds).
+    hold_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    hold_reason_id: Mapped[int | None] = mapped_column(ForeignKey("reason_codes.id"))
+    hold_seconds: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     partner: Mapped[Partner] = relationship(lazy="joined")
     holder: Mapped[Operator | None] = relationship()
+    # Joined with the order, so that a page of held orders shows its reasons without a query per row.
+    hold_reason: Mapped[ReasonCode | None] = relationship(lazy="joined")
     __table_args__ = (
         UniqueConstraint("partner_id", "reference"),
         CheckConstraint("quantity > 0", name="quantity_positive"),
@@ -135,11 +160,19 @@ class Order(Base):
         Index("ix_orders_status_updated", "status", "updated_at", "id"),
         Index("ix_orders_reference", "reference"),
         Index("ix_orders_holder_status", "holder_id", "status"),
+        # The queue's "on hold" filter: held orders are few, so their own small index in queue order.
+        Index("ix_orders_on_hold_queue", "promised_date", "priority", "id",
+              postgresql_where=text("hold_since IS NOT NULL"), sqlite_where=text("hold_since IS NOT NULL")),
+        CheckConstraint("(hold_since IS NULL) = (hold_reason_id IS NULL)", name="hold_has_reason"),
+        CheckConstraint("hold_seconds >= 0", name="hold_seconds_positive"),
     )
 
 
 class OrderEvent(Base):
-    """One status change (or the creation); the feed of status changes reads these."""
+    """One status change (or the creation), hold or release; the feed of status changes reads these.
+
+    A hold or release keeps the status (from = to) and names its reason code; `note` is the operator's
+    internal note, shown on the floor and never to partners."""
 
     __tablename__ = "order_events"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -151,11 +184,16 @@ class OrderEvent(Base):
     actor: Mapped[str] = mapped_column(String(140))
     operator_id: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(8), default="status", server_default=text("'status'"))
+    reason_code_id: Mapped[int | None] = mapped_column(ForeignKey("reason_codes.id"))
+    note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # The id of the transaction that wrote the event, set by the database (PostgreSQL; 0 on SQLite):
     # with `id` it is the event's position in the feed (mes.services.feed).
     txid: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
+    reason_code: Mapped[ReasonCode | None] = relationship(lazy="joined")
     __table_args__ = (
+        CheckConstraint("kind IN ('status', 'hold', 'release')", name="kind"),
         Index("ix_order_events_order", "order_id", "id"),
         Index("ix_order_events_position", "txid", "id"),
         Index("ix_order_events_partner_position", "partner_id", "txid", "id"),

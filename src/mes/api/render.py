@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..domain.actors import is_client_label
 from ..domain.disclosure import partner_reason
 from ..domain.lifecycle import Status
+from ..domain.holds import EventKind
 from ..domain.priority import Priority
 from ..models import Order, OrderEvent, iso
 
@@ -24,17 +25,32 @@ def order_json(order: Order) -> dict:
         "status_version": order.status_version,
         "created_at": iso(order.created_at),
         "updated_at": iso(order.updated_at),
+        "hold": hold_json(order),
         "links": {"self": base, "status": f"{base}/status"},
     }
 
 
+def hold_json(order: Order) -> dict | None:
+    """What partners see of a hold: since when and the reason's label, never the operator's note."""
+    if order.hold_since is None:
+        return None
+    code = order.hold_reason
+    return {"since": iso(order.hold_since), "reason_code": code.code, "reason": code.label}
+
+
 def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:
-    """A status change as every API key sees it: the shop floor's notes replaced (mes.domain.disclosure)."""
-    current = Status(event.from_status) if event.from_status else None
-    reason = partner_reason(current, Status(event.to_status), event.reason,
-                            written_by_client=is_client_label(event.actor))
+    """A status change as every API key sees it: the shop floor's notes replaced (mes.domain.disclosure);
+    a hold or release carries its reason code's label, the internal note stays inside."""
+    kind = event.kind or EventKind.STATUS.value
+    if kind == EventKind.STATUS.value:
+        current = Status(event.from_status) if event.from_status else None
+        reason = partner_reason(current, Status(event.to_status), event.reason,
+                                written_by_client=is_client_label(event.actor))
+    else:
+        reason = event.reason_code.label if event.reason_code else None
     return {
         "cursor": cursor,
+        "type": kind,
         "order_id": event.order_id,
         "reference": reference,
         "from_status": event.from_status,

@@ -112,3 +112,18 @@ def require_move(actor: Actor, order: OrderFacts, target: Status) -> None:
         if actor.kind == "operator" and target is S.CANCELLED:
             raise Forbidden("Only a supervisor may cancel an order.")
         raise Forbidden("Claim the order first: only its holder or a supervisor may move it.")
+
+
+def require_hold(actor: Actor) -> None:
+    """Holds are the shop floor's record of why an order is not moving: any operator or supervisor
+    sets and releases them; partners and the CRM read them and cannot change them."""
+    if actor.kind == "operator":
+        return
+    if actor.scope is Scope.CRM:
+        raise Forbidden("CRM keys are read-only; holds are set on the shop floor.")
+    raise Forbidden("Holds are set and released on the shop floor.")
+
+
+def require_supervisor(actor: Actor, what: str) -> None:
+    if not (actor.kind == "operator" and actor.is_supervisor):
+        raise Forbidden(f"Only a supervisor may {what}.")

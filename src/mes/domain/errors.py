@@ -63,6 +63,18 @@ class ReferenceConflict(Conflict):
     slug, title = "reference-conflict", "Reference already used"
 
 
+class OrderOnHold(Conflict):
+    slug, title = "order-on-hold", "Order on hold"
+
+
+class CannotHold(Conflict):
+    slug, title = "cannot-hold", "Order cannot be put on hold"
+
+
+class NotOnHold(Conflict):
+    slug, title = "not-on-hold", "Order not on hold"
+
+
 class IdempotencyKeyMissing(DomainError):
     status, slug, title = 400, "idempotency-key-missing", "Idempotency-Key header required"
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import HiddenField, IntegerField, PasswordField, StringField, TextAreaField
+from wtforms import BooleanField, HiddenField, IntegerField, PasswordField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional, StopValidation
 
 from ..domain import inputs
@@ -65,3 +65,28 @@ class StatusForm(Form):
     target = HiddenField("Status", validators=[DataRequired()])
     version = VersionField("Version")
     reason = TextAreaField("Reason", validators=[Optional(), Length(max=500)])
+
+
+class ReasonCodeField(VersionField):
+    """The id of the reason code an operator picked, read with the same integer rule."""
+
+
+class HoldForm(Form):
+    reason_code = ReasonCodeField("Reason")
+    note = TextAreaField("Note", validators=[Optional(), Length(max=500)])
+    version = VersionField("Version")
+
+
+class ReleaseHoldForm(Form):
+    note = TextAreaField("Note", validators=[Optional(), Length(max=500)])
+    version = VersionField("Version")
+
+
+class NewReasonCodeForm(Form):
+    code = StringField("Code", validators=[DataRequired(), Length(max=32)])
+    label = StringField("Label", validators=[DataRequired(), Length(max=80)])
+    requires_note = BooleanField("Needs a note")
+
+
+class RelabelForm(Form):
+    label = StringField("Label", validators=[DataRequired(), Length(max=80)])

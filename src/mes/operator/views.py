@@ -1,20 +1,27 @@
 """The orders queue, the order page and "my work"."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 from flask import flash, g, redirect, render_template, request, url_for
 from flask_login import login_required
 
 from .. import query_params
 from ..domain import actors
 from ..domain.errors import DomainError, ValidationFailed
-from ..domain.lifecycle import ACTION_LABELS, OPEN_STATUSES, Status, is_rework
+from ..domain import holds
+from ..domain.lifecycle import ACTION_LABELS, FINISHED_STATUSES, OPEN_STATUSES, Status, is_rework
 from ..domain.priority import Priority
 from ..domain.promises import is_overdue
 from ..effects import holder_changed, status_changed
+from ..domain.reason_codes import Kind
+from ..models import utcnow
+from ..services import holds as hold_svc
 from ..services import orders as svc
+from ..services import reason_codes
 from ..web import db_session, today
 from . import bp
-from .forms import ActionForm, StatusForm
+from .forms import ActionForm, HoldForm, ReleaseHoldForm, StatusForm
 
 PAGE_SIZE = 50
 SEARCH_MAX_LENGTH = 64  # an order id or a reference, which is at most 64 characters
@@ -36,42 +43,66 @@ def queue():
     status = request.args.get("status", svc.QUEUE_OPEN)
     if status not in {svc.QUEUE_OPEN, svc.QUEUE_ALL, *(s.value for s in Status)}:
         raise ValidationFailed(f"Unknown status filter {status!r}.")
+    session = db_session()
+    hold_codes = reason_codes.listed(session, Kind.HOLD)  # retired ones too: held orders may still carry them
+    reason = request.args.get("reason") or None  # the form's "any" sends it empty
+    if reason is not None and reason not in {c.code for c in hold_codes}:
+        raise query_params.bad_query("reason", "must be one of " + ", ".join(c.code for c in hold_codes))
+    reason_id = next((c.id for c in hold_codes if c.code == reason), None)
     query = svc.QueueQuery(status=status, overdue_only=request.args.get("overdue") == "1",
+                           on_hold_only=request.args.get("hold") == "1" or reason_id is not None,
+                           hold_reason_id=reason_id,
                            search=query_params.text("q", max_length=SEARCH_MAX_LENGTH),
                            after=request.args.get("after") or None, limit=PAGE_SIZE)
-    session = db_session()
     day = today()
     page = svc.operator_queue(session, query, day)
-    overdue_cap = 1000
+    cap = 1000
     return render_template(
         "operator/queue.html", page=page, query=query, counts=svc.status_counts(session),
-        overdue=svc.count_overdue(session, day, cap=overdue_cap), overdue_cap=overdue_cap,
-        statuses=list(Status), open_statuses=OPEN_STATUSES, today=day,
+        overdue=svc.count_overdue(session, day, cap=cap), on_hold=svc.count_on_hold(session, cap=cap),
+        count_cap=cap, statuses=list(Status), open_statuses=OPEN_STATUSES, today=day, hold_codes=hold_codes,
+        reason=reason, hold_age=hold_age_text(utcnow()),
         is_overdue=lambda o: is_overdue(Status(o.status), o.promised_date, day))
+
+
+def hold_age_text(now):
+    """For the templates: how long an order has been on hold, as the floor reads it ('' when not held)."""
+    def age(order) -> str:
+        value = holds.hold_age(hold_svc.state_of(order), now)
+        return holds.format_age(value) if value is not None else ""
+    return age
 
 
 @bp.get("/orders/<id:order_id>")
 @login_required
 def order(order_id: int):
-    return _order_page(order_id)
+    return order_page(order_id)
 
 
-def _order_page(order_id: int, status_form: StatusForm | None = None, code: int = 200):
+def order_page(order_id: int, status_form: StatusForm | None = None, code: int = 200,
+                hold_form: HoldForm | None = None):
     """The order page; after a refused form, with its errors and what the operator typed."""
     session = db_session()
     o = svc.get_order(session, g.actor, order_id)
     facts = svc.facts(o)
-    moves = [(t, ACTION_LABELS[t], is_rework(facts.status, t)) for t in actors.allowed_moves(g.actor, facts)]
+    state = hold_svc.state_of(o)
+    moves = [(t, ACTION_LABELS[t], is_rework(facts.status, t)) for t in actors.allowed_moves(g.actor, facts)
+             if not state.on_hold or t in holds.ALLOWED_WHILE_HELD]
     draft = status_form.reason.data if status_form is not None else None
+    now = utcnow()
     html = render_template(
         "operator/order.html", order=o, events=svc.history(session, order_id), moves=moves,
+        on_hold=state.on_hold, can_hold=facts.status not in FINISHED_STATUSES and not state.on_hold,
+        hold_codes=reason_codes.listed(session, Kind.HOLD, active_only=True), hold_age=hold_age_text(now),
+        hold_total=holds.format_age(timedelta(seconds=holds.total_hold_seconds(state, now))),
+        hold_form=hold_form or HoldForm(formdata=None), release_form=ReleaseHoldForm(formdata=None),
         can_claim=actors.may_claim(g.actor, facts), can_release=actors.may_release(g.actor, facts),
         overdue=is_overdue(facts.status, o.promised_date, today()), action_form=ActionForm(),
         status_form=StatusForm(formdata=None, version=o.status_version), reason_draft=draft)
     return html, code
 
 
-def _act(order_id: int, action) -> object:
+def act(order_id: int, action) -> object:
     """Run an action; a refusal becomes a message on the order page, nothing is lost."""
     try:
         message = action()
@@ -89,7 +120,7 @@ def claim(order_id: int):
         holder_changed()
         return f"You hold order {order_id} now."
 
-    return _act(order_id, take)
+    return act(order_id, take)
 
 
 @bp.post("/orders/<id:order_id>/release")
@@ -100,7 +131,7 @@ def release(order_id: int):
         holder_changed()
         return f"Order {order_id} is back in the pool."
 
-    return _act(order_id, give_back)
+    return act(order_id, give_back)
 
 
 @bp.post("/orders/<id:order_id>/status")
@@ -110,7 +141,7 @@ def change_status(order_id: int):
     if not form.validate():
         # Shown again with what was typed, so that a refused reason is not lost.
         flash(f"Nothing was changed. {form.problems()}", "error")
-        return _order_page(order_id, status_form=form, code=422)
+        return order_page(order_id, status_form=form, code=422)
 
     def move():
         try:
@@ -122,7 +153,7 @@ def change_status(order_id: int):
         status_changed(change)
         return f"Order {order_id} is now {target.value.replace('_', ' ')}."
 
-    return _act(order_id, move)
+    return act(order_id, move)
 
 
 @bp.get("/my-work")

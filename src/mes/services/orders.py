@@ -14,6 +14,7 @@ from ..db import begin_write
 from ..domain import actors, inputs
 from ..domain.actors import Actor, OrderFacts
 from ..domain.errors import AlreadyClaimed, Conflict, Forbidden, NotFound, ReferenceConflict, VersionConflict
+from ..domain.holds import EventKind, HoldState, check_move_while_held, closed
 from ..domain.idempotency import check_replay
 from ..domain.lifecycle import OPEN_STATUSES, Status, check_transition
 from ..domain.priority import Priority
@@ -150,7 +151,12 @@ def change_status(session: Session, actor: Actor, order_id: int, target: Status,
                 current_status=current.value, status_version=order.status_version)
         check_transition(current, target, reason)
         actors.require_move(actor, facts(order), target)
+        hold = HoldState(since=order.hold_since, earlier_seconds=order.hold_seconds or 0)
+        check_move_while_held(hold, target, order.hold_reason.label if order.hold_reason else None)
         now = utcnow()
+        if hold.on_hold:  # a cancelled order is held no more: its hold time stops counting
+            order.hold_seconds = closed(hold, now).earlier_seconds
+            order.hold_since, order.hold_reason = None, None
         order.status, order.status_version, order.updated_at = target.value, order.status_version + 1, now
         session.add(OrderEvent(order_id=order.id, partner_id=order.partner_id, from_status=current.value,
                                to_status=target.value, status_version=order.status_version, actor=actor.label,
@@ -215,6 +221,8 @@ QUEUE_ALL = "all"
 class QueueQuery:
     status: str = QUEUE_OPEN  # a Status value, "open" or "all"
     overdue_only: bool = False
+    on_hold_only: bool = False
+    hold_reason_id: int | None = None  # held for this reason (implies on hold)
     search: str | None = None
     after: str | None = None  # cursor of the last row seen
     limit: int = 50
@@ -244,6 +252,10 @@ def operator_queue(session: Session, q: QueueQuery, today: date) -> Page:
     if q.overdue_only:
         stmt = stmt.where(Order.promised_date < today,
                           Order.status.in_([s.value for s in OPEN_STATUSES]))
+    if q.on_hold_only or q.hold_reason_id is not None:
+        stmt = stmt.where(Order.hold_since.is_not(None))  # its own partial index, in queue order
+    if q.hold_reason_id is not None:
+        stmt = stmt.where(Order.hold_reason_id == q.hold_reason_id)
     if q.search:
         term = q.search.strip()
         cond = Order.reference == term
@@ -278,6 +290,14 @@ def count_overdue(session: Session, today: date, *, cap: int | None = None) -> i
     return session.scalar(select(func.count()).select_from(inner.subquery()))
 
 
+def count_on_hold(session: Session, *, cap: int | None = None) -> int:
+    """Orders on hold now (a range of their small partial index); with `cap`, stop counting there."""
+    inner = select(Order.id).where(Order.hold_since.is_not(None))
+    if cap is not None:
+        inner = inner.limit(cap)
+    return session.scalar(select(func.count()).select_from(inner.subquery()))
+
+
 @dataclass
 class MyWork:
     in_progress: list[Order]
@@ -289,7 +309,8 @@ def my_work(session: Session, operator_id: int, day_start: datetime) -> MyWork:
         select(Order).where(Order.holder_id == operator_id, Order.status.in_([s.value for s in OPEN_STATUSES]))
         .order_by(Order.promised_date, Order.priority, Order.id))
     done = session.scalars(
-        select(OrderEvent).where(OrderEvent.operator_id == operator_id, OrderEvent.created_at >= day_start)
+        select(OrderEvent).where(OrderEvent.operator_id == operator_id, OrderEvent.created_at >= day_start,
+                                 OrderEvent.kind == EventKind.STATUS.value)
         .order_by(OrderEvent.id.desc()))
     return MyWork(list(held), list(done))
 

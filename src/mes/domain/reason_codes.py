@@ -1,0 +1,67 @@
+"""Reason codes: why an order is held (and, later, why it was late or what defect it had).
+
+The codes are rows in one table keyed by (kind, code), so that each kind is its own list with the same
+life: added by a supervisor, relabelled, retired (never deleted, so that past events keep their code).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from . import inputs
+from .errors import ValidationFailed
+
+
+class Kind(StrEnum):
+    HOLD = "hold"
+    LATE = "late"
+    DEFECT = "defect"
+
+
+CODE_MAX_LENGTH = 32
+LABEL_MAX_LENGTH = 80
+_CODE = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Seed:
+    code: str
+    label: str
+    requires_note: bool = False
+
+
+#: The hold reasons a new installation starts with (the migration inserts the same rows).
+DEFAULT_HOLD_REASONS: tuple[Seed, ...] = (
+    Seed("material_shortage", "Material shortage"),
+    Seed("machine_down", "Machine down"),
+    Seed("tooling", "Tooling"),
+    Seed("quality_hold", "Quality hold"),
+    Seed("waiting_for_customer", "Waiting for the customer"),
+    Seed("capacity", "Capacity"),
+    Seed("other", "Other", requires_note=True),
+)
+
+
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"The {field} {message}.", errors=[{"field": field, "message": message}])
+
+
+def parse_code(raw: str | None) -> str:
+    """A code as a supervisor types it: lower-case letters, digits and underscores, starting with a letter."""
+    value = (raw or "").strip().lower()
+    if not value or len(value) > CODE_MAX_LENGTH or not _CODE.fullmatch(value):
+        raise _invalid("code", f"must be 1 to {CODE_MAX_LENGTH} lower-case letters, digits or underscores, "
+                               "starting with a letter")
+    return value
+
+
+def parse_label(raw: str | None) -> str:
+    """A label is shown to operators and, for hold reasons, to partners: one line, not blank."""
+    value = (raw or "").strip()
+    if not value or len(value) > LABEL_MAX_LENGTH:
+        raise _invalid("label", f"must be 1 to {LABEL_MAX_LENGTH} characters")
+    try:
+        return inputs.check_text(value)
+    except ValueError as err:
+        raise _invalid("label", str(err)) from None

@@ -1,0 +1,73 @@
+"""The supervisors' page for reason codes: add, relabel, retire and restore. Operators are refused
+(403) on every route, reading included: the list they choose from is on the order page."""
+from __future__ import annotations
+
+from flask import flash, g, redirect, render_template, request, url_for
+from flask_login import login_required
+
+from ..domain import actors
+from ..domain.errors import DomainError
+from ..domain.reason_codes import CODE_MAX_LENGTH, LABEL_MAX_LENGTH, Kind
+from ..services import reason_codes as codes
+from ..web import db_session
+from . import bp
+from .forms import ActionForm, NewReasonCodeForm, RelabelForm
+
+
+@bp.before_request
+def _supervisors_only():
+    if request.endpoint and request.endpoint.startswith("operator.reason_code") and g.get("actor") is not None:
+        actors.require_supervisor(g.actor, "change reason codes")
+
+
+@bp.get("/reason-codes")
+@login_required
+def reason_codes(new_form: NewReasonCodeForm | None = None, code: int = 200):
+    return render_template("operator/reason_codes.html", codes=codes.listed(db_session(), Kind.HOLD),
+                           new_form=new_form or NewReasonCodeForm(formdata=None),
+                           relabel_form=RelabelForm(formdata=None), action_form=ActionForm(),
+                           code_max=CODE_MAX_LENGTH, label_max=LABEL_MAX_LENGTH), code
+
+
+def _done(action, message: str):
+    try:
+        action()
+        flash(message, "success")
+    except DomainError as err:
+        flash(err.detail, "error")
+    return redirect(url_for("operator.reason_codes"))
+
+
+@bp.post("/reason-codes")
+@login_required
+def reason_code_add():
+    form = NewReasonCodeForm()
+    if not form.validate():
+        flash(f"Nothing was added. {form.problems()}", "error")
+        return reason_codes(new_form=form, code=422)
+    return _done(lambda: codes.add(db_session(), g.actor, Kind.HOLD, form.code.data, form.label.data,
+                                   requires_note=bool(form.requires_note.data)),
+                 f"Hold reason {form.label.data.strip()!r} added.")
+
+
+@bp.post("/reason-codes/<id:code_id>/label")
+@login_required
+def reason_code_relabel(code_id: int):
+    form = RelabelForm()
+    if not form.validate():
+        flash(f"The label was not changed. {form.problems()}", "error")
+        return redirect(url_for("operator.reason_codes"))
+    return _done(lambda: codes.relabel(db_session(), g.actor, code_id, form.label.data), "Label changed.")
+
+
+@bp.post("/reason-codes/<id:code_id>/retire")
+@login_required
+def reason_code_retire(code_id: int):
+    return _done(lambda: codes.retire(db_session(), g.actor, code_id),
+                 "Reason retired: it stays on past holds and can no longer be chosen.")
+
+
+@bp.post("/reason-codes/<id:code_id>/restore")
+@login_required
+def reason_code_restore(code_id: int):
+    return _done(lambda: codes.restore(db_session(), g.actor, code_id), "Reason can be chosen again.")
