@@ -36,7 +36,7 @@ class RedisServer:
         self.process = subprocess.Popen(argv, stdout=(self.folder / "redis.log").open("ab"),
                                         stderr=subprocess.STDOUT, start_new_session=True)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a loaded machine (2 cores, the whole suite) can be slow to fork
         while time.monotonic() < deadline:
             try:
                 if client.ping():
@@ -50,7 +50,7 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGCONT)  # a paused server cannot exit
             os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(10)
+            self.process.wait(30)
         self.process = None
 
     def pause(self) -> None:
