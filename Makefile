@@ -90,9 +90,10 @@ test: test-suite test-deploy
 test-suite: packages-test venv
 	$(BIN)/python -m pytest -p no:cacheprovider
 
-## The playbooks against Debian 12 hosts in systemd-nspawn containers on this machine (root, about 15 min):
+## The playbooks against Debian 12 hosts in systemd-nspawn containers on this machine (root, about 18 min):
 ## lint, site.yml from bare hosts twice, the app through HAProxy, a rolling deploy under traffic, failover
-## and rejoin by pg_rewind, switchover, backup and restore check, a replica added under traffic.
+## and rejoin by pg_rewind, switchover, backups, a point-in-time restore onto a fresh host, a replica
+## restored from the backup repository and added under traffic.
 test-deploy: packages-deploy-test venv
 	$(BIN)/python -m pytest -p no:cacheprovider -s tests/deploy
 
