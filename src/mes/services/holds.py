@@ -10,12 +10,12 @@ from ..db import begin_write
 from ..domain import actors, holds
 from ..domain.actors import Actor
 from ..domain.errors import VersionConflict
-from ..domain.holds import EventKind, HoldState
+from ..domain.holds import EventKind
 from ..domain.lifecycle import Status
 from ..domain.reason_codes import Kind
 from ..models import Order, OrderEvent, ReasonCode, utcnow
 from . import reason_codes
-from .orders import get_order
+from .orders import end_hold, get_order, state_of
 
 
 @dataclass
@@ -24,8 +24,6 @@ class HoldChanged:
     kind: EventKind
 
 
-def state_of(order: Order) -> HoldState:
-    return HoldState(since=order.hold_since, earlier_seconds=order.hold_seconds or 0)
 
 
 def put_on_hold(session: Session, actor: Actor, order_id: int, reason_code_id: int | None, note: str | None = None,
@@ -67,12 +65,6 @@ def release_hold(session: Session, actor: Actor, order_id: int, note: str | None
         session.rollback()
         raise
     return HoldChanged(order, EventKind.RELEASE)
-
-
-def end_hold(order: Order, now) -> None:
-    """Close the running hold on the row (a release, or a cancellation that ends it for good)."""
-    after = holds.closed(state_of(order), now)
-    order.hold_since, order.hold_reason, order.hold_seconds = None, None, after.earlier_seconds
 
 
 def _locked(session: Session, actor: Actor, order_id: int, expected_version: int | None) -> Order:

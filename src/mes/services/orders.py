@@ -151,12 +151,11 @@ def change_status(session: Session, actor: Actor, order_id: int, target: Status,
                 current_status=current.value, status_version=order.status_version)
         check_transition(current, target, reason)
         actors.require_move(actor, facts(order), target)
-        hold = HoldState(since=order.hold_since, earlier_seconds=order.hold_seconds or 0)
+        hold = state_of(order)
         check_move_while_held(hold, target, order.hold_reason.label if order.hold_reason else None)
         now = utcnow()
         if hold.on_hold:  # a cancelled order is held no more: its hold time stops counting
-            order.hold_seconds = closed(hold, now).earlier_seconds
-            order.hold_since, order.hold_reason = None, None
+            end_hold(order, now)
         order.status, order.status_version, order.updated_at = target.value, order.status_version + 1, now
         session.add(OrderEvent(order_id=order.id, partner_id=order.partner_id, from_status=current.value,
                                to_status=target.value, status_version=order.status_version, actor=actor.label,
@@ -168,6 +167,17 @@ def change_status(session: Session, actor: Actor, order_id: int, target: Status,
         session.rollback()
         raise
     return StatusChanged(order, current)
+
+
+def state_of(order: Order) -> HoldState:
+    """The row's hold as the domain rules see it."""
+    return HoldState(since=order.hold_since, earlier_seconds=order.hold_seconds or 0)
+
+
+def end_hold(order: Order, now: datetime) -> None:
+    """Close the running hold on the row (a release, or a cancellation that ends it for good)."""
+    after = closed(state_of(order), now)
+    order.hold_since, order.hold_reason, order.hold_seconds = None, None, after.earlier_seconds
 
 
 def claim(session: Session, actor: Actor, order_id: int) -> Order:
