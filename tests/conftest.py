@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -157,6 +158,18 @@ def create_order(client, headers, key: str | None = None, **fields):
 class LiveServer:
     url: str
     app: object
+
+
+@pytest.fixture
+def one_rate_window():
+    """Start a burst at least 15 s before the next minute. The limits count in sliding-window-counter
+    windows aligned to the minute: hits in the previous window are weighted by the part of it still in
+    the sliding minute, so a burst that straddles the edge can be let through one more time (the
+    strategy's documented approximation, mes/__init__.py says why it was chosen). Request it as the
+    test's last fixture, so that the others are set up before the wait."""
+    left = 60 - time.time() % 60
+    if left < 15:
+        time.sleep(left + 0.05)
 
 
 @pytest.fixture

@@ -215,7 +215,7 @@ def test_status_change_feed_with_cursor(client, accounts_, db):
     assert client.get("/api/v1/status-changes?after=garbage", headers=auth(partner)).status_code == 400
 
 
-def test_rate_limit_per_client_with_headers(client, accounts_):
+def test_rate_limit_per_client_with_headers(client, accounts_, one_rate_window):
     slow, other = accounts_.partner("slow", "S", tier="tiny"), accounts_.partner("fast", "F")
     answers = [client.get("/api/v1/orders", headers=auth(slow)) for _ in range(4)]
     assert [r.status_code for r in answers] == [200, 200, 200, 429]

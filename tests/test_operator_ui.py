@@ -50,7 +50,7 @@ def test_queue_needs_login(client):
     assert r.status_code == 302 and "/operator/login" in r.headers["Location"]
 
 
-def test_wrong_password_is_a_readable_401_and_is_throttled(client, accounts_):
+def test_wrong_password_is_a_readable_401_and_is_throttled(client, accounts_, one_rate_window):
     accounts_.operator("olga", "secret-pass")
     b = Browserless(client)
     statuses = [b.login("olga", "nope-nope").status_code for _ in range(6)]
@@ -66,7 +66,7 @@ LOGIN_VARIANTS = [" olga", "olga   ", "\tOlga\n", "OLGA", "\u3000olga", "\uff4f\
 
 
 @pytest.mark.parametrize("variant", LOGIN_VARIANTS)
-def test_login_variants_share_the_throttle_of_the_login(client, accounts_, variant):
+def test_login_variants_share_the_throttle_of_the_login(client, accounts_, variant, one_rate_window):
     accounts_.operator("olga", "secret-pass")
     b = Browserless(client)
     assert [b.login("olga", "nope-nope").status_code for _ in range(5)] == [401] * 5

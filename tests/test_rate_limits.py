@@ -7,7 +7,7 @@ import time
 from conftest import auth, create_order
 
 
-def test_one_budget_per_client_across_endpoints(client, accounts_):
+def test_one_budget_per_client_across_endpoints(client, accounts_, one_rate_window):
     slow, other = accounts_.partner("slow", "S", tier="tiny"), accounts_.partner("fast", "F")
     created = create_order(client, slow)
     oid = created.get_json()["id"]
@@ -19,14 +19,14 @@ def test_one_budget_per_client_across_endpoints(client, accounts_):
     assert client.get("/api/v1/orders", headers=auth(other)).status_code == 200
 
 
-def test_rate_limit_reset_is_seconds_until_the_window_resets(client, accounts_):
+def test_rate_limit_reset_is_seconds_until_the_window_resets(client, accounts_, one_rate_window):
     slow = accounts_.partner("slow", "S", tier="tiny")
     for r in [client.get("/api/v1/orders", headers=auth(slow)) for _ in range(4)]:
         assert 0 <= int(r.headers["RateLimit-Reset"]) <= 60, r.headers["RateLimit-Reset"]
     assert time.time() > 60  # an epoch time would have failed above
 
 
-def test_retry_after_only_on_a_refusal_to_wait_for(client, accounts_):
+def test_retry_after_only_on_a_refusal_to_wait_for(client, accounts_, one_rate_window):
     slow = accounts_.partner("slow", "S", tier="tiny")
     answers = [client.get("/api/v1/orders", headers=auth(slow)) for _ in range(4)]
     assert ["Retry-After" in r.headers for r in answers] == [False, False, False, True]

@@ -102,7 +102,7 @@ def test_each_process_counts_its_share_of_a_limit(limit, processes, share):
     assert share_of_limit(limit, processes) == share
 
 
-def test_without_redis_each_process_counts_its_share_of_the_budget(backend, redis_server, accounts_):
+def test_without_redis_each_process_counts_its_share_of_the_budget(backend, redis_server, accounts_, one_rate_window):
     """Three processes in the pool, a budget of 6 a minute: while Redis is gone this process allows 2."""
     settings = backend.settings(redis_url=redis_server.url, pool_processes=3, redis_timeout=0.2,
                                 rate_limits={"standard": "6/minute"})

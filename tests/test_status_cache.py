@@ -119,7 +119,7 @@ def test_redis_restarted_comes_back_empty(cached_app, accounts_, redis_server):
     assert client.get(f"/api/v1/orders/{oid}/status", headers=auth(partner)).get_json()["status"] == "cancelled"
 
 
-def test_rate_limits_are_shared_by_every_instance_through_redis(backend, redis_server, accounts_):
+def test_rate_limits_are_shared_by_every_instance_through_redis(backend, redis_server, accounts_, one_rate_window):
     make_redis(redis_server.url).flushdb()
     apps = [create_app(backend.settings(redis_url=redis_server.url)) for _ in range(2)]
     slow = accounts_.partner("slow", "S", tier="tiny")

@@ -220,7 +220,7 @@ def test_the_stick_table_answers_429_before_the_app(stack):
     assert calm.status_code == 200  # another key from the same address is not affected
 
 
-def test_flask_limiter_answers_429_with_ratelimit_headers(stack):
+def test_flask_limiter_answers_429_with_ratelimit_headers(stack, one_rate_window):
     key = stack.new_key("split-trial", tier="trial")
     limit = int(GROUP_VARS["mes_rate_limits"]["trial"].split("/")[0])
     with requests.Session() as s:
