@@ -25,6 +25,18 @@ def _pools(value: str) -> tuple[str, ...]:
     return pools
 
 
+def _stage_days(value: str | None, defaults: dict[str, float]) -> dict[str, float]:
+    """`queued=3,in_production=8`: the stages named override the defaults."""
+    days = dict(defaults)
+    for part in (value or "").split(","):
+        if part.strip():
+            stage, _, number = part.partition("=")
+            if stage.strip() not in days:
+                raise RuntimeError(f"MES_STAGE_NORM_DAYS names no stage {stage.strip()!r}; stages: {', '.join(days)}")
+            days[stage.strip()] = float(number)
+    return days
+
+
 @dataclass
 class Settings:
     """Typed view of the environment. Tests build one directly."""
@@ -53,6 +65,12 @@ class Settings:
     read_your_writes: bool = False
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
     promise_lead_days: int = 21
+    # An open order is at risk when its projected finish falls within this many days of its promised
+    # date, or after it (mes.domain.forecast).
+    promise_margin_days: int = 2
+    # Median days per stage until the factory has history of its own (mes.domain.forecast.default_norms).
+    stage_norm_days: dict[str, float] = field(default_factory=lambda: {
+        "received": 0.5, "queued": 3.0, "in_production": 8.0, "quality_check": 1.5, "packed": 1.5})
     max_body_bytes: int = 64 * 1024
     idempotency_retention_hours: int = 48
     rate_limits: dict[str, str] = field(
@@ -101,6 +119,8 @@ class Settings:
             read_your_writes=_env("MES_READ_YOUR_WRITES", "0") == "1",
             secret_key=secret or defaults.secret_key,
             promise_lead_days=int(_env("MES_PROMISE_LEAD_DAYS", "21")),
+            promise_margin_days=int(_env("MES_PROMISE_MARGIN_DAYS", str(defaults.promise_margin_days))),
+            stage_norm_days=_stage_days(_env("MES_STAGE_NORM_DAYS"), defaults.stage_norm_days),
             max_body_bytes=int(_env("MES_MAX_BODY_BYTES", str(defaults.max_body_bytes))),
             idempotency_retention_hours=int(_env("MES_IDEMPOTENCY_RETENTION_HOURS", "48")),
             rate_limits=limits,

@@ -34,7 +34,7 @@ PARTNER_NAMES = ["Nordwerk", "Baltic Machines", "Ural Components", "Kama Trucks"
                  "Irtysh Agro", "Don Hydraulics", "Oka Motors", "Ladoga Marine", "Altai Mining", "Sayan Energy"]
 ORDER_COLS = ["id", "partner_id", "reference", "product", "material", "quantity", "notes", "priority",
               "promised_date", "status", "status_version", "holder_id", "created_at", "updated_at",
-              "hold_since", "hold_reason_id", "hold_seconds"]
+              "hold_since", "hold_reason_id", "hold_seconds", "stage_entered_at", "stage_hold_base", "shipped_at"]
 EVENT_COLS = ["id", "order_id", "partner_id", "from_status", "to_status", "status_version", "actor",
               "operator_id", "reason", "created_at", "kind", "reason_code_id", "note"]
 #: Share of open orders that are on hold, and what the floor writes when a reason needs a note.
@@ -105,10 +105,12 @@ def _generate(rng: random.Random, n: int, first_order: int, first_event: int, pa
         promised = (created + timedelta(days=21 + (rng.choice([0, 0, 0, 7, 14]) if rng.random() < 0.2 else 0))).date()
         hold = _hold(rng, changes[-1][2], now, list(hold_codes)) if status in OPEN_STATUSES else None
         version, updated = len(changes) + (1 if hold else 0), hold[0] if hold else changes[-1][2]
+        shipped_at = next((when for _, new, when, _ in changes if new is S.SHIPPED), None)
         orders.append((oid, partner, f"PO-{oid:08d}", rng.choice(PRODUCTS), rng.choice(MATERIALS),
                        rng.choice([1, 2, 5, 10, 20, 40, 50, 100, 250, 500]), None,
                        rng.choices([0, 1, 2, 3], weights=[5, 15, 65, 15])[0], promised, status.value, version,
-                       holder, created, updated, hold[0] if hold else None, hold[1] if hold else None, 0))
+                       holder, created, updated, hold[0] if hold else None, hold[1] if hold else None, 0,
+                       changes[-1][2], 0, shipped_at))
         for version, (old, new, when, reason) in enumerate(changes, start=1):
             events.append((event_id, oid, partner, old.value if old else None, new.value, version,
                            "demo:loader", None, reason, when, "status", None, None))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 
 from sqlalchemy import (
-    BigInteger, Boolean, CheckConstraint, Date, DateTime, FetchedValue, ForeignKey, Index, Integer, MetaData,
+    BigInteger, Boolean, CheckConstraint, Date, DateTime, FetchedValue, Float, ForeignKey, Index, Integer, MetaData,
     SmallInteger, String, Text, TypeDecorator, UniqueConstraint, text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -137,6 +137,13 @@ class Order(Base):
     hold_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     hold_reason_id: Mapped[int | None] = mapped_column(ForeignKey("reason_codes.id"))
     hold_seconds: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    # The promise (mes.domain.forecast): when the order entered its status and its hold seconds then (so
+    # that time worked in the stage is one subtraction), when it shipped, and the latest projection.
+    stage_entered_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    stage_hold_base: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    shipped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    projected_finish: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    promise_status: Mapped[str | None] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     partner: Mapped[Partner] = relationship(lazy="joined")
@@ -165,14 +172,23 @@ class Order(Base):
               postgresql_where=text("hold_since IS NOT NULL"), sqlite_where=text("hold_since IS NOT NULL")),
         CheckConstraint("(hold_since IS NULL) = (hold_reason_id IS NULL)", name="hold_has_reason"),
         CheckConstraint("hold_seconds >= 0", name="hold_seconds_positive"),
+        # The oldest order per stage, the "at risk" filter in queue order, and shipments by day.
+        Index("ix_orders_stage_entered", "status", "stage_entered_at",
+              postgresql_where=text(f"status IN ({_open})"), sqlite_where=text(f"status IN ({_open})")),
+        Index("ix_orders_promise_queue", "promise_status", "promised_date", "priority", "id",
+              postgresql_where=text(f"status IN ({_open})"), sqlite_where=text(f"status IN ({_open})")),
+        Index("ix_orders_shipped_at", "shipped_at"),
+        CheckConstraint("promise_status IN ('on_track', 'at_risk', 'late', 'met', 'missed')", name="promise_status"),
     )
 
 
 class OrderEvent(Base):
-    """One status change (or the creation), hold or release; the feed of status changes reads these.
+    """One status change (or the creation), hold, release or change of promise; the feed reads these.
 
     A hold or release keeps the status (from = to) and names its reason code; `note` is the operator's
-    internal note, shown on the floor and never to partners."""
+    internal note, shown on the floor and never to partners. Every event carries the order's promise
+    status before and after it and the estimate after it; a `promise` event is a change of promise
+    status alone (time passed, or the norms moved)."""
 
     __tablename__ = "order_events"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -187,18 +203,45 @@ class OrderEvent(Base):
     kind: Mapped[str] = mapped_column(String(8), default="status", server_default=text("'status'"))
     reason_code_id: Mapped[int | None] = mapped_column(ForeignKey("reason_codes.id"))
     note: Mapped[str | None] = mapped_column(Text)
+    from_promise: Mapped[str | None] = mapped_column(String(8))
+    to_promise: Mapped[str | None] = mapped_column(String(8))
+    estimated_completion: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # The id of the transaction that wrote the event, set by the database (PostgreSQL; 0 on SQLite):
     # with `id` it is the event's position in the feed (mes.services.feed).
     txid: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
     reason_code: Mapped[ReasonCode | None] = relationship(lazy="joined")
     __table_args__ = (
-        CheckConstraint("kind IN ('status', 'hold', 'release')", name="kind"),
+        CheckConstraint("kind IN ('status', 'hold', 'release', 'promise')", name="kind"),
         Index("ix_order_events_order", "order_id", "id"),
         Index("ix_order_events_position", "txid", "id"),
         Index("ix_order_events_partner_position", "partner_id", "txid", "id"),
         Index("ix_order_events_operator_day", "operator_id", "created_at"),
+        Index("ix_order_events_created", "created_at"),  # the norms' and the board's recent window
     )
+
+
+class StageNorm(Base):
+    """How long a stage usually takes (working time, holds left out), learned from recent shipped orders
+    per product family, and overall under family "" (mes.services.forecast recomputes them)."""
+
+    __tablename__ = "stage_norms"
+    family: Mapped[str] = mapped_column(String(32), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(16), primary_key=True)
+    p50_seconds: Mapped[int] = mapped_column(BigInteger)
+    p85_seconds: Mapped[int] = mapped_column(BigInteger)
+    samples: Mapped[int] = mapped_column(Integer)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class StageFlow(Base):
+    """Orders leaving each stage per day over the recent window: with the work in progress it says how
+    long the queue at a stage takes to drain (mes.domain.forecast)."""
+
+    __tablename__ = "stage_flow"
+    stage: Mapped[str] = mapped_column(String(16), primary_key=True)
+    exits_per_day: Mapped[float] = mapped_column(Float)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class StatusCount(Base):

@@ -99,7 +99,8 @@ def _insert_order(session: Session, actor: Actor, new: NewOrder, lead_days: int)
     order = Order(partner_id=actor.partner_id, reference=new.reference, product=new.product,
                   material=new.material, quantity=new.quantity, notes=new.notes, priority=int(new.priority),
                   promised_date=promised_date(now.date(), lead_days, new.promised_date),
-                  status=Status.RECEIVED.value, status_version=1, created_at=now, updated_at=now)
+                  status=Status.RECEIVED.value, status_version=1, created_at=now, updated_at=now,
+                  stage_entered_at=now, stage_hold_base=0)
     try:
         with session.begin_nested():  # a savepoint, so that a duplicate reference leaves the rest intact
             session.add(order)
@@ -157,6 +158,9 @@ def change_status(session: Session, actor: Actor, order_id: int, target: Status,
         if hold.on_hold:  # a cancelled order is held no more: its hold time stops counting
             end_hold(order, now)
         order.status, order.status_version, order.updated_at = target.value, order.status_version + 1, now
+        order.stage_entered_at, order.stage_hold_base = now, order.hold_seconds or 0
+        if target is Status.SHIPPED:
+            order.shipped_at = now
         session.add(OrderEvent(order_id=order.id, partner_id=order.partner_id, from_status=current.value,
                                to_status=target.value, status_version=order.status_version, actor=actor.label,
                                operator_id=actor.id if actor.kind == "operator" else None,
