@@ -9,6 +9,8 @@ import os
 import secrets
 from dataclasses import dataclass, field
 
+from .domain.forecast import Policy
+
 POOLS = ("operator", "public")
 
 
@@ -85,6 +87,10 @@ class Settings:
     log_level: str = "INFO"
     # How many proxies (HAProxy) stand in front and set X-Forwarded-For; 0 when clients connect directly.
     trusted_proxies: int = 0
+
+    @property
+    def promise_policy(self) -> Policy:
+        return Policy(margin_days=self.promise_margin_days, default_days=dict(self.stage_norm_days))
 
     @property
     def is_sqlite(self) -> bool:

@@ -57,8 +57,9 @@ def make_engine(url: str, *, application_name: str | None = None, pool_size: int
 PRIMARY_HINT = "/*NO LOAD BALANCE*/ "
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    factory = sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(engine: Engine, info: dict | None = None) -> sessionmaker[Session]:
+    """Sessions on `engine`; `info` is given to each (the app's promise policy, mes.services.forecast)."""
+    factory = sessionmaker(engine, expire_on_commit=False, info=info or {})
 
     @event.listens_for(factory, "after_begin")
     def _route(session, transaction, connection):

@@ -21,7 +21,7 @@ def init_db(app: Flask, cfg: Settings, pool: str) -> None:
     engine = make_engine(cfg.database_url, application_name=cfg.db_application_name or f"mes-{pool}",
                          pool_size=cfg.db_pool_size)
     app.extensions["mes_engine"] = engine
-    app.extensions["mes_sessionmaker"] = make_sessionmaker(engine)
+    app.extensions["mes_sessionmaker"] = make_sessionmaker(engine, info={"promise_policy": cfg.promise_policy})
 
     @app.teardown_appcontext
     def _close_session(_exc):

@@ -50,6 +50,14 @@ def family_of(product: str) -> str:
     return head[:32] or "-"
 
 
+@dataclass(frozen=True)
+class Policy:
+    """The configured side of the promise: the at-risk margin and the default norms (days per stage)."""
+
+    margin_days: int
+    default_days: Mapping[str, float]
+
+
 # ------------------------------------------------------------------------------------------------ norms
 @dataclass(frozen=True)
 class Norm:
@@ -217,3 +225,25 @@ def promise_status(status: Status, promised: date, today: date, *, projected: da
 def needs_late_reason(promise: Promise | None) -> bool:
     """An operator acting on an order at risk or late is asked why, so that every miss has a cause."""
     return promise in (Promise.AT_RISK, Promise.LATE)
+
+
+STAGE_WORDS: dict[Status, str] = {
+    S.RECEIVED: "order review", S.QUEUED: "the production queue", S.IN_PRODUCTION: "production",
+    S.QUALITY_CHECK: "quality check", S.PACKED: "packing",
+}
+
+
+def partner_reason(promise: Promise | None, projection: Projection | None, hold_reason: str | None) -> str | None:
+    """What a partner reads when the promise status changes: the cause in the factory's public words
+    (a hold's reason label, a queue, a slow stage), never an operator's note."""
+    if promise is Promise.LATE:
+        return "The promised date has passed."
+    if promise is Promise.AT_RISK:
+        if hold_reason:
+            return f"On hold: {hold_reason}."
+        if projection is not None and projection.bottleneck is not None:
+            return f"Waiting in the queue for {STAGE_WORDS[projection.bottleneck]}."
+        return "Taking longer than usual; the estimate is after or close to the promised date."
+    if promise is Promise.ON_TRACK:
+        return "Back on schedule."
+    return None

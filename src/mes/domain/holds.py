@@ -18,11 +18,13 @@ NOTE_MAX_LENGTH = 500
 
 
 class EventKind(StrEnum):
-    """What an order event records: a status change (or the creation), a hold, or a release."""
+    """What an order event records: a status change (or the creation), a hold, a release, or a change of
+    promise status alone (mes.domain.forecast)."""
 
     STATUS = "status"
     HOLD = "hold"
     RELEASE = "release"
+    PROMISE = "promise"
 
 
 #: Moves a held order may still make: a cancelled order needs no release first (it stops for good).

@@ -14,7 +14,7 @@ from ..domain.holds import EventKind
 from ..domain.lifecycle import Status
 from ..domain.reason_codes import Kind
 from ..models import Order, OrderEvent, ReasonCode, utcnow
-from . import reason_codes
+from . import forecast, reason_codes
 from .orders import end_hold, get_order, state_of
 
 
@@ -81,7 +81,9 @@ def _record(session: Session, actor: Actor, order: Order, kind: EventKind, code:
     """A hold or release is a version of the order like a status change: caches, ETags and the feed
     see it; the status stays what it was."""
     order.status_version, order.updated_at = order.status_version + 1, now
-    session.add(OrderEvent(order_id=order.id, partner_id=order.partner_id, from_status=order.status,
-                           to_status=order.status, status_version=order.status_version, actor=actor.label,
-                           operator_id=actor.id if actor.kind == "operator" else None, kind=kind.value,
-                           reason_code=code, note=note, created_at=now))
+    move = forecast.refresh(session, order, now)
+    session.add(forecast.stamp(OrderEvent(
+        order_id=order.id, partner_id=order.partner_id, from_status=order.status, to_status=order.status,
+        status_version=order.status_version, actor=actor.label,
+        operator_id=actor.id if actor.kind == "operator" else None, kind=kind.value, reason_code=code, note=note,
+        created_at=now), move))

@@ -20,7 +20,7 @@ from ..domain.lifecycle import OPEN_STATUSES, Status, check_transition
 from ..domain.priority import Priority
 from ..domain.promises import promised_date
 from ..models import IdempotencyRecord, Operator, Order, OrderEvent, StatusCount, utcnow
-from . import cursors
+from . import cursors, forecast
 
 
 def facts(order: Order) -> OrderFacts:
@@ -110,8 +110,10 @@ def _insert_order(session: Session, actor: Actor, new: NewOrder, lead_days: int)
                                                          Order.reference == new.reference))
         raise ReferenceConflict(f"Reference {new.reference!r} is already used by order {existing}.",
                                 existing_order_id=existing) from None
-    session.add(OrderEvent(order_id=order.id, partner_id=order.partner_id, from_status=None,
-                           to_status=order.status, status_version=1, actor=actor.label, created_at=now))
+    move = forecast.refresh(session, order, now)
+    session.add(forecast.stamp(OrderEvent(order_id=order.id, partner_id=order.partner_id, from_status=None,
+                                          to_status=order.status, status_version=1, actor=actor.label,
+                                          created_at=now), move))
     _bump_counts(session, None, order.status)
     return order
 
@@ -161,10 +163,12 @@ def change_status(session: Session, actor: Actor, order_id: int, target: Status,
         order.stage_entered_at, order.stage_hold_base = now, order.hold_seconds or 0
         if target is Status.SHIPPED:
             order.shipped_at = now
-        session.add(OrderEvent(order_id=order.id, partner_id=order.partner_id, from_status=current.value,
-                               to_status=target.value, status_version=order.status_version, actor=actor.label,
-                               operator_id=actor.id if actor.kind == "operator" else None,
-                               reason=(reason or "").strip() or None, created_at=now))
+        move = forecast.refresh(session, order, now)
+        session.add(forecast.stamp(OrderEvent(
+            order_id=order.id, partner_id=order.partner_id, from_status=current.value, to_status=target.value,
+            status_version=order.status_version, actor=actor.label,
+            operator_id=actor.id if actor.kind == "operator" else None, reason=(reason or "").strip() or None,
+            created_at=now), move))
         _bump_counts(session, current.value, target.value)
         session.commit()
     except BaseException:

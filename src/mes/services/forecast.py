@@ -1,0 +1,243 @@
+"""Keeping the promise current (mes.domain.forecast): each order's projection and promise status are
+refreshed in the transaction of every change to it, and for all open orders by `mes recompute-promises`
+(time passes; queues grow and drain); the norms and stage flows they use are learned by
+`mes recompute-norms`, never per request.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import bindparam, delete, func, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from ..config import Settings
+from ..domain import forecast
+from ..domain.forecast import Flow, Norm, Norms, Policy, Position, Promise, StageEvent
+from ..domain.holds import EventKind, HoldState, total_hold_seconds
+from ..domain.lifecycle import OPEN_STATUSES, Status
+from ..models import Order, OrderEvent, StageFlow, StageNorm, StatusCount, utcnow
+
+#: Norms learn from orders shipped within this window, and stage flows count exits within this one.
+NORM_WINDOW = timedelta(days=90)
+FLOW_WINDOW = timedelta(days=14)
+#: The scheduled recomputation rewrites a projection only when it moved at least this much.
+PROJECTION_TOLERANCE = timedelta(hours=1)
+BATCH = 5000
+SYSTEM_ACTOR = "system:forecast"
+_OPEN = [s.value for s in OPEN_STATUSES]
+
+
+def policy_of(session: Session) -> Policy:
+    """The configured policy: the app's sessions carry it (mes.web); tools and tests get the defaults."""
+    return session.info.get("promise_policy") or Settings().promise_policy
+
+
+@dataclass(frozen=True)
+class Model:
+    """Everything a projection needs besides the order itself."""
+
+    norms: Norms
+    flows: dict[Status, Flow]
+    policy: Policy
+
+
+def load_model(session: Session) -> Model:
+    """Three small tables: the learned norms, the stages' recent exits per day, the orders per status."""
+    policy = policy_of(session)
+    learned = {(r.family, Status(r.stage)): Norm(p50=float(r.p50_seconds), p85=float(r.p85_seconds), samples=r.samples)
+               for r in session.scalars(select(StageNorm))}
+    exits = {Status(r.stage): r.exits_per_day for r in session.scalars(select(StageFlow))}
+    wip = {status: count for status, count in session.execute(select(StatusCount.status, StatusCount.count))}
+    flows = {s: Flow(wip=int(wip.get(s.value, 0)), exits_per_day=exits.get(s, 0.0)) for s in forecast.STAGES}
+    return Model(Norms(learned, forecast.default_norms(policy.default_days)), flows, policy)
+
+
+# ------------------------------------------------------------------------------------------ one order
+@dataclass(frozen=True)
+class PromiseMove:
+    """The order's promise before and after a change, for the event that records the change."""
+
+    before: Promise | None
+    after: Promise | None
+    estimate: datetime | None
+    reason: str | None  # partner-facing, when the promise status changed
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+def ahead_in_stage(session: Session, order: Order) -> int:
+    """Orders of the same status before this one in queue order (an index range of ix_orders_status_queue)."""
+    key = tuple_(Order.promised_date, Order.priority, Order.id)
+    return session.scalar(select(func.count()).select_from(Order).where(
+        Order.status == order.status,
+        key < tuple_(order.promised_date, order.priority, order.id))) or 0
+
+
+def position_of(order: Order, now: datetime, ahead: int) -> Position:
+    hold = HoldState(since=order.hold_since, earlier_seconds=order.hold_seconds or 0)
+    worked = forecast.worked_in_stage(now, order.stage_entered_at, total_hold_seconds(hold, now),
+                                      order.stage_hold_base or 0)
+    return Position(family=forecast.family_of(order.product), stage=Status(order.status), worked_seconds=worked,
+                    ahead_in_stage=ahead)
+
+
+def evaluate(order: Order, model: Model, now: datetime, ahead: int) -> tuple[forecast.Projection | None, Promise | None]:
+    status = Status(order.status)
+    projection = None
+    if status in forecast.STAGES:
+        projection = forecast.project(now, position_of(order, now, ahead), model.norms, model.flows)
+    promise = forecast.promise_status(
+        status, order.promised_date, now.date(), projected=projection.finish if projection else None,
+        shipped_on=order.shipped_at.date() if order.shipped_at else None, margin_days=model.policy.margin_days)
+    return projection, promise
+
+
+def refresh(session: Session, order: Order, now: datetime) -> PromiseMove:
+    """Recompute the order's projection and promise after a change made in this transaction (the row
+    is locked by the caller); the caller's event records the move."""
+    before = Promise(order.promise_status) if order.promise_status else None
+    ahead = ahead_in_stage(session, order) if order.status in _OPEN else 0
+    projection, after = evaluate(order, load_model(session), now, ahead)
+    order.projected_finish = projection.finish if projection else None
+    order.promise_status = after.value if after else None
+    reason = forecast.partner_reason(after, projection, _hold_label(order)) if after != before else None
+    return PromiseMove(before, after, order.projected_finish, reason)
+
+
+def _hold_label(order: Order) -> str | None:
+    return order.hold_reason.label if order.hold_since is not None and order.hold_reason is not None else None
+
+
+def stamp(event: OrderEvent, move: PromiseMove) -> OrderEvent:
+    """Put the promise before and after onto the event of the change that moved it."""
+    event.from_promise = move.before.value if move.before else None
+    event.to_promise = move.after.value if move.after else None
+    event.estimated_completion = move.estimate
+    return event
+
+
+# ---------------------------------------------------------------------------------------- all orders
+@dataclass
+class Recomputed:
+    open_orders: int = 0
+    projections_moved: int = 0
+    promises_changed: int = 0
+
+
+def recompute_promises(session: Session, now: datetime | None = None) -> Recomputed:
+    """Refresh every open order, one batch per transaction: projections that moved are rewritten, and a
+    change of promise status is written with its event. A row changed meanwhile (its version moved) is
+    left alone: the change refreshed it already."""
+    now = now or utcnow()
+    model = load_model(session)
+    session.rollback()
+    done = Recomputed()
+    for batch in _open_orders(session):
+        moved: list[dict] = []
+        for order, ahead in batch:
+            done.open_orders += 1
+            projection, after = evaluate(order, model, now, ahead)
+            finish = projection.finish if projection else None
+            before = order.promise_status
+            if (after.value if after else None) != before:
+                if _change_promise(session, order, projection, after, now):
+                    done.promises_changed += 1
+            elif finish is not None and (order.projected_finish is None
+                                         or abs(finish - order.projected_finish) >= PROJECTION_TOLERANCE):
+                moved.append({"oid": order.id, "version": order.status_version, "finish": finish})
+        if moved:
+            done.projections_moved += _move_projections(session, moved)
+        session.commit()
+    return done
+
+
+def _open_orders(session: Session) -> Iterator[list[tuple[Order, int]]]:
+    """Open orders with their place in their stage's queue, in batches (keyset over the primary key)."""
+    ahead = (func.row_number().over(partition_by=Order.status,
+                                    order_by=(Order.promised_date, Order.priority, Order.id)) - 1).label("ahead")
+    ranked = select(Order.id.label("oid"), ahead).where(Order.status.in_(_OPEN)).subquery()
+    last = 0
+    while True:
+        rows = session.execute(
+            select(Order, ranked.c.ahead).join(ranked, ranked.c.oid == Order.id)
+            .where(Order.id > last).order_by(Order.id).limit(BATCH)).all()
+        if not rows:
+            return
+        last = rows[-1][0].id
+        yield list(rows)
+
+
+def _move_projections(session: Session, rows: list[dict]) -> int:
+    stmt = (update(Order.__table__).where(Order.__table__.c.id == bindparam("oid"),
+                                          Order.__table__.c.status_version == bindparam("version"))
+            .values(projected_finish=bindparam("finish")))
+    session.execute(stmt, rows, execution_options={"synchronize_session": False})
+    return len(rows)
+
+
+def _change_promise(session: Session, order: Order, projection, after: Promise | None, now: datetime) -> bool:
+    """Write a promise change and its event, unless the order changed since it was read."""
+    values = {"promise_status": after.value if after else None,
+              "projected_finish": projection.finish if projection else None, "updated_at": now}
+    done = session.execute(
+        update(Order).where(Order.id == order.id, Order.status_version == order.status_version,
+                            Order.promise_status.is_(None) if order.promise_status is None
+                            else Order.promise_status == order.promise_status)
+        .values(**values).execution_options(synchronize_session=False)).rowcount == 1
+    if done:
+        before = Promise(order.promise_status) if order.promise_status else None
+        move = PromiseMove(before, after, values["projected_finish"],
+                           forecast.partner_reason(after, projection, _hold_label(order)))
+        session.add(stamp(OrderEvent(
+            order_id=order.id, partner_id=order.partner_id, from_status=order.status, to_status=order.status,
+            status_version=order.status_version, actor=SYSTEM_ACTOR, kind=EventKind.PROMISE.value,
+            reason=move.reason, created_at=now), move))
+    return done
+
+
+# --------------------------------------------------------------------------------------------- norms
+@dataclass
+class Learned:
+    orders: int
+    norms: int
+
+
+def recompute_norms(session: Session, now: datetime | None = None) -> Learned:
+    """Learn the norms from orders shipped in the window and the stages' exits per day; one transaction."""
+    now = now or utcnow()
+    shipped = select(Order.id, Order.product).where(Order.shipped_at >= now - NORM_WINDOW).subquery()
+    rows = session.execute(
+        select(shipped.c.id, shipped.c.product, OrderEvent.kind, OrderEvent.to_status, OrderEvent.created_at)
+        .join(OrderEvent, OrderEvent.order_id == shipped.c.id)
+        .order_by(shipped.c.id, OrderEvent.id))
+    per_order = list(_durations_by_order(rows))
+    learned = forecast.learn_norms(per_order)
+    session.execute(delete(StageNorm))
+    session.add_all(StageNorm(family=family, stage=stage.value, p50_seconds=round(n.p50), p85_seconds=round(n.p85),
+                              samples=n.samples, computed_at=now) for (family, stage), n in learned.items())
+    exits = {stage: count for stage, count in session.execute(
+        select(OrderEvent.from_status, func.count()).where(
+            OrderEvent.created_at >= now - FLOW_WINDOW, OrderEvent.kind == EventKind.STATUS.value,
+            OrderEvent.from_status.in_(_OPEN), OrderEvent.to_status != Status.CANCELLED.value)
+        .group_by(OrderEvent.from_status))}
+    session.execute(delete(StageFlow))
+    session.add_all(StageFlow(stage=s.value, exits_per_day=exits.get(s.value, 0) / FLOW_WINDOW.days, computed_at=now)
+                    for s in forecast.STAGES)
+    session.commit()
+    return Learned(orders=len(per_order), norms=len(learned))
+
+
+def _durations_by_order(rows: Iterable[tuple]) -> Iterator[tuple[str, dict[Status, float]]]:
+    current, product, events = None, None, []
+    for oid, prod, kind, to_status, at in rows:
+        if oid != current:
+            if current is not None:
+                yield forecast.family_of(product), forecast.stage_durations(events)
+            current, product, events = oid, prod, []
+        events.append(StageEvent(EventKind(kind), Status(to_status), at))
+    if current is not None:
+        yield forecast.family_of(product), forecast.stage_durations(events)
