@@ -121,6 +121,27 @@ def purge_idempotency_keys():
     click.echo(f"{purge(db_session(), timedelta(hours=hours))} keys purged")
 
 
+@main.command("recompute-norms")
+@with_appcontext
+def recompute_norms():
+    """Learn stage norms from orders shipped in the last 90 days and stage flows from the last 14 days."""
+    from .services import forecast
+
+    learned = forecast.recompute_norms(db_session())
+    click.echo(f"{learned.norms} norms learned from {learned.orders} shipped orders")
+
+
+@main.command("recompute-promises")
+@with_appcontext
+def recompute_promises():
+    """Refresh every open order's projection and promise status (run it every few minutes)."""
+    from .services import forecast
+
+    done = forecast.recompute_promises(db_session())
+    click.echo(f"{done.open_orders} open orders: {done.promises_changed} promise statuses changed, "
+               f"{done.projections_moved} projections moved")
+
+
 @main.command("demo-data")
 @click.option("--orders", "count", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--partners", type=click.IntRange(min=1), default=25, show_default=True)
@@ -132,6 +153,8 @@ def demo_data(count, partners, seed):
     with click.progressbar(length=count, label="loading orders") as bar:
         loaded = demo.load_orders(engine, count, partners=partners, seed=seed, progress=bar.update)
     click.echo(f"{loaded.orders} orders and {loaded.events} status events loaded")
+    for line in demo.forecast_all(db_session()):
+        click.echo(line)
 
 
 @main.command("seed-demo")

@@ -17,10 +17,11 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from .domain.forecast import promise_status
 from .domain.lifecycle import OPEN_STATUSES, Status
 from .domain.reason_codes import Kind
 from .models import ApiClient, Operator, Order, OrderEvent, Partner, ReasonCode, StatusCount, utcnow
-from .services import accounts
+from .services import accounts, forecast
 
 S = Status
 BATCH = 20_000
@@ -34,7 +35,8 @@ PARTNER_NAMES = ["Nordwerk", "Baltic Machines", "Ural Components", "Kama Trucks"
                  "Irtysh Agro", "Don Hydraulics", "Oka Motors", "Ladoga Marine", "Altai Mining", "Sayan Energy"]
 ORDER_COLS = ["id", "partner_id", "reference", "product", "material", "quantity", "notes", "priority",
               "promised_date", "status", "status_version", "holder_id", "created_at", "updated_at",
-              "hold_since", "hold_reason_id", "hold_seconds", "stage_entered_at", "stage_hold_base", "shipped_at"]
+              "hold_since", "hold_reason_id", "hold_seconds", "stage_entered_at", "stage_hold_base", "shipped_at",
+              "promise_status"]
 EVENT_COLS = ["id", "order_id", "partner_id", "from_status", "to_status", "status_version", "actor",
               "operator_id", "reason", "created_at", "kind", "reason_code_id", "note"]
 #: Share of open orders that are on hold, and what the floor writes when a reason needs a note.
@@ -110,7 +112,7 @@ def _generate(rng: random.Random, n: int, first_order: int, first_event: int, pa
                        rng.choice([1, 2, 5, 10, 20, 40, 50, 100, 250, 500]), None,
                        rng.choices([0, 1, 2, 3], weights=[5, 15, 65, 15])[0], promised, status.value, version,
                        holder, created, updated, hold[0] if hold else None, hold[1] if hold else None, 0,
-                       changes[-1][2], 0, shipped_at))
+                       changes[-1][2], 0, shipped_at, _kept(status, promised, shipped_at)))
         for version, (old, new, when, reason) in enumerate(changes, start=1):
             events.append((event_id, oid, partner, old.value if old else None, new.value, version,
                            "demo:loader", None, reason, when, "status", None, None))
@@ -120,6 +122,14 @@ def _generate(rng: random.Random, n: int, first_order: int, first_event: int, pa
                            "demo:loader", None, None, hold[0], "hold", hold[1], hold[2]))
             event_id += 1
     return orders, events
+
+
+def _kept(status: S, promised, shipped_at: datetime | None) -> str | None:
+    """Met or missed for a shipped order; open orders are projected after the load (forecast_all)."""
+    if status not in (S.SHIPPED, S.DELIVERED):
+        return None
+    return promise_status(status, promised, promised, projected=None, shipped_on=shipped_at.date(),
+                          margin_days=0).value
 
 
 def _copy(raw_cursor, table: str, cols: list[str], rows: list[tuple]) -> None:
@@ -197,4 +207,12 @@ def seed(session: Session, engine: Engine, order_count: int) -> Iterator[str]:
     if session.scalar(select(func.count()).select_from(Order)) == 0 and order_count > 0:
         loaded = load_orders(engine, order_count, partners=6, include_partners=["Demo Partner"])
         yield f"{loaded.orders} demo orders loaded"
+        yield from forecast_all(session)
     session.commit()
+
+
+def forecast_all(session: Session) -> Iterator[str]:
+    """Norms from the loaded history, then every open order's projection and promise."""
+    learned = forecast.recompute_norms(session)
+    done = forecast.recompute_promises(session)
+    yield f"{learned.norms} stage norms learned; {done.open_orders} open orders projected"

@@ -26,6 +26,8 @@ def order_json(order: Order) -> dict:
         "created_at": iso(order.created_at),
         "updated_at": iso(order.updated_at),
         "hold": hold_json(order),
+        "promise_status": order.promise_status,
+        "estimated_completion": iso(order.projected_finish) if order.projected_finish else None,
         "links": {"self": base, "status": f"{base}/status"},
     }
 
@@ -40,12 +42,15 @@ def hold_json(order: Order) -> dict | None:
 
 def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:
     """A status change as every API key sees it: the shop floor's notes replaced (mes.domain.disclosure);
-    a hold or release carries its reason code's label, the internal note stays inside."""
+    a hold or release carries its reason code's label, the internal note stays inside; every event says
+    the order's promise status before and after it and the estimate after it."""
     kind = event.kind or EventKind.STATUS.value
     if kind == EventKind.STATUS.value:
         current = Status(event.from_status) if event.from_status else None
         reason = partner_reason(current, Status(event.to_status), event.reason,
                                 written_by_client=is_client_label(event.actor))
+    elif kind == EventKind.PROMISE.value:
+        reason = event.reason  # written in partners' words (mes.domain.forecast.partner_reason)
     else:
         reason = event.reason_code.label if event.reason_code else None
     return {
@@ -57,6 +62,9 @@ def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:
         "to_status": event.to_status,
         "status_version": event.status_version,
         "reason": reason,
+        "previous_promise_status": event.from_promise,
+        "promise_status": event.to_promise,
+        "estimated_completion": iso(event.estimated_completion) if event.estimated_completion else None,
         "occurred_at": iso(event.created_at),
     }
 

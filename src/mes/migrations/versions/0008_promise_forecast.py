@@ -56,6 +56,10 @@ def upgrade() -> None:
     op.execute("UPDATE orders SET shipped_at = (SELECT min(e.created_at) FROM order_events e "
                "WHERE e.order_id = orders.id AND e.to_status = 'shipped' AND e.kind = 'status') "
                "WHERE status IN ('shipped', 'delivered')")
+    # A shipped order's promise was met or missed; open orders get theirs from `mes recompute-promises`.
+    ship_day = "date(shipped_at)" if sqlite else "CAST(shipped_at AT TIME ZONE 'UTC' AS date)"
+    op.execute(f"UPDATE orders SET promise_status = CASE WHEN {ship_day} <= promised_date THEN 'met' "
+               "ELSE 'missed' END WHERE shipped_at IS NOT NULL")
     open_ = sa.text(OPEN)
     op.create_index("ix_orders_stage_entered", "orders", ["status", "stage_entered_at"],
                     postgresql_where=open_, sqlite_where=open_)
