@@ -89,15 +89,21 @@ class StageEvent:
     at: datetime
 
 
-def stage_durations(events: Iterable[StageEvent]) -> dict[Status, float]:
+def stage_durations(events: Iterable[StageEvent], now: datetime | None = None) -> dict[Status, float]:
     """Working seconds an order spent in each stage before it shipped (a stage visited twice, as by
     rework, counts both visits), from its events in order: time between entering a status and leaving
-    it, less the holds in between."""
+    it, less the holds in between. With `now`, the stage the order is in counts up to now."""
     spent: dict[Status, float] = {}
     stage: Status | None = None
     entered: datetime | None = None
     held_since: datetime | None = None
     held = 0.0
+
+    def close(at: datetime) -> None:
+        if stage in STAGES and entered is not None:
+            running_hold = (at - held_since).total_seconds() if held_since is not None else 0.0
+            spent[stage] = spent.get(stage, 0.0) + max((at - entered).total_seconds() - held - running_hold, 0.0)
+
     for e in events:
         if e.kind is EventKind.HOLD:
             held_since = e.at
@@ -105,12 +111,12 @@ def stage_durations(events: Iterable[StageEvent]) -> dict[Status, float]:
             held += (e.at - held_since).total_seconds()
             held_since = None
         elif e.kind is EventKind.STATUS:
-            if stage is not None and entered is not None and stage in STAGES:
-                worked = (e.at - entered).total_seconds() - held
-                spent[stage] = spent.get(stage, 0.0) + max(worked, 0.0)
+            close(e.at)
             stage, entered, held, held_since = e.to_status, e.at, 0.0, None
             if stage is S.SHIPPED:
-                break
+                return spent
+    if now is not None:
+        close(now)
     return spent
 
 

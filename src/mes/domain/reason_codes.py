@@ -43,6 +43,13 @@ DEFAULT_HOLD_REASONS: tuple[Seed, ...] = (
 )
 
 
+#: The late reasons: the hold reasons (a late order's cause is often what held it) and "late upstream".
+DEFAULT_LATE_REASONS: tuple[Seed, ...] = DEFAULT_HOLD_REASONS[:-1] + (
+    Seed("late_upstream", "Late upstream"),
+    DEFAULT_HOLD_REASONS[-1],
+)
+
+
 def _invalid(field: str, message: str) -> ValidationFailed:
     return ValidationFailed(f"The {field} {message}.", errors=[{"field": field, "message": message}])
 

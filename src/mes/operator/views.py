@@ -9,6 +9,7 @@ from flask_login import login_required
 from .. import query_params
 from ..domain import actors
 from ..domain.errors import DomainError, ValidationFailed
+from ..domain.forecast import OPEN_PROMISES, Promise
 from ..domain import holds
 from ..domain.lifecycle import ACTION_LABELS, FINISHED_STATUSES, OPEN_STATUSES, Status, is_rework
 from ..domain.priority import Priority
@@ -16,6 +17,7 @@ from ..domain.promises import is_overdue
 from ..effects import holder_changed, status_changed
 from ..domain.reason_codes import Kind
 from ..models import utcnow
+from ..services import forecast as forecast_svc
 from ..services import holds as hold_svc
 from ..services import orders as svc
 from ..services import reason_codes
@@ -37,6 +39,18 @@ def _status_label(value: str) -> str:
     return value.replace("_", " ")
 
 
+@bp.app_template_filter("days")
+def _days(seconds: float) -> str:
+    """A stage's time as the floor reads it: 3.4 d, or hours under a day."""
+    return f"{seconds / 86400:.1f} d" if seconds >= 86400 else f"{seconds / 3600:.1f} h"
+
+
+@bp.app_template_filter("promise_label")
+def _promise_label(value: str | None) -> str:
+    """on_track -> on track; no promise yet (not projected, or cancelled) shows nothing."""
+    return (value or "").replace("_", " ")
+
+
 @bp.get("/")
 @login_required
 def queue():
@@ -49,9 +63,12 @@ def queue():
     if reason is not None and reason not in {c.code for c in hold_codes}:
         raise query_params.bad_query("reason", "must be one of " + ", ".join(c.code for c in hold_codes))
     reason_id = next((c.id for c in hold_codes if c.code == reason), None)
+    promise = request.args.get("promise") or None
+    if promise is not None and promise not in {p.value for p in OPEN_PROMISES}:
+        raise query_params.bad_query("promise", "must be one of " + ", ".join(p.value for p in OPEN_PROMISES))
     query = svc.QueueQuery(status=status, overdue_only=request.args.get("overdue") == "1",
                            on_hold_only=request.args.get("hold") == "1" or reason_id is not None,
-                           hold_reason_id=reason_id,
+                           hold_reason_id=reason_id, promise=promise,
                            search=query_params.text("q", max_length=SEARCH_MAX_LENGTH),
                            after=request.args.get("after") or None, limit=PAGE_SIZE)
     day = today()
@@ -60,6 +77,7 @@ def queue():
     return render_template(
         "operator/queue.html", page=page, query=query, counts=svc.status_counts(session),
         overdue=svc.count_overdue(session, day, cap=cap), on_hold=svc.count_on_hold(session, cap=cap),
+        at_risk=svc.count_by_promise(session, Promise.AT_RISK.value, cap=cap), promises=OPEN_PROMISES,
         count_cap=cap, statuses=list(Status), open_statuses=OPEN_STATUSES, today=day, hold_codes=hold_codes,
         reason=reason, hold_age=hold_age_text(utcnow()),
         is_overdue=lambda o: is_overdue(Status(o.status), o.promised_date, day))
@@ -90,8 +108,10 @@ def order_page(order_id: int, status_form: StatusForm | None = None, code: int =
              if not state.on_hold or t in holds.ALLOWED_WHILE_HELD]
     draft = status_form.reason.data if status_form is not None else None
     now = utcnow()
+    events = svc.history(session, order_id)
     html = render_template(
-        "operator/order.html", order=o, events=svc.history(session, order_id), moves=moves,
+        "operator/order.html", order=o, events=events, moves=moves,
+        stages=forecast_svc.stage_report(session, o, events, now),
         on_hold=state.on_hold, can_hold=facts.status not in FINISHED_STATUSES and not state.on_hold,
         hold_codes=reason_codes.listed(session, Kind.HOLD, active_only=True), hold_age=hold_age_text(now),
         hold_total=holds.format_age(timedelta(seconds=holds.total_hold_seconds(state, now))),

@@ -120,6 +120,30 @@ def stamp(event: OrderEvent, move: PromiseMove) -> OrderEvent:
     return event
 
 
+@dataclass(frozen=True)
+class StageLine:
+    """One stage of the order page: the working time the order spent (or spends) in it, against its norm."""
+
+    stage: Status
+    worked: float | None  # seconds; None for a stage not reached yet
+    norm: Norm
+    current: bool
+
+    @property
+    def over_norm(self) -> bool:
+        return self.worked is not None and self.worked > self.norm.p85
+
+
+def stage_report(session: Session, order: Order, events: Iterable[OrderEvent], now: datetime) -> list[StageLine]:
+    """Time in each stage so far against the stage's norm for the order's family, from its events."""
+    norms = load_model(session).norms
+    spent = forecast.stage_durations(
+        [StageEvent(EventKind(e.kind), Status(e.to_status), e.created_at) for e in events], now)
+    family = forecast.family_of(order.product)
+    return [StageLine(stage, spent.get(stage), norms.of(family, stage), order.status == stage.value)
+            for stage in forecast.STAGES]
+
+
 # ---------------------------------------------------------------------------------------- all orders
 @dataclass
 class Recomputed:

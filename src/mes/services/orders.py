@@ -241,6 +241,7 @@ class QueueQuery:
     overdue_only: bool = False
     on_hold_only: bool = False
     hold_reason_id: int | None = None  # held for this reason (implies on hold)
+    promise: str | None = None  # open orders with this promise status (mes.domain.forecast.OPEN_PROMISES)
     search: str | None = None
     after: str | None = None  # cursor of the last row seen
     limit: int = 50
@@ -274,6 +275,8 @@ def operator_queue(session: Session, q: QueueQuery, today: date) -> Page:
         stmt = stmt.where(Order.hold_since.is_not(None))  # its own partial index, in queue order
     if q.hold_reason_id is not None:
         stmt = stmt.where(Order.hold_reason_id == q.hold_reason_id)
+    if q.promise is not None:  # ix_orders_promise_queue: the status's range, in queue order
+        stmt = stmt.where(Order.promise_status == q.promise, Order.status.in_([s.value for s in OPEN_STATUSES]))
     if q.search:
         term = q.search.strip()
         cond = Order.reference == term
@@ -303,6 +306,14 @@ def count_overdue(session: Session, today: date, *, cap: int | None = None) -> i
     """Open orders past their promised date; with `cap`, stop counting there (for the page)."""
     inner = select(Order.id).where(Order.status.in_([s.value for s in OPEN_STATUSES]),
                                    Order.promised_date < today)
+    if cap is not None:
+        inner = inner.limit(cap)
+    return session.scalar(select(func.count()).select_from(inner.subquery()))
+
+
+def count_by_promise(session: Session, promise: str, *, cap: int | None = None) -> int:
+    """Open orders with this promise status; with `cap`, stop counting there (for the page)."""
+    inner = select(Order.id).where(Order.status.in_([s.value for s in OPEN_STATUSES]), Order.promise_status == promise)
     if cap is not None:
         inner = inner.limit(cap)
     return session.scalar(select(func.count()).select_from(inner.subquery()))

@@ -1,0 +1,143 @@
+"""The promise as partners, the CRM and the floor see it: the order's estimate and promise status, promise
+changes in the feed (from a change to the order, and from the scheduled recomputation), the queue's
+at-risk filter and the order page's time in stage (both databases)."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from conftest import auth, create_order
+from test_operator_ui import Browserless
+from sqlalchemy import delete, select, update
+
+from mes.demo import load_orders
+from mes.domain import forecast as rules
+from mes.domain.lifecycle import Status
+from mes.models import Order, ReasonCode, StageFlow, StageNorm, StatusCount, utcnow
+from mes.services import forecast, holds
+from mes.services import orders as svc
+from mes.services.accounts import operator_actor
+
+DAY = 86400
+
+
+@pytest.fixture
+def floor(accounts_):
+    return operator_actor(accounts_.operator("olga"))
+
+
+def set_norm(db, stage: Status, days: float, family: str = "") -> None:
+    """A learned norm, as `mes recompute-norms` would write it from history."""
+    db.execute(delete(StageNorm).where(StageNorm.family == family, StageNorm.stage == stage.value))
+    db.add(StageNorm(family=family, stage=stage.value, p50_seconds=int(days * DAY), p85_seconds=int(days * DAY * 1.5),
+                     samples=100, computed_at=utcnow()))
+    db.commit()
+
+
+def feed(client, who) -> list[dict]:
+    return client.get("/api/v1/status-changes", headers=auth(who)).get_json()["items"]
+
+
+def test_a_new_order_carries_its_estimate_and_promise(client, accounts_):
+    partner = accounts_.partner()
+    body = create_order(client, partner).get_json()
+    # Default norms: 0.5 + 3 + 8 + 1.5 + 1.5 = 14.5 days, well before the 21-day promise.
+    assert body["promise_status"] == "on_track"
+    created = client.get(f"/api/v1/orders/{body['id']}", headers=auth(partner)).get_json()
+    assert created["estimated_completion"] == body["estimated_completion"] is not None
+    [item] = feed(client, partner)
+    assert (item["previous_promise_status"], item["promise_status"]) == (None, "on_track")
+    assert item["estimated_completion"] == body["estimated_completion"]
+
+
+def test_the_recomputation_flags_an_order_at_risk_once_and_tells_the_partner(client, accounts_, db):
+    partner, crm = accounts_.partner(), accounts_.crm()
+    oid = create_order(client, partner).get_json()["id"]
+    set_norm(db, Status.IN_PRODUCTION, 25)  # history says production takes 25 days now
+    first = forecast.recompute_promises(db)
+    assert (first.open_orders, first.promises_changed) == (1, 1)
+    assert forecast.recompute_promises(db).promises_changed == 0  # nothing new: no second event
+    order = client.get(f"/api/v1/orders/{oid}", headers=auth(partner)).get_json()
+    assert order["promise_status"] == "at_risk"
+    for who in (partner, crm):
+        promise = [i for i in feed(client, who) if i["type"] == "promise"]
+        assert len(promise) == 1
+        assert (promise[0]["previous_promise_status"], promise[0]["promise_status"]) == ("on_track", "at_risk")
+        assert promise[0]["estimated_completion"] == order["estimated_completion"]
+        assert promise[0]["reason"].startswith("Taking longer than usual")
+        assert promise[0]["status_version"] == order["status_version"] == 1  # a promise is not a status change
+    set_norm(db, Status.IN_PRODUCTION, 8)
+    assert forecast.recompute_promises(db).promises_changed == 1
+    back = [i for i in feed(client, partner) if i["type"] == "promise"][-1]
+    assert (back["promise_status"], back["reason"]) == ("on_track", "Back on schedule.")
+
+
+def test_a_change_to_the_order_carries_the_promise_it_moved_without_the_internal_note(client, accounts_, db, floor):
+    partner = accounts_.partner()
+    oid = create_order(client, partner).get_json()["id"]
+    set_norm(db, Status.RECEIVED, 6)  # 6 + 3 + 8 + 1.5 + 1.5 = 20 days: inside the 2-day margin
+    code = db.scalar(select(ReasonCode.id).where(ReasonCode.kind == "hold", ReasonCode.code == "machine_down"))
+    holds.put_on_hold(db, floor, oid, code, "spindle bearing gone")
+    item = feed(client, partner)[-1]
+    assert (item["type"], item["previous_promise_status"], item["promise_status"]) == ("hold", "on_track", "at_risk")
+    assert "spindle" not in str(item)
+
+
+def test_a_bottleneck_queue_is_named_to_the_partner(client, accounts_, db):
+    partner = accounts_.partner()
+    oid = create_order(client, partner).get_json()["id"]
+    # 40 orders in production (the counter the model reads), leaving it 2 a day.
+    db.execute(update(StatusCount).where(StatusCount.status == "in_production").values(count=40))
+    db.add(StageFlow(stage="in_production", exits_per_day=2.0, computed_at=utcnow()))
+    db.commit()
+    forecast.recompute_promises(db)
+    item = [i for i in feed(client, partner) if i["type"] == "promise"][-1]
+    assert item["reason"] == "Waiting in the queue for production."
+    order = db.get(Order, oid)
+    db.refresh(order)
+    assert order.projected_finish - utcnow() > timedelta(days=20)  # 40 orders at 2 a day
+
+
+def test_shipping_settles_the_promise_as_met(client, accounts_, db):
+    partner = accounts_.partner()
+    oid = create_order(client, partner).get_json()["id"]
+    boss = operator_actor(accounts_.operator("chief", role="supervisor"))
+    for target in (Status.QUEUED, Status.IN_PRODUCTION, Status.QUALITY_CHECK, Status.PACKED, Status.SHIPPED):
+        svc.change_status(db, boss, oid, target)
+    body = client.get(f"/api/v1/orders/{oid}", headers=auth(partner)).get_json()
+    assert (body["promise_status"], body["estimated_completion"]) == ("met", None)
+    shipped = db.get(Order, oid)
+    assert shipped.shipped_at is not None
+
+
+def test_norms_are_learned_from_shipped_orders(app, db):
+    load_orders(app.extensions["mes_engine"], 400, partners=3, seed=7)
+    learned = forecast.recompute_norms(db)
+    assert learned.orders > 50 and learned.norms >= 5
+    overall = {r.stage: r for r in db.scalars(select(StageNorm).where(StageNorm.family == ""))}
+    assert set(overall) == {s.value for s in rules.STAGES}
+    # The demo's orders spend 0.4 to 2.2 times 8 days in production.
+    assert 3.2 * DAY <= overall["in_production"].p50_seconds <= overall["in_production"].p85_seconds <= 17.6 * DAY
+    assert {r.stage for r in db.scalars(select(StageFlow))} == {s.value for s in rules.STAGES}
+    done = forecast.recompute_promises(db)
+    open_orders = db.scalars(select(Order).where(Order.status.in_([s.value for s in rules.STAGES]))).all()
+    assert done.open_orders == len(open_orders) > 0
+    assert all(o.promise_status in ("on_track", "at_risk", "late") and o.projected_finish for o in open_orders)
+
+
+def test_the_queue_filters_at_risk_orders_and_the_order_page_shows_time_in_stage(client, accounts_, db):
+    partner = accounts_.partner()
+    ok = create_order(client, partner, reference="PO-OK").get_json()["id"]
+    risky = create_order(client, partner, reference="PO-RISK").get_json()["id"]
+    db.execute(update(Order).where(Order.id == risky).values(promise_status="at_risk"))
+    db.commit()
+    accounts_.operator("olga", "secret-pass")
+    assert Browserless(client).login("olga", "secret-pass").status_code == 302
+    page = client.get("/operator/?promise=at_risk").get_data(as_text=True)
+    assert f'data-order-id="{risky}"' in page and f'data-order-id="{ok}"' not in page
+    assert 'id="at-risk-count">1<' in page
+    bad = client.get("/operator/?promise=soon")
+    assert bad.status_code == 400 and "promise" in bad.get_data(as_text=True)
+    order_page = client.get(f"/operator/orders/{ok}").get_data(as_text=True)
+    assert 'id="stages"' in order_page and 'data-stage="in_production"' in order_page
+    assert "8.0 d" in order_page  # the default production norm
