@@ -11,9 +11,10 @@ from test_operator_ui import Browserless
 from sqlalchemy import delete, select, update
 
 from mes.demo import load_orders
+from mes.domain.errors import ValidationFailed
 from mes.domain import forecast as rules
 from mes.domain.lifecycle import Status
-from mes.models import Order, ReasonCode, StageFlow, StageNorm, StatusCount, utcnow
+from mes.models import Order, OrderEvent, ReasonCode, StageFlow, StageNorm, StatusCount, utcnow
 from mes.services import forecast, holds
 from mes.services import orders as svc
 from mes.services.accounts import operator_actor
@@ -141,3 +142,73 @@ def test_the_queue_filters_at_risk_orders_and_the_order_page_shows_time_in_stage
     order_page = client.get(f"/operator/orders/{ok}").get_data(as_text=True)
     assert 'id="stages"' in order_page and 'data-stage="in_production"' in order_page
     assert "8.0 d" in order_page  # the default production norm
+
+
+def late_code(db, code: str) -> int:
+    return db.scalar(select(ReasonCode.id).where(ReasonCode.kind == "late", ReasonCode.code == code))
+
+
+def at_risk_order(client, accounts_, db, reference="PO-LATE") -> int:
+    oid = create_order(client, accounts_.partner(name=f"erp-{reference}"), reference=reference).get_json()["id"]
+    db.execute(update(Order).where(Order.id == oid).values(promise_status="at_risk"))
+    db.commit()
+    return oid
+
+
+def test_moving_an_order_at_risk_asks_why_once_per_spell(client, accounts_, db, floor):
+    oid = at_risk_order(client, accounts_, db)
+    set_norm(db, Status.IN_PRODUCTION, 30)  # and it stays at risk after each move
+    with pytest.raises(ValidationFailed) as refused:
+        svc.change_status(db, floor, oid, Status.QUEUED)
+    assert refused.value.extensions["errors"][0]["field"] == "late_reason"
+    assert db.get(Order, oid).status == "received"  # nothing changed
+    with pytest.raises(ValidationFailed):
+        svc.change_status(db, floor, oid, Status.QUEUED, late_reason_id=1)  # a hold code, not a late one
+    svc.change_status(db, floor, oid, Status.QUEUED, late_reason_id=late_code(db, "late_upstream"))
+    event = db.scalars(select(OrderEvent).where(OrderEvent.order_id == oid).order_by(OrderEvent.id.desc())).first()
+    assert event.reason_code.code == "late_upstream"
+    svc.claim(db, floor, oid)
+    svc.change_status(db, floor, oid, Status.IN_PRODUCTION)  # recorded already in this spell: not asked again
+    assert db.get(Order, oid).late_reason.code == "late_upstream"
+
+
+def test_back_on_track_ends_the_spell(client, accounts_, db, floor):
+    oid = at_risk_order(client, accounts_, db)
+    svc.change_status(db, floor, oid, Status.QUEUED, late_reason_id=late_code(db, "capacity"))
+    order = db.get(Order, oid)
+    db.refresh(order)
+    assert order.promise_status == "on_track" and order.late_reason_id is None  # default norms: on track
+
+
+def test_cancelling_and_partners_are_never_asked(client, accounts_, db):
+    partner = accounts_.partner()
+    oid = create_order(client, partner).get_json()["id"]
+    db.execute(update(Order).where(Order.id == oid).values(promise_status="late"))
+    db.commit()
+    assert client.post(f"/api/v1/orders/{oid}/cancel", json={}, headers=auth(partner)).status_code == 200
+
+
+def test_a_hold_on_an_order_at_risk_records_its_cause(client, accounts_, db, floor):
+    oid = at_risk_order(client, accounts_, db)
+    set_norm(db, Status.IN_PRODUCTION, 30)  # stays at risk after the hold's refresh
+    code = db.scalar(select(ReasonCode.id).where(ReasonCode.kind == "hold", ReasonCode.code == "machine_down"))
+    holds.put_on_hold(db, floor, oid, code)
+    assert db.get(Order, oid).late_reason.code == "machine_down"
+    assert db.get(Order, oid).late_reason.kind == "late"
+
+
+def test_the_order_page_asks_for_the_late_reason_and_keeps_the_order_on_refusal(client, accounts_, db):
+    oid = at_risk_order(client, accounts_, db)
+    accounts_.operator("olga", "secret-pass")
+    b = Browserless(client)
+    assert b.login("olga", "secret-pass").status_code == 302
+    page = client.get(f"/operator/orders/{oid}").get_data(as_text=True)
+    assert 'name="late_reason"' in page and "Why is this order at risk?" in page
+    refused = b.post(f"/operator/orders/{oid}/status", f"/operator/orders/{oid}", target="queued", version="1")
+    assert "choose why" in refused.get_data(as_text=True)
+    assert db.get(Order, oid).status == "received"
+    moved = b.post(f"/operator/orders/{oid}/status", f"/operator/orders/{oid}", target="queued", version="1",
+                   late_reason=str(late_code(db, "tooling")))
+    assert "is now queued" in moved.get_data(as_text=True)
+    history = client.get(f"/operator/orders/{oid}").get_data(as_text=True)
+    assert "late: Tooling" in history

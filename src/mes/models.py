@@ -144,12 +144,15 @@ class Order(Base):
     shipped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     projected_finish: Mapped[datetime | None] = mapped_column(UTCDateTime())
     promise_status: Mapped[str | None] = mapped_column(String(8))
+    # Why the order is (or was) at risk or late, asked of the floor once per at-risk spell (mes.domain.forecast).
+    late_reason_id: Mapped[int | None] = mapped_column(ForeignKey("reason_codes.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     partner: Mapped[Partner] = relationship(lazy="joined")
     holder: Mapped[Operator | None] = relationship()
     # Joined with the order, so that a page of held orders shows its reasons without a query per row.
-    hold_reason: Mapped[ReasonCode | None] = relationship(lazy="joined")
+    hold_reason: Mapped[ReasonCode | None] = relationship(lazy="joined", foreign_keys=[hold_reason_id])
+    late_reason: Mapped[ReasonCode | None] = relationship(foreign_keys=[late_reason_id])
     __table_args__ = (
         UniqueConstraint("partner_id", "reference"),
         CheckConstraint("quantity > 0", name="quantity_positive"),

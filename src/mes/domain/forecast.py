@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 
+from .errors import ValidationFailed
 from .holds import EventKind
 from .lifecycle import Status
 
@@ -231,6 +232,19 @@ def promise_status(status: Status, promised: date, today: date, *, projected: da
 def needs_late_reason(promise: Promise | None) -> bool:
     """An operator acting on an order at risk or late is asked why, so that every miss has a cause."""
     return promise in (Promise.AT_RISK, Promise.LATE)
+
+
+def check_late_reason(promise: Promise | None, recorded: bool, given: bool) -> bool:
+    """Whether this action records a late reason; refuses an action on an order at risk or late whose
+    cause nobody has recorded yet in this spell, when the operator gave none."""
+    if not needs_late_reason(promise) or recorded:
+        return False
+    if not given:
+        word = "late" if promise is Promise.LATE else "at risk of missing its promised date"
+        raise ValidationFailed(f"This order is {word}: choose why (the late reason) before moving it on.",
+                               errors=[{"field": "late_reason", "message": "required while the order is "
+                                                                           f"{promise.value.replace('_', ' ')}"}])
+    return True
 
 
 STAGE_WORDS: dict[Status, str] = {

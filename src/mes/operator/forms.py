@@ -61,14 +61,22 @@ class ActionForm(Form):
     """Claim, release, logout: nothing but the CSRF token."""
 
 
+class ReasonCodeField(VersionField):
+    """The id of the reason code an operator picked, read with the same integer rule."""
+
+
+class OptionalReasonCodeField(ReasonCodeField):
+    """A reason code that the service asks for only sometimes (the late reason)."""
+
+    def pre_validate(self, form):
+        pass
+
+
 class StatusForm(Form):
     target = HiddenField("Status", validators=[DataRequired()])
     version = VersionField("Version")
     reason = TextAreaField("Reason", validators=[Optional(), Length(max=500)])
-
-
-class ReasonCodeField(VersionField):
-    """The id of the reason code an operator picked, read with the same integer rule."""
+    late_reason = OptionalReasonCodeField("Late reason")
 
 
 class HoldForm(Form):

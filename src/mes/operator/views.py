@@ -9,7 +9,7 @@ from flask_login import login_required
 from .. import query_params
 from ..domain import actors
 from ..domain.errors import DomainError, ValidationFailed
-from ..domain.forecast import OPEN_PROMISES, Promise
+from ..domain.forecast import OPEN_PROMISES, Promise, needs_late_reason
 from ..domain import holds
 from ..domain.lifecycle import ACTION_LABELS, FINISHED_STATUSES, OPEN_STATUSES, Status, is_rework
 from ..domain.priority import Priority
@@ -112,6 +112,9 @@ def order_page(order_id: int, status_form: StatusForm | None = None, code: int =
     html = render_template(
         "operator/order.html", order=o, events=events, moves=moves,
         stages=forecast_svc.stage_report(session, o, events, now),
+        late_codes=reason_codes.listed(session, Kind.LATE, active_only=True) if g.actor.kind == "operator"
+        and needs_late_reason(Promise(o.promise_status) if o.promise_status else None)
+        and o.late_reason_id is None else [],
         on_hold=state.on_hold, can_hold=facts.status not in FINISHED_STATUSES and not state.on_hold,
         hold_codes=reason_codes.listed(session, Kind.HOLD, active_only=True), hold_age=hold_age_text(now),
         hold_total=holds.format_age(timedelta(seconds=holds.total_hold_seconds(state, now))),
@@ -169,7 +172,7 @@ def change_status(order_id: int):
         except ValueError:
             raise ValidationFailed(f"Unknown status {form.target.data!r}.") from None
         change = svc.change_status(db_session(), g.actor, order_id, target, reason=form.reason.data,
-                                   expected_version=form.version.data)
+                                   expected_version=form.version.data, late_reason_id=form.late_reason.data)
         status_changed(change)
         return f"Order {order_id} is now {target.value.replace('_', ' ')}."
 

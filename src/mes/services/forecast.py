@@ -104,6 +104,8 @@ def refresh(session: Session, order: Order, now: datetime) -> PromiseMove:
     projection, after = evaluate(order, load_model(session), now, ahead)
     order.projected_finish = projection.finish if projection else None
     order.promise_status = after.value if after else None
+    if after is Promise.ON_TRACK:
+        order.late_reason_id = None  # the spell is over; a new one needs its own cause
     reason = forecast.partner_reason(after, projection, _hold_label(order)) if after != before else None
     return PromiseMove(before, after, order.projected_finish, reason)
 
@@ -207,6 +209,8 @@ def _change_promise(session: Session, order: Order, projection, after: Promise |
     """Write a promise change and its event, unless the order changed since it was read."""
     values = {"promise_status": after.value if after else None,
               "projected_finish": projection.finish if projection else None, "updated_at": now}
+    if after is Promise.ON_TRACK:
+        values["late_reason_id"] = None
     done = session.execute(
         update(Order).where(Order.id == order.id, Order.status_version == order.status_version,
                             Order.promise_status.is_(None) if order.promise_status is None

@@ -11,6 +11,7 @@ from ..domain import actors, holds
 from ..domain.actors import Actor
 from ..domain.errors import VersionConflict
 from ..domain.holds import EventKind
+from ..domain.forecast import Promise, needs_late_reason
 from ..domain.lifecycle import Status
 from ..domain.reason_codes import Kind
 from ..models import Order, OrderEvent, ReasonCode, utcnow
@@ -39,6 +40,7 @@ def put_on_hold(session: Session, actor: Actor, order_id: int, reason_code_id: i
         now = utcnow()
         order.hold_since, order.hold_reason = now, code
         _record(session, actor, order, EventKind.HOLD, code, text, now)
+        _hold_explains_lateness(session, order, code)
         session.commit()
     except BaseException:
         session.rollback()
@@ -65,6 +67,16 @@ def release_hold(session: Session, actor: Actor, order_id: int, note: str | None
         session.rollback()
         raise
     return HoldChanged(order, EventKind.RELEASE)
+
+
+def _hold_explains_lateness(session: Session, order: Order, code: ReasonCode) -> None:
+    """A hold on an order at risk or late with no recorded cause is its cause: the late reason of the
+    same code (Machine down holds it, Machine down made it late), so nobody is asked twice."""
+    promise = Promise(order.promise_status) if order.promise_status else None
+    if needs_late_reason(promise) and order.late_reason_id is None:
+        twin = reason_codes.twin(session, code, Kind.LATE)
+        if twin is not None:
+            order.late_reason_id = twin.id
 
 
 def _locked(session: Session, actor: Actor, order_id: int, expected_version: int | None) -> Order:

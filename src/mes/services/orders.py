@@ -14,13 +14,15 @@ from ..db import begin_write
 from ..domain import actors, inputs
 from ..domain.actors import Actor, OrderFacts
 from ..domain.errors import AlreadyClaimed, Conflict, Forbidden, NotFound, ReferenceConflict, VersionConflict
+from ..domain.forecast import Promise, check_late_reason
 from ..domain.holds import EventKind, HoldState, check_move_while_held, closed
+from ..domain.reason_codes import Kind
 from ..domain.idempotency import check_replay
 from ..domain.lifecycle import OPEN_STATUSES, Status, check_transition
 from ..domain.priority import Priority
 from ..domain.promises import promised_date
 from ..models import IdempotencyRecord, Operator, Order, OrderEvent, StatusCount, utcnow
-from . import cursors, forecast
+from . import cursors, forecast, reason_codes
 
 
 def facts(order: Order) -> OrderFacts:
@@ -141,9 +143,11 @@ class StatusChanged:
 
 
 def change_status(session: Session, actor: Actor, order_id: int, target: Status, *,
-                  reason: str | None = None, expected_version: int | None = None) -> StatusChanged:
+                  reason: str | None = None, expected_version: int | None = None,
+                  late_reason_id: int | None = None) -> StatusChanged:
     """Move an order along the lifecycle; the row lock makes concurrent changes queue, and the
-    loser sees either the new status (invalid transition) or a newer version (version conflict)."""
+    loser sees either the new status (invalid transition) or a newer version (version conflict).
+    An operator moving an order at risk or late says why, once per at-risk spell (the late reason)."""
     begin_write(session)
     try:
         order = get_order(session, actor, order_id, for_update=True)
@@ -156,6 +160,12 @@ def change_status(session: Session, actor: Actor, order_id: int, target: Status,
         actors.require_move(actor, facts(order), target)
         hold = state_of(order)
         check_move_while_held(hold, target, order.hold_reason.label if order.hold_reason else None)
+        late = None
+        if actor.kind == "operator" and target is not Status.CANCELLED and check_late_reason(
+                Promise(order.promise_status) if order.promise_status else None,
+                recorded=order.late_reason_id is not None, given=late_reason_id is not None):
+            late = reason_codes.choosable(session, Kind.LATE, late_reason_id)
+            order.late_reason_id = late.id
         now = utcnow()
         if hold.on_hold:  # a cancelled order is held no more: its hold time stops counting
             end_hold(order, now)
@@ -168,7 +178,7 @@ def change_status(session: Session, actor: Actor, order_id: int, target: Status,
             order_id=order.id, partner_id=order.partner_id, from_status=current.value, to_status=target.value,
             status_version=order.status_version, actor=actor.label,
             operator_id=actor.id if actor.kind == "operator" else None, reason=(reason or "").strip() or None,
-            created_at=now), move))
+            reason_code=late, created_at=now), move))
         _bump_counts(session, current.value, target.value)
         session.commit()
     except BaseException:

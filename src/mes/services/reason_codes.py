@@ -29,6 +29,12 @@ def choosable(session: Session, kind: Kind, code_id: int | None) -> ReasonCode:
     return code
 
 
+def twin(session: Session, code: ReasonCode, kind: Kind) -> ReasonCode | None:
+    """The active code of another kind with the same code (a hold's "machine_down" as a late reason)."""
+    return session.scalar(select(ReasonCode).where(ReasonCode.kind == kind.value, ReasonCode.code == code.code,
+                                                   ReasonCode.active.is_(True)))
+
+
 def add(session: Session, actor: Actor, kind: Kind, code: str, label: str, *,
         requires_note: bool = False) -> ReasonCode:
     actors.require_supervisor(actor, "change reason codes")

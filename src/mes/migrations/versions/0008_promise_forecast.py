@@ -1,5 +1,5 @@
 """the promise: each order's stage entry, hold seconds at that entry, ship time, projected finish and
-promise status; promise changes as events (with the estimate); learned stage norms and stage throughput;
+promise status and the recorded cause of its lateness; promise changes as events (with the estimate); learned stage norms and stage throughput;
 late reasons seeded
 
 Revision ID: 0008
@@ -49,6 +49,7 @@ def upgrade() -> None:
     op.add_column("orders", sa.Column("shipped_at", sa.DateTime(timezone=True)))
     op.add_column("orders", sa.Column("projected_finish", sa.DateTime(timezone=True)))
     op.add_column("orders", sa.Column("promise_status", sa.String(8)))
+    op.add_column("orders", sa.Column("late_reason_id", sa.Integer()))
     # Where each order entered its status, and when it shipped, from its events (one pass each).
     op.execute("UPDATE orders SET stage_entered_at = (SELECT max(e.created_at) FROM order_events e "
                "WHERE e.order_id = orders.id AND e.kind = 'status'), stage_hold_base = hold_seconds")
@@ -94,6 +95,8 @@ def upgrade() -> None:
         op.drop_constraint(op.f("ck_order_events_kind"), "order_events", type_="check")
         op.create_check_constraint(op.f("ck_order_events_kind"), "order_events",
                                    "kind IN ('status', 'hold', 'release', 'promise')")
+        op.create_foreign_key(op.f("fk_orders_late_reason_id_reason_codes"), "orders", "reason_codes",
+                              ["late_reason_id"], ["id"])
         promise = "promise_status IN ('on_track', 'at_risk', 'late', 'met', 'missed')"
         op.create_check_constraint(op.f("ck_orders_promise_status"), "orders", promise)
 
@@ -101,6 +104,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
         op.drop_constraint(op.f("ck_orders_promise_status"), "orders", type_="check")
+        op.drop_constraint(op.f("fk_orders_late_reason_id_reason_codes"), "orders", type_="foreignkey")
         op.execute("DELETE FROM order_events WHERE kind = 'promise'")
         op.drop_constraint(op.f("ck_order_events_kind"), "order_events", type_="check")
         op.create_check_constraint(op.f("ck_order_events_kind"), "order_events",
@@ -115,6 +119,6 @@ def downgrade() -> None:
     for index in ("ix_orders_shipped_at", "ix_orders_promise_queue", "ix_orders_stage_entered"):
         op.drop_index(index, table_name="orders")
     with op.batch_alter_table("orders") as batch:
-        for column in ("promise_status", "projected_finish", "shipped_at", "stage_hold_base", "stage_entered_at"):
+        for column in ("late_reason_id", "promise_status", "projected_finish", "shipped_at", "stage_hold_base", "stage_entered_at"):
             batch.drop_column(column)
     op.execute("DELETE FROM reason_codes WHERE kind = 'late'")
