@@ -9,7 +9,7 @@ import time
 
 from . import backup, dbtier
 from .base import Ctx, StackError
-from .services import AppInstance, HAProxy, NodeExporter, Prometheus, Redis, RedisExporter
+from .services import AppInstance, HAProxy, NodeExporter, Prometheus, Redis, RedisExporter, Scheduler
 from .topology import make_ctx, wipe
 
 DEMO_ORDERS = 2000
@@ -22,11 +22,12 @@ def components(ctx: Ctx) -> list:
     urls = dbtier.database_urls(ctx)
     if t["single"]:
         apps = [AppInstance("single", i, urls["app"], None) for i in t["app_single"]]
-        return [*database, NodeExporter(), *apps, HAProxy(), Prometheus()]
+        return [*database, NodeExporter(), *apps, Scheduler(apps[0]), HAProxy(), Prometheus()]
     redis_url = f"redis://{t['redis']['host']}:{t['redis']['port']}/0"
-    apps = [AppInstance("operator", i, urls["app"], redis_url) for i in t["app_operator"]]
-    apps += [AppInstance("public", i, urls["app"], redis_url) for i in t["app_public"]]
-    return [*database, Redis(), RedisExporter(), NodeExporter(), *apps, HAProxy(), Prometheus()]
+    operator = [AppInstance("operator", i, urls["app"], redis_url) for i in t["app_operator"]]
+    public = [AppInstance("public", i, urls["app"], redis_url) for i in t["app_public"]]
+    return [*database, Redis(), RedisExporter(), NodeExporter(), *operator, *public, Scheduler(operator[0]), HAProxy(),
+            Prometheus()]
 
 
 def mes(ctx: Ctx, *args: str) -> str:

@@ -150,6 +150,29 @@ class AppInstance(Daemon):
         return f"{self.pool} pool, {self.url()}"
 
 
+class Scheduler(Daemon):
+    """`mes run-scheduler` (mes.scheduler): the periodic jobs, with the settings of an operator instance."""
+
+    name = "scheduler"
+
+    def __init__(self, app: AppInstance):
+        self.app = app
+
+    def env(self, ctx):
+        # Not a gunicorn worker: no multiprocess metric files, no bind address.
+        env = {k: v for k, v in self.app.env(ctx).items() if not k.startswith("GUNICORN_")}
+        return {**env, "PROMETHEUS_MULTIPROC_DIR": ""}
+
+    def argv(self, ctx):
+        return [sys.executable, "-m", "mes", "run-scheduler"]
+
+    def ready(self, ctx):
+        return bool(ctx.pid(self.name)) and "scheduler started" in ctx.log_tail(self.name, lines=200)
+
+    def detail(self, ctx):
+        return "periodic jobs: mes jobs lists them"
+
+
 class HAProxy(Daemon):
     name = "haproxy"
 

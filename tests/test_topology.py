@@ -32,9 +32,51 @@ def test_every_component_answers(stack):
     r = stack_cli(stack.env, "status")
     assert r.returncode == 0, r.stdout
     lines = r.stdout.splitlines()
-    for name in ("pg0", "pg1", "pgpool", "redis", "operator1", "operator2", "public1", "public2", "haproxy",
-                 "prometheus"):
+    for name in ("pg0", "pg1", "pgpool", "redis", "operator1", "operator2", "public1", "public2", "scheduler",
+                 "haproxy", "prometheus"):
         assert any(line.split()[0] == name and " UP " in line for line in lines), r.stdout
+
+
+def test_the_scheduler_runs_every_job(stack):
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        jobs = stack.mes("jobs")
+        if jobs.count("; ok at") == 3:
+            break
+        time.sleep(2)
+    assert jobs.count("; ok at") == 3, jobs
+    assert "recompute-promises: next" in jobs and "open orders" in jobs
+
+
+def test_a_hold_and_a_status_change_reach_the_feed_with_the_promise_they_leave(stack):
+    partner = stack.new_key("split-promise")
+    order = create(stack, partner, "PROM-1")
+    assert order["promise_status"] in ("on_track", "at_risk") and order["estimated_completion"]
+    s = requests.Session()
+    page = s.get(f"{stack.operator}/operator/login", timeout=10).text
+    token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    s.post(f"{stack.operator}/operator/login", data={"login": "demo", "password": "demo-pass", "csrf_token": token},
+           timeout=10)
+    html = s.get(f"{stack.operator}/operator/orders/{order['id']}", timeout=10).text
+    token = html.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    code = html.split('name="reason_code" required>')[1].split('<option value="')[2].split('"')[0]
+    html = s.post(f"{stack.operator}/operator/orders/{order['id']}/hold",
+                  data={"csrf_token": token, "reason_code": code, "version": "1"}, timeout=10).text
+    assert 'id="hold-badge"' in html
+    r = requests.post(f"{stack.public}/api/v1/orders/{order['id']}/cancel", json={"reason": "no longer needed"},
+                      headers=partner, timeout=10)
+    assert r.status_code == 200, r.text
+    deadline, mine = time.monotonic() + 15, []
+    while len(mine) < 3 and time.monotonic() < deadline:  # the feed is read on the replica
+        items = requests.get(f"{stack.public}/api/v1/status-changes?limit=200", headers=partner,
+                             timeout=10).json()["items"]
+        mine = [i for i in items if i["order_id"] == order["id"]]
+        time.sleep(0.3)
+    assert [i["type"] for i in mine] == ["status", "hold", "status"]
+    assert mine[0]["promise_status"] == order["promise_status"]
+    assert mine[1]["previous_promise_status"] == order["promise_status"] and mine[1]["estimated_completion"]
+    assert (mine[2]["to_status"], mine[2]["promise_status"], mine[2]["estimated_completion"]) == (
+        "cancelled", None, None)
 
 
 def test_writes_go_to_the_primary_and_reads_to_the_replica(stack):

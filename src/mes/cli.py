@@ -142,6 +142,29 @@ def recompute_promises():
                f"{done.projections_moved} projections moved")
 
 
+@main.command("run-scheduler")
+@with_appcontext
+def run_scheduler():
+    """Run the periodic jobs (promises, norms, idempotency keys) until stopped; several may run at once."""
+    from . import scheduler
+
+    scheduler.serve(current_app.extensions["mes_sessionmaker"], current_app.extensions["mes_settings"])
+
+
+@main.command("jobs")
+@with_appcontext
+def list_jobs():
+    """The periodic jobs: when each runs next, and how its last run went."""
+    from sqlalchemy import select
+
+    from .models import JobLease
+
+    for lease in db_session().scalars(select(JobLease).order_by(JobLease.name)):
+        outcome = "never ran" if lease.finished_at is None else (
+            f"{'ok' if lease.last_ok else 'FAILED'} at {lease.finished_at:%Y-%m-%d %H:%M:%S} UTC: {lease.last_result}")
+        click.echo(f"{lease.name}: next {lease.next_run_at:%Y-%m-%d %H:%M:%S} UTC; {outcome}")
+
+
 @main.command("demo-data")
 @click.option("--orders", "count", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--partners", type=click.IntRange(min=1), default=25, show_default=True)

@@ -70,6 +70,9 @@ class Settings:
     # An open order is at risk when its projected finish falls within this many days of its promised
     # date, or after it (mes.domain.forecast).
     promise_margin_days: int = 2
+    # How often the scheduler refreshes every open order's promise, and relearns the stage norms.
+    promise_recompute_seconds: int = 300
+    norms_recompute_seconds: int = 6 * 3600
     # Median days per stage until the factory has history of its own (mes.domain.forecast.default_norms).
     stage_norm_days: dict[str, float] = field(default_factory=lambda: {
         "received": 0.5, "queued": 3.0, "in_production": 8.0, "quality_check": 1.5, "packed": 1.5})
@@ -126,6 +129,9 @@ class Settings:
             secret_key=secret or defaults.secret_key,
             promise_lead_days=int(_env("MES_PROMISE_LEAD_DAYS", "21")),
             promise_margin_days=int(_env("MES_PROMISE_MARGIN_DAYS", str(defaults.promise_margin_days))),
+            promise_recompute_seconds=int(_env("MES_PROMISE_RECOMPUTE_SECONDS",
+                                               str(defaults.promise_recompute_seconds))),
+            norms_recompute_seconds=int(_env("MES_NORMS_RECOMPUTE_SECONDS", str(defaults.norms_recompute_seconds))),
             stage_norm_days=_stage_days(_env("MES_STAGE_NORM_DAYS"), defaults.stage_norm_days),
             max_body_bytes=int(_env("MES_MAX_BODY_BYTES", str(defaults.max_body_bytes))),
             idempotency_retention_hours=int(_env("MES_IDEMPOTENCY_RETENTION_HOURS", "48")),

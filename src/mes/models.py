@@ -247,6 +247,19 @@ class StageFlow(Base):
     computed_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class JobLease(Base):
+    """One periodic job (mes.scheduler): when it is due next, and who ran it last with what result."""
+
+    __tablename__ = "job_leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_run_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    holder: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_ok: Mapped[bool | None] = mapped_column(Boolean)
+    last_result: Mapped[str | None] = mapped_column(String(500))
+
+
 class StatusCount(Base):
     """Orders per status, kept in step with every change, so the queue never counts the table."""
 

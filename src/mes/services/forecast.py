@@ -13,6 +13,7 @@ from sqlalchemy import bindparam, delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from ..config import Settings
+from ..db import begin_write
 from ..domain import forecast
 from ..domain.forecast import Flow, Norm, Norms, Policy, Position, Promise, StageEvent
 from ..domain.holds import EventKind, HoldState, total_hold_seconds
@@ -25,6 +26,7 @@ FLOW_WINDOW = timedelta(days=14)
 #: The scheduled recomputation rewrites a projection only when it moved at least this much.
 PROJECTION_TOLERANCE = timedelta(hours=1)
 BATCH = 5000
+AHEAD_CAP = 10_000
 SYSTEM_ACTOR = "system:forecast"
 _OPEN = [s.value for s in OPEN_STATUSES]
 
@@ -70,11 +72,12 @@ class PromiseMove:
 
 
 def ahead_in_stage(session: Session, order: Order) -> int:
-    """Orders of the same status before this one in queue order (an index range of ix_orders_status_queue)."""
+    """Orders of the same status before this one in queue order (an index range of ix_orders_status_queue),
+    counted up to AHEAD_CAP: past that the queue says "months" whatever its exact length."""
     key = tuple_(Order.promised_date, Order.priority, Order.id)
-    return session.scalar(select(func.count()).select_from(Order).where(
-        Order.status == order.status,
-        key < tuple_(order.promised_date, order.priority, order.id))) or 0
+    ahead = select(Order.id).where(Order.status == order.status,
+                                   key < tuple_(order.promised_date, order.priority, order.id)).limit(AHEAD_CAP)
+    return session.scalar(select(func.count()).select_from(ahead.subquery())) or 0
 
 
 def position_of(order: Order, now: datetime, ahead: int) -> Position:
@@ -155,29 +158,33 @@ class Recomputed:
 
 
 def recompute_promises(session: Session, now: datetime | None = None) -> Recomputed:
-    """Refresh every open order, one batch per transaction: projections that moved are rewritten, and a
-    change of promise status is written with its event. A row changed meanwhile (its version moved) is
-    left alone: the change refreshed it already."""
+    """Refresh every open order, a batch at a time: each batch is read (a replica may serve it), then its
+    changes are written in one short write transaction. Projections that moved are rewritten; a change of
+    promise status is written with its event. A row changed since it was read (its version or promise
+    moved) is left alone: that change refreshed it already."""
     now = now or utcnow()
     model = load_model(session)
     session.rollback()
     done = Recomputed()
     for batch in _open_orders(session):
         moved: list[dict] = []
+        changes: list[_Change] = []
         for order, ahead in batch:
             done.open_orders += 1
             projection, after = evaluate(order, model, now, ahead)
             finish = projection.finish if projection else None
-            before = order.promise_status
-            if (after.value if after else None) != before:
-                if _change_promise(session, order, projection, after, now):
-                    done.promises_changed += 1
+            if (after.value if after else None) != order.promise_status:
+                changes.append(_Change.of(order, projection, after))
             elif finish is not None and (order.projected_finish is None
                                          or abs(finish - order.projected_finish) >= PROJECTION_TOLERANCE):
                 moved.append({"oid": order.id, "version": order.status_version, "finish": finish})
-        if moved:
-            done.projections_moved += _move_projections(session, moved)
-        session.commit()
+        session.rollback()  # the read ends here; the writes go to the primary
+        if moved or changes:
+            begin_write(session)
+            if moved:
+                done.projections_moved += _move_projections(session, moved)
+            done.promises_changed += sum(_change_promise(session, change, now) for change in changes)
+            session.commit()
     return done
 
 
@@ -205,25 +212,42 @@ def _move_projections(session: Session, rows: list[dict]) -> int:
     return len(rows)
 
 
-def _change_promise(session: Session, order: Order, projection, after: Promise | None, now: datetime) -> bool:
+@dataclass(frozen=True)
+class _Change:
+    """A promise change decided from a read, to be written if the order is still as it was read."""
+
+    order_id: int
+    partner_id: int
+    status: str
+    version: int
+    before: str | None
+    move: PromiseMove
+
+    @classmethod
+    def of(cls, order: Order, projection: forecast.Projection | None, after: Promise | None) -> "_Change":
+        before = Promise(order.promise_status) if order.promise_status else None
+        move = PromiseMove(before, after, projection.finish if projection else None,
+                           forecast.partner_reason(after, projection, _hold_label(order)))
+        return cls(order.id, order.partner_id, order.status, order.status_version, order.promise_status, move)
+
+
+def _change_promise(session: Session, change: _Change, now: datetime) -> bool:
     """Write a promise change and its event, unless the order changed since it was read."""
-    values = {"promise_status": after.value if after else None,
-              "projected_finish": projection.finish if projection else None, "updated_at": now}
+    after = change.move.after
+    values = {"promise_status": after.value if after else None, "projected_finish": change.move.estimate,
+              "updated_at": now}
     if after is Promise.ON_TRACK:
         values["late_reason_id"] = None
+    same_promise = (Order.promise_status.is_(None) if change.before is None
+                    else Order.promise_status == change.before)
     done = session.execute(
-        update(Order).where(Order.id == order.id, Order.status_version == order.status_version,
-                            Order.promise_status.is_(None) if order.promise_status is None
-                            else Order.promise_status == order.promise_status)
+        update(Order).where(Order.id == change.order_id, Order.status_version == change.version, same_promise)
         .values(**values).execution_options(synchronize_session=False)).rowcount == 1
     if done:
-        before = Promise(order.promise_status) if order.promise_status else None
-        move = PromiseMove(before, after, values["projected_finish"],
-                           forecast.partner_reason(after, projection, _hold_label(order)))
         session.add(stamp(OrderEvent(
-            order_id=order.id, partner_id=order.partner_id, from_status=order.status, to_status=order.status,
-            status_version=order.status_version, actor=SYSTEM_ACTOR, kind=EventKind.PROMISE.value,
-            reason=move.reason, created_at=now), move))
+            order_id=change.order_id, partner_id=change.partner_id, from_status=change.status,
+            to_status=change.status, status_version=change.version, actor=SYSTEM_ACTOR,
+            kind=EventKind.PROMISE.value, reason=change.move.reason, created_at=now), change.move))
     return done
 
 
@@ -235,7 +259,7 @@ class Learned:
 
 
 def recompute_norms(session: Session, now: datetime | None = None) -> Learned:
-    """Learn the norms from orders shipped in the window and the stages' exits per day; one transaction."""
+    """Learn the norms from orders shipped in the window and the stages' exits per day."""
     now = now or utcnow()
     shipped = select(Order.id, Order.product).where(Order.shipped_at >= now - NORM_WINDOW).subquery()
     rows = session.execute(
@@ -244,14 +268,15 @@ def recompute_norms(session: Session, now: datetime | None = None) -> Learned:
         .order_by(shipped.c.id, OrderEvent.id))
     per_order = list(_durations_by_order(rows))
     learned = forecast.learn_norms(per_order)
-    session.execute(delete(StageNorm))
-    session.add_all(StageNorm(family=family, stage=stage.value, p50_seconds=round(n.p50), p85_seconds=round(n.p85),
-                              samples=n.samples, computed_at=now) for (family, stage), n in learned.items())
     exits = {stage: count for stage, count in session.execute(
         select(OrderEvent.from_status, func.count()).where(
             OrderEvent.created_at >= now - FLOW_WINDOW, OrderEvent.kind == EventKind.STATUS.value,
             OrderEvent.from_status.in_(_OPEN), OrderEvent.to_status != Status.CANCELLED.value)
         .group_by(OrderEvent.from_status))}
+    begin_write(session)  # the reads above may come from a replica; the writes replace both tables at once
+    session.execute(delete(StageNorm))
+    session.add_all(StageNorm(family=family, stage=stage.value, p50_seconds=round(n.p50), p85_seconds=round(n.p85),
+                              samples=n.samples, computed_at=now) for (family, stage), n in learned.items())
     session.execute(delete(StageFlow))
     session.add_all(StageFlow(stage=s.value, exits_per_day=exits.get(s.value, 0) / FLOW_WINDOW.days, computed_at=now)
                     for s in forecast.STAGES)

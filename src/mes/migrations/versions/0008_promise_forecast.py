@@ -1,6 +1,6 @@
 """the promise: each order's stage entry, hold seconds at that entry, ship time, projected finish and
 promise status and the recorded cause of its lateness; promise changes as events (with the estimate); learned stage norms and stage throughput;
-late reasons seeded
+the periodic jobs' leases (mes.scheduler); late reasons seeded
 
 Revision ID: 0008
 Revises: 0007
@@ -90,6 +90,17 @@ def upgrade() -> None:
         sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("stage", name="pk_stage_flow"),
     )
+    op.create_table(
+        "job_leases",
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("next_run_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("holder", sa.String(200)),
+        sa.Column("started_at", sa.DateTime(timezone=True)),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Column("last_ok", sa.Boolean()),
+        sa.Column("last_result", sa.String(500)),
+        sa.PrimaryKeyConstraint("name", name="pk_job_leases"),
+    )
     if not sqlite:
         op.alter_column("orders", "stage_entered_at", nullable=False)
         op.drop_constraint(op.f("ck_order_events_kind"), "order_events", type_="check")
@@ -109,6 +120,7 @@ def downgrade() -> None:
         op.drop_constraint(op.f("ck_order_events_kind"), "order_events", type_="check")
         op.create_check_constraint(op.f("ck_order_events_kind"), "order_events",
                                    "kind IN ('status', 'hold', 'release')")
+    op.drop_table("job_leases")
     op.drop_table("stage_flow")
     op.drop_table("stage_norms")
     op.drop_index("ix_order_events_created", table_name="order_events")

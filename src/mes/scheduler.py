@@ -1,0 +1,124 @@
+"""The service's periodic jobs, run by `mes run-scheduler` on every operator app host (and by `make up`).
+
+Several schedulers may run at once, for availability: each job's row in `job_leases` says when it is due
+next, and a scheduler runs a job only after moving that time forward in one conditional UPDATE on the
+primary, so that exactly one of them wins each run. A scheduler that dies mid-run leaves the job due at
+its next time, when another one takes it.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .config import Settings
+from .db import begin_write
+from .models import JobLease, utcnow
+from .services import forecast
+from .services.orders import purge_idempotency_keys
+
+log = logging.getLogger("mes.scheduler")
+TICK_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    every: timedelta
+    run: Callable[[Session], str]  # returns one line for the log and the lease's last result
+
+
+def jobs(cfg: Settings) -> tuple[Job, ...]:
+    """What runs how often; the intervals are settings (mes.config)."""
+    def promises(session: Session) -> str:
+        done = forecast.recompute_promises(session)
+        return (f"{done.open_orders} open orders, {done.promises_changed} promise changes, "
+                f"{done.projections_moved} projections moved")
+
+    def norms(session: Session) -> str:
+        learned = forecast.recompute_norms(session)
+        return f"{learned.norms} norms from {learned.orders} shipped orders"
+
+    def idempotency(session: Session) -> str:
+        hours = max(24, cfg.idempotency_retention_hours)
+        return f"{purge_idempotency_keys(session, timedelta(hours=hours))} idempotency keys purged"
+
+    return (
+        Job("recompute-norms", timedelta(seconds=cfg.norms_recompute_seconds), norms),
+        Job("recompute-promises", timedelta(seconds=cfg.promise_recompute_seconds), promises),
+        Job("purge-idempotency-keys", timedelta(hours=1), idempotency),
+    )
+
+
+def claim(session: Session, job: Job, now: datetime, holder: str) -> bool:
+    """Take this run of the job if it is due: move its next time forward, unless another scheduler did."""
+    begin_write(session)
+    try:
+        with session.begin_nested():
+            session.execute(insert(JobLease).values(name=job.name, next_run_at=now))
+    except IntegrityError:
+        pass  # the row exists: the usual case
+    won = session.execute(
+        update(JobLease).where(JobLease.name == job.name, JobLease.next_run_at <= now)
+        .values(next_run_at=now + job.every, holder=holder, started_at=now)
+        .execution_options(synchronize_session=False)).rowcount == 1
+    session.commit()
+    return won
+
+
+def finish(session: Session, job: Job, result: str, ok: bool) -> None:
+    begin_write(session)
+    session.execute(update(JobLease).where(JobLease.name == job.name)
+                    .values(finished_at=utcnow(), last_result=result[:500], last_ok=ok)
+                    .execution_options(synchronize_session=False))
+    session.commit()
+
+
+def run_due(make_session: Callable[[], Session], all_jobs: tuple[Job, ...], holder: str) -> list[str]:
+    """One pass: every due job that this scheduler wins, one after another. Returns the jobs it ran."""
+    ran = []
+    for job in all_jobs:
+        with make_session() as session:
+            if not claim(session, job, utcnow(), holder):
+                continue
+            try:
+                result, ok = job.run(session), True
+            except Exception as exc:  # one job's failure must not stop the others, nor the scheduler
+                session.rollback()
+                log.exception("job failed", extra={"job": job.name})
+                result, ok = f"{type(exc).__name__}: {exc}", False
+            finish(session, job, result, ok)
+            log.info("job ran", extra={"job": job.name, "result": result, "ok": ok})
+            ran.append(job.name)
+    return ran
+
+
+def due(session: Session) -> dict[str, datetime]:
+    """When each job runs next (for `mes jobs`)."""
+    return {row.name: row.next_run_at for row in session.scalars(select(JobLease))}
+
+
+def serve(make_session: Callable[[], Session], cfg: Settings) -> None:
+    """Run due jobs until SIGTERM or SIGINT; a job that has started finishes first."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    all_jobs = jobs(cfg)
+    log.info("scheduler started", extra={"holder": holder, "jobs": [j.name for j in all_jobs]})
+    while not stop.is_set():
+        try:
+            run_due(make_session, all_jobs, holder)
+        except Exception:  # the database is away (a failover): try again at the next tick
+            log.exception("scheduler pass failed")
+        stop.wait(TICK_SECONDS)
+    log.info("scheduler stopped", extra={"holder": holder})

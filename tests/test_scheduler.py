@@ -1,0 +1,79 @@
+"""The periodic jobs: each run is taken by exactly one scheduler, a failing job is recorded and spares the
+others, and `mes run-scheduler` runs them and stops cleanly on SIGTERM (both databases)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from mes import scheduler
+from mes.models import JobLease
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def counting_job(name: str, runs: list, every=timedelta(minutes=5), fail=False) -> scheduler.Job:
+    def run(session):
+        runs.append(name)
+        time.sleep(0.05)  # long enough for a second scheduler to try while this one runs
+        if fail:
+            raise RuntimeError("disk full")
+        return "done"
+    return scheduler.Job(name, every, run)
+
+
+def test_each_run_is_taken_by_one_scheduler(app):
+    make = app.extensions["mes_sessionmaker"]
+    runs: list[str] = []
+    jobs = (counting_job("a", runs), counting_job("b", runs))
+    threads = [threading.Thread(target=scheduler.run_due, args=(make, jobs, f"s{i}")) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(runs) == ["a", "b"]
+    assert scheduler.run_due(make, jobs, "late") == []  # not due again for five minutes
+    with make() as session:
+        leases = {row.name: row for row in session.scalars(select(JobLease))}
+    assert leases["a"].last_ok and leases["a"].last_result == "done"
+    assert leases["a"].next_run_at - leases["a"].started_at == timedelta(minutes=5)
+
+
+def test_a_failing_job_is_recorded_and_the_others_still_run(app):
+    make = app.extensions["mes_sessionmaker"]
+    runs: list[str] = []
+    ran = scheduler.run_due(make, (counting_job("broken", runs, fail=True), counting_job("fine", runs)), "s1")
+    assert ran == ["broken", "fine"]
+    with make() as session:
+        broken = session.get(JobLease, "broken")
+    assert broken.last_ok is False and broken.last_result == "RuntimeError: disk full"
+
+
+def test_the_scheduler_process_runs_the_jobs_and_stops_on_sigterm(app, settings):
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "SECRET_KEY": "test-secret",
+           "PYTHONPATH": str(ROOT / "src"), "LOG_LEVEL": "INFO"}
+    proc = subprocess.Popen([sys.executable, "-m", "mes", "run-scheduler"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        make = app.extensions["mes_sessionmaker"]
+        deadline = time.monotonic() + 60
+        names: set[str] = set()
+        while time.monotonic() < deadline and len(names) < 3:
+            with make() as session:
+                names = set(session.scalars(select(JobLease.name).where(JobLease.finished_at.is_not(None))))
+            time.sleep(0.2)
+        assert names == {"recompute-norms", "recompute-promises", "purge-idempotency-keys"}
+        with make() as session:
+            assert all(lease.last_ok for lease in session.scalars(select(JobLease)))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "scheduler stopped" in out
