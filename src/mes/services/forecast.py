@@ -243,7 +243,7 @@ def _change_promise(session: Session, change: _Change, now: datetime) -> bool:
     done = session.execute(
         update(Order).where(Order.id == change.order_id, Order.status_version == change.version, same_promise)
         .values(**values).execution_options(synchronize_session=False)).rowcount == 1
-    if done:
+    if done and change.before is not None:  # an order's first projection (after an upgrade) is news to nobody
         session.add(stamp(OrderEvent(
             order_id=change.order_id, partner_id=change.partner_id, from_status=change.status,
             to_status=change.status, status_version=change.version, actor=SYSTEM_ACTOR,
