@@ -142,6 +142,27 @@ def recompute_promises():
                f"{done.projections_moved} projections moved")
 
 
+@main.command("backtest")
+@click.option("--days", type=click.IntRange(min=1, max=365), default=90, show_default=True)
+@with_appcontext
+def backtest(days):
+    """How good the projections were over the last DAYS: replay the history, compare with what happened."""
+    from .services import forecast
+
+    c = forecast.backtest(db_session(), days)
+    click.echo(f"{c.orders} orders shipped in the last {days} days, {c.projections} daily projections scored")
+    click.echo(f"mean absolute error of the projected finish: {_days(c.mean_abs_error_days)}")
+    click.echo(f"missed their promised date: {c.missed}; flagged at risk before it: {c.flagged_in_time}; "
+               f"median warning: {_days(c.median_warning_days)} before the promised date")
+    share = "n/a" if c.false_alarm_share is None else f"{c.false_alarm_share:.1%}"
+    click.echo(f"orders that kept their date but were flagged at some point: {share}")
+    click.echo("(today's norms are used for every past day)")
+
+
+def _days(value):
+    return "n/a" if value is None else f"{value:.1f} days"
+
+
 @main.command("run-scheduler")
 @with_appcontext
 def run_scheduler():

@@ -247,6 +247,23 @@ class StageFlow(Base):
     computed_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class ForecastCheck(Base):
+    """One backtest of the projections over the order history (mes.domain.backtest); the board shows
+    the latest."""
+
+    __tablename__ = "forecast_checks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    window_days: Mapped[int] = mapped_column(Integer)
+    orders: Mapped[int] = mapped_column(Integer)
+    projections: Mapped[int] = mapped_column(Integer)
+    mean_abs_error_days: Mapped[float | None] = mapped_column(Float)
+    missed: Mapped[int] = mapped_column(Integer)
+    flagged_in_time: Mapped[int] = mapped_column(Integer)
+    median_warning_days: Mapped[float | None] = mapped_column(Float)
+    false_alarm_share: Mapped[float | None] = mapped_column(Float)
+
+
 class JobLease(Base):
     """One periodic job (mes.scheduler): when it is due next, and who ran it last with what result."""
 

@@ -52,10 +52,15 @@ def jobs(cfg: Settings) -> tuple[Job, ...]:
         hours = max(24, cfg.idempotency_retention_hours)
         return f"{purge_idempotency_keys(session, timedelta(hours=hours))} idempotency keys purged"
 
+    def backtest(session: Session) -> str:
+        c = forecast.backtest(session)
+        return f"{c.orders} orders scored, mean absolute error {c.mean_abs_error_days} days"
+
     return (
         Job("recompute-norms", timedelta(seconds=cfg.norms_recompute_seconds), norms),
         Job("recompute-promises", timedelta(seconds=cfg.promise_recompute_seconds), promises),
         Job("purge-idempotency-keys", timedelta(hours=1), idempotency),
+        Job("backtest-forecasts", timedelta(days=1), backtest),
     )
 
 

@@ -1,6 +1,6 @@
 """the promise: each order's stage entry, hold seconds at that entry, ship time, projected finish and
 promise status and the recorded cause of its lateness; promise changes as events (with the estimate); learned stage norms and stage throughput;
-the periodic jobs' leases (mes.scheduler); late reasons seeded
+the periodic jobs' leases (mes.scheduler), backtests of the forecasts; late reasons seeded
 
 Revision ID: 0008
 Revises: 0007
@@ -91,6 +91,20 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("stage", name="pk_stage_flow"),
     )
     op.create_table(
+        "forecast_checks",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("window_days", sa.Integer(), nullable=False),
+        sa.Column("orders", sa.Integer(), nullable=False),
+        sa.Column("projections", sa.Integer(), nullable=False),
+        sa.Column("mean_abs_error_days", sa.Float()),
+        sa.Column("missed", sa.Integer(), nullable=False),
+        sa.Column("flagged_in_time", sa.Integer(), nullable=False),
+        sa.Column("median_warning_days", sa.Float()),
+        sa.Column("false_alarm_share", sa.Float()),
+        sa.PrimaryKeyConstraint("id", name="pk_forecast_checks"),
+    )
+    op.create_table(
         "job_leases",
         sa.Column("name", sa.String(64), nullable=False),
         sa.Column("next_run_at", sa.DateTime(timezone=True), nullable=False),
@@ -121,6 +135,7 @@ def downgrade() -> None:
         op.create_check_constraint(op.f("ck_order_events_kind"), "order_events",
                                    "kind IN ('status', 'hold', 'release')")
     op.drop_table("job_leases")
+    op.drop_table("forecast_checks")
     op.drop_table("stage_flow")
     op.drop_table("stage_norms")
     op.drop_index("ix_order_events_created", table_name="order_events")
