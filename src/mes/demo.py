@@ -288,6 +288,7 @@ def seed(session: Session, engine: Engine, order_count: int) -> Iterator[str]:
 
 def forecast_all(session: Session) -> Iterator[str]:
     """Norms from the loaded history, then every open order's projection and promise."""
+    session.commit()  # a read begun before the load would not see it
     learned = forecast.recompute_norms(session)
     done = forecast.recompute_promises(session)
     yield f"{learned.norms} stage norms learned; {done.open_orders} open orders projected"
