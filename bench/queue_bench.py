@@ -57,7 +57,7 @@ from mes.config import Settings  # noqa: E402
 from mes.demo import PARTNER_NAMES, load_orders  # noqa: E402
 from mes.extensions import limiter  # noqa: E402
 from mes.migrate import upgrade  # noqa: E402
-from mes.services import accounts  # noqa: E402
+from mes.services import accounts, forecast  # noqa: E402
 from mes.testing.postgres import PostgresServer, create_mes_database, temporary_postgres  # noqa: E402
 from signals import stop_on_signals  # noqa: E402  (bench/ is on sys.path)
 
@@ -118,6 +118,10 @@ class Keys:
 class Loaded:
     seconds: float
     vacuum_seconds: float
+    norms_seconds: float = 0.0
+    promises_first_seconds: float = 0.0  # every open order gets its first projection (all written)
+    promises_again_seconds: float = 0.0  # the scheduled run in steady state (little to write)
+    open_orders: int = 0
 
 
 def create_database(server: PostgresServer, size: int) -> Database:
@@ -155,12 +159,23 @@ def load(db: Database) -> Loaded:
         started = time.perf_counter()
         load_orders(engine, db.size, seed=LOAD_SEED, progress=_progress_printer(db.size, started))
         seconds = time.perf_counter() - started
+        # The scheduler's jobs, timed: what one full recomputation of the promise costs at this size.
+        with Session(engine) as session:
+            started = time.perf_counter()
+            forecast.recompute_norms(session)
+            norms = time.perf_counter() - started
+            started = time.perf_counter()
+            first = forecast.recompute_promises(session)
+            promises_first = time.perf_counter() - started
+            started = time.perf_counter()
+            forecast.recompute_promises(session)
+            promises_again = time.perf_counter() - started
     started = time.perf_counter()
     with db.owner_engine(isolation_level="AUTOCOMMIT") as engine, engine.connect() as conn:
         conn.exec_driver_sql("VACUUM (ANALYZE) orders")
         conn.exec_driver_sql("VACUUM (ANALYZE) order_events")
     db.server.psql("CHECKPOINT;")  # superuser only: over the server's local socket
-    return Loaded(seconds, time.perf_counter() - started)
+    return Loaded(seconds, time.perf_counter() - started, norms, promises_first, promises_again, first.open_orders)
 
 
 def _progress_printer(total: int, started: float) -> Callable[[int], None]:
@@ -293,6 +308,7 @@ def build_scenarios(target: Target, keys: Keys) -> list[Scenario]:
         Scenario("queue_in_production", "GET /operator/?status=in_production",
                  ["/operator/?status=in_production"], True),
         Scenario("queue_overdue", "GET /operator/?overdue=1", ["/operator/?overdue=1"], True),
+        Scenario("queue_at_risk", "GET /operator/?promise=at_risk", ["/operator/?promise=at_risk"], True),
         Scenario("queue_search", "GET /operator/?q=<reference of an open order>",
                  [f"/operator/?{urlencode({'q': ref})}"], True),
         Scenario("queue_deep_page", f"GET /operator/?status=open&after=... (page {n}, via the Next links)",
@@ -456,6 +472,9 @@ def size_report(target: Target, loaded: Loaded, timings: dict[tuple[int, str], T
     return {
         "load_seconds": round(loaded.seconds, 1),
         "vacuum_checkpoint_seconds": round(loaded.vacuum_seconds, 1),
+        "recompute": {"open_orders": loaded.open_orders, "norms_seconds": round(loaded.norms_seconds, 1),
+                      "promises_first_seconds": round(loaded.promises_first_seconds, 1),
+                      "promises_steady_seconds": round(loaded.promises_again_seconds, 1)},
         "tables": table_facts(target.db),
         "scenarios": {sc.name: {"description": sc.description, "urls": sc.urls,
                                 "server_ms": summarize(timings[(size, sc.name)].server_ms),
@@ -604,6 +623,9 @@ def run(args: argparse.Namespace) -> dict:
             loads[size] = load(db)
             log(f"  {size:,} orders loaded in {loads[size].seconds:.1f} s "
                 f"(then VACUUM ANALYZE + CHECKPOINT {loads[size].vacuum_seconds:.1f} s)")
+            log(f"  promise recomputation over {loads[size].open_orders:,} open orders: norms "
+                f"{loads[size].norms_seconds:.1f} s, first {loads[size].promises_first_seconds:.1f} s, "
+                f"steady {loads[size].promises_again_seconds:.1f} s")
             target = apps.enter_context(open_target(db))
             target.scenarios = build_scenarios(target, keys)
             targets.append(target)

@@ -15,6 +15,7 @@ from mes.domain.errors import ValidationFailed
 from mes.domain import forecast as rules
 from mes.domain.lifecycle import Status
 from mes.models import Order, OrderEvent, ReasonCode, StageFlow, StageNorm, StatusCount, utcnow
+from mes.services import backtest as backtest_svc
 from mes.services import forecast, holds
 from mes.services import orders as svc
 from mes.services.accounts import operator_actor
@@ -124,10 +125,10 @@ def test_norms_are_learned_from_shipped_orders(app, db):
     open_orders = db.scalars(select(Order).where(Order.status.in_([s.value for s in rules.STAGES]))).all()
     assert done.open_orders == len(open_orders) > 0
     assert all(o.promise_status in ("on_track", "at_risk", "late") and o.projected_finish for o in open_orders)
-    check = forecast.backtest(db, days=60)
+    check = backtest_svc.backtest(db, days=60)
     assert check.orders > 20 and check.projections > check.orders
     assert 0 < check.mean_abs_error_days < 15 and check.missed <= check.orders
-    assert forecast.latest_check(db).id == check.id
+    assert backtest_svc.latest_check(db).id == check.id
 
 
 def test_the_queue_filters_at_risk_orders_and_the_order_page_shows_time_in_stage(client, accounts_, db):

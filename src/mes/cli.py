@@ -147,9 +147,9 @@ def recompute_promises():
 @with_appcontext
 def backtest(days):
     """How good the projections were over the last DAYS: replay the history, compare with what happened."""
-    from .services import forecast
+    from .services import backtest as backtest_svc
 
-    c = forecast.backtest(db_session(), days)
+    c = backtest_svc.backtest(db_session(), days)
     click.echo(f"{c.orders} orders shipped in the last {days} days, {c.projections} daily projections scored")
     click.echo(f"mean absolute error of the projected finish: {_days(c.mean_abs_error_days)}")
     click.echo(f"missed their promised date: {c.missed}; flagged at risk before it: {c.flagged_in_time}; "

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from .config import Settings
 from .db import begin_write
 from .models import JobLease, utcnow
+from .services import backtest as backtest_svc
 from .services import forecast
 from .services.orders import purge_idempotency_keys
 
@@ -53,7 +54,7 @@ def jobs(cfg: Settings) -> tuple[Job, ...]:
         return f"{purge_idempotency_keys(session, timedelta(hours=hours))} idempotency keys purged"
 
     def backtest(session: Session) -> str:
-        c = forecast.backtest(session)
+        c = backtest_svc.backtest(session)
         return f"{c.orders} orders scored, mean absolute error {c.mean_abs_error_days} days"
 
     return (

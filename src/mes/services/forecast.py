@@ -6,7 +6,7 @@ refreshed in the transaction of every change to it, and for all open orders by `
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, delete, func, select, tuple_, update
@@ -18,8 +18,7 @@ from ..domain import forecast
 from ..domain.forecast import Flow, Norm, Norms, Policy, Position, Promise, StageEvent
 from ..domain.holds import EventKind, HoldState, total_hold_seconds
 from ..domain.lifecycle import OPEN_STATUSES, Status
-from ..domain.backtest import Track, replay
-from ..models import ForecastCheck, Order, OrderEvent, StageFlow, StageNorm, StatusCount, utcnow
+from ..models import Order, OrderEvent, StageFlow, StageNorm, StatusCount, utcnow
 
 #: Norms learn from orders shipped within this window, and stage flows count exits within this one.
 NORM_WINDOW = timedelta(days=90)
@@ -66,10 +65,6 @@ class PromiseMove:
     after: Promise | None
     estimate: datetime | None
     reason: str | None  # partner-facing, when the promise status changed
-
-    @property
-    def changed(self) -> bool:
-        return self.before != self.after
 
 
 def ahead_in_stage(session: Session, order: Order) -> int:
@@ -295,35 +290,3 @@ def _durations_by_order(rows: Iterable[tuple]) -> Iterator[tuple[str, dict[Statu
         events.append(StageEvent(EventKind(kind), Status(to_status), at))
     if current is not None:
         yield forecast.family_of(product), forecast.stage_durations(events)
-
-
-# ------------------------------------------------------------------------------------------- backtest
-BACKTEST_LEAD_IN = timedelta(days=90)  # orders created this long before the window fill its queues
-
-
-def backtest(session: Session, days: int = 90, now: datetime | None = None) -> ForecastCheck:
-    """Replay the history of the last `days` (mes.domain.backtest) and keep the report."""
-    now = now or utcnow()
-    since = now - timedelta(days=days)
-    model = load_model(session)
-    rows = session.execute(
-        select(Order.id, Order.product, Order.promised_date, OrderEvent.kind, OrderEvent.to_status,
-               OrderEvent.created_at)
-        .join(OrderEvent, OrderEvent.order_id == Order.id)
-        .where(Order.created_at >= since - BACKTEST_LEAD_IN)
-        .order_by(Order.id, OrderEvent.id))
-    tracks: list[Track] = []
-    for oid, product, promised, kind, to_status, at in rows:
-        if not tracks or tracks[-1].order_id != oid:
-            tracks.append(Track(oid, forecast.family_of(product), promised))
-        tracks[-1].events.append(StageEvent(EventKind(kind), Status(to_status), at))
-    report = replay(tracks, model.norms, since=since, until=now, margin_days=model.policy.margin_days)
-    check = ForecastCheck(computed_at=now, window_days=days, **{k: v for k, v in asdict(report).items() if k != "note"})
-    begin_write(session)
-    session.add(check)
-    session.commit()
-    return check
-
-
-def latest_check(session: Session) -> ForecastCheck | None:
-    return session.scalar(select(ForecastCheck).order_by(ForecastCheck.id.desc()).limit(1))
