@@ -217,3 +217,24 @@ def test_the_order_page_asks_for_the_late_reason_and_keeps_the_order_on_refusal(
     assert "is now queued" in moved.get_data(as_text=True)
     history = client.get(f"/operator/orders/{oid}").get_data(as_text=True)
     assert "late: Tooling" in history
+
+
+def test_the_queue_sorts_by_projected_finish_latest_first_in_keyset_pages(client, accounts_, db):
+    partner = accounts_.partner()
+    ids = [create_order(client, partner, reference=f"PO-S{i}").get_json()["id"] for i in range(5)]
+    base = utcnow()
+    for i, oid in enumerate(ids):  # projected 0, 3, 6, 9, 12 days out
+        db.execute(update(Order).where(Order.id == oid).values(projected_finish=base + timedelta(days=3 * i)))
+    db.commit()
+    first = svc.operator_queue(db, svc.QueueQuery(sort=svc.SORT_PROJECTED, limit=2), base.date())
+    second = svc.operator_queue(db, svc.QueueQuery(sort=svc.SORT_PROJECTED, limit=2, after=first.next_cursor),
+                                base.date())
+    third = svc.operator_queue(db, svc.QueueQuery(sort=svc.SORT_PROJECTED, limit=2, after=second.next_cursor),
+                               base.date())
+    assert [o.id for o in first.items + second.items + third.items] == ids[::-1]
+    assert third.next_cursor is None
+    accounts_.operator("olga", "secret-pass")
+    Browserless(client).login("olga", "secret-pass")
+    page = client.get("/operator/?sort=projected").get_data(as_text=True)
+    assert page.index(f'data-order-id="{ids[4]}"') < page.index(f'data-order-id="{ids[0]}"')
+    assert client.get("/operator/?sort=random").status_code == 400

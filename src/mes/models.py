@@ -180,6 +180,8 @@ class Order(Base):
               postgresql_where=text(f"status IN ({_open})"), sqlite_where=text(f"status IN ({_open})")),
         Index("ix_orders_promise_queue", "promise_status", "promised_date", "priority", "id",
               postgresql_where=text(f"status IN ({_open})"), sqlite_where=text(f"status IN ({_open})")),
+        Index("ix_orders_projected_queue", "projected_finish", "id",
+              postgresql_where=text(f"status IN ({_open})"), sqlite_where=text(f"status IN ({_open})")),
         Index("ix_orders_shipped_at", "shipped_at"),
         CheckConstraint("promise_status IN ('on_track', 'at_risk', 'late', 'met', 'missed')", name="promise_status"),
     )

@@ -243,6 +243,7 @@ def history(session: Session, order_id: int) -> list[OrderEvent]:
 # ----------------------------------------------------------------------------------------------- queue
 QUEUE_OPEN = "open"
 QUEUE_ALL = "all"
+SORT_PROMISED, SORT_PROJECTED = "promised", "projected"
 
 
 @dataclass
@@ -252,6 +253,7 @@ class QueueQuery:
     on_hold_only: bool = False
     hold_reason_id: int | None = None  # held for this reason (implies on hold)
     promise: str | None = None  # open orders with this promise status (mes.domain.forecast.OPEN_PROMISES)
+    sort: str = "promised"  # or "projected": open orders by projected finish, the latest first
     search: str | None = None
     after: str | None = None  # cursor of the last row seen
     limit: int = 50
@@ -294,6 +296,8 @@ def operator_queue(session: Session, q: QueueQuery, today: date) -> Page:
         if order_id is not None:
             cond = cond | (Order.id == order_id)
         stmt = stmt.where(cond)
+    if q.sort == SORT_PROJECTED:
+        return _by_projection(session, stmt, q)
     if q.after:
         d, prio, oid = cursors.decode(q.after, cursors.day, cursors.priority, cursors.row_id)
         stmt = stmt.where(tuple_(Order.promised_date, Order.priority, Order.id) > tuple_(d, prio, oid))
@@ -302,6 +306,20 @@ def operator_queue(session: Session, q: QueueQuery, today: date) -> Page:
     more = len(rows) > q.limit
     rows = rows[: q.limit]
     nxt = cursors.encode(rows[-1].promised_date.isoformat(), rows[-1].priority, rows[-1].id) if more else None
+    return Page(rows, nxt)
+
+
+def _by_projection(session: Session, stmt, q: QueueQuery) -> Page:
+    """Open orders by projected finish, the latest first (the ones furthest behind on top): one range of
+    ix_orders_projected_queue. An order not projected yet (just after an upgrade) is not listed."""
+    stmt = stmt.where(Order.status.in_([s.value for s in OPEN_STATUSES]), Order.projected_finish.is_not(None))
+    if q.after:
+        at, oid = cursors.decode(q.after, cursors.instant, cursors.row_id)
+        stmt = stmt.where(tuple_(Order.projected_finish, Order.id) < tuple_(at, oid))
+    rows = list(session.scalars(stmt.order_by(Order.projected_finish.desc(), Order.id.desc()).limit(q.limit + 1)))
+    more = len(rows) > q.limit
+    rows = rows[: q.limit]
+    nxt = cursors.encode(rows[-1].projected_finish.isoformat(), rows[-1].id) if more else None
     return Page(rows, nxt)
 
 

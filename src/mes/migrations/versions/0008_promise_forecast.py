@@ -66,6 +66,8 @@ def upgrade() -> None:
                     postgresql_where=open_, sqlite_where=open_)
     op.create_index("ix_orders_promise_queue", "orders", ["promise_status", "promised_date", "priority", "id"],
                     postgresql_where=open_, sqlite_where=open_)
+    op.create_index("ix_orders_projected_queue", "orders", ["projected_finish", "id"],
+                    postgresql_where=open_, sqlite_where=open_)
     op.create_index("ix_orders_shipped_at", "orders", ["shipped_at"])
 
     op.add_column("order_events", sa.Column("from_promise", sa.String(8)))
@@ -143,7 +145,8 @@ def downgrade() -> None:
         batch.drop_column("estimated_completion")
         batch.drop_column("to_promise")
         batch.drop_column("from_promise")
-    for index in ("ix_orders_shipped_at", "ix_orders_promise_queue", "ix_orders_stage_entered"):
+    for index in ("ix_orders_shipped_at", "ix_orders_projected_queue", "ix_orders_promise_queue",
+                  "ix_orders_stage_entered"):
         op.drop_index(index, table_name="orders")
     with op.batch_alter_table("orders") as batch:
         for column in ("late_reason_id", "promise_status", "projected_finish", "shipped_at", "stage_hold_base", "stage_entered_at"):
