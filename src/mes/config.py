@@ -69,7 +69,7 @@ class Settings:
     promise_lead_days: int = 21
     # An open order is at risk when its projected finish falls within this many days of its promised
     # date, or after it (mes.domain.forecast).
-    promise_margin_days: int = 2
+    promise_margin_days: int = 1
     # How often the scheduler refreshes every open order's promise, and relearns the stage norms.
     promise_recompute_seconds: int = 300
     norms_recompute_seconds: int = 6 * 3600
