@@ -5,7 +5,7 @@ import pytest
 
 from mes.domain.flow import (
     Bar, DayCount, LeadTimes, OnTime, ParetoRow, RiskCount, RiskRow, Span, column_bars, daily_series, first_day,
-    lead_times, pareto, pareto_spans, percent, risk_summary, start_of,
+    lead_times, lead_times_of_counts, pareto, pareto_spans, percent, risk_summary, start_of,
 )
 
 DAY = 86400.0
@@ -34,6 +34,12 @@ def test_lead_times_are_percentiles_in_days_by_linear_interpolation():
     assert lt.p85 == pytest.approx(8.8)  # rank 3.4 of 0..4: 8 + 0.4 * (10 - 8)
     assert lt.p95 == pytest.approx(9.6)
     assert lead_times([DAY / 2]) == LeadTimes(count=1, p50=0.5, p85=0.5, p95=0.5)
+
+
+def test_lead_times_from_counts_per_duration_are_those_of_the_orders_one_by_one():
+    counts = {10 * DAY: 1, 4 * DAY: 2, 3 * DAY: 0, 2 * DAY: 1}
+    assert lead_times_of_counts(counts) == lead_times([2 * DAY, 4 * DAY, 4 * DAY, 10 * DAY])
+    assert lead_times_of_counts({}) is None and lead_times_of_counts({DAY: 0}) is None
 
 
 def test_no_shipment_means_no_lead_time_and_no_rate_rather_than_a_division_by_zero():
