@@ -102,13 +102,18 @@ def floor(client, accounts_, db) -> Floor:
             order_svc.change_status(db, boss, ids[name], target, reason="cancelled in a test"
                                     if target is S.CANCELLED else None)
     order_svc.change_status(db, boss, ids["s5"], S.DELIVERED)  # delivered orders shipped too
+    holds = (("r1", "machine_down", timedelta(hours=2)), ("q1", "machine_down", timedelta(minutes=30)),
+             ("p1", "tooling", timedelta(days=1, hours=3)))
+    for name, reason, _ in holds:
+        hold_svc.put_on_hold(db, boss, ids[name], code_id(db, reason))
 
+    # What the services wrote, moved to known times (after every service call, which may refresh them).
     now = utcnow()
     today = now.date()
     noon = {k: start_of(today - k * DAY) + timedelta(hours=12) for k in (1, 13, 20, 40)}
     # Stage entry (the oldest per stage) and promise status of the open orders.
     set_row(db, ids["r1"], stage_entered_at=now - timedelta(days=3, hours=2), promise_status="at_risk")
-    set_row(db, ids["r2"], stage_entered_at=now - timedelta(days=1))  # not forecast yet (NULL)
+    set_row(db, ids["r2"], stage_entered_at=now - timedelta(days=1), promise_status=None)  # not forecast yet
     set_row(db, ids["q1"], stage_entered_at=now - timedelta(hours=5), promise_status="late")
     set_row(db, ids["p1"], stage_entered_at=now - timedelta(days=2), promise_status="at_risk")
     set_row(db, ids["k1"], stage_entered_at=now - timedelta(hours=6), promise_status="on_track")
@@ -120,10 +125,7 @@ def floor(client, accounts_, db) -> Floor:
         at = at or db.get(Order, ids[name]).shipped_at
         set_row(db, ids[name], shipped_at=at, created_at=at - lead * DAY, promised_date=promised,
                 promise_status="met" if at.date() <= promised else "missed")
-    # Holds, through the service; then their start moved back.
-    for name, reason, ago in (("r1", "machine_down", timedelta(hours=2)), ("q1", "machine_down", timedelta(minutes=30)),
-                              ("p1", "tooling", timedelta(days=1, hours=3))):
-        hold_svc.put_on_hold(db, boss, ids[name], code_id(db, reason))
+    for name, _, ago in holds:
         set_row(db, ids[name], hold_since=now - ago)
     # Late reasons: material shortage on 3 orders (r1 twice), machine down on 2, capacity on 1; one event
     # before the window, and a hold event (a hold reason, not a late one) do not count.
@@ -192,6 +194,7 @@ def test_orders_at_risk_by_stage_and_partner_with_the_queue_link(floor, chief_pa
     page = section(chief_page, "at-risk")
     assert (by_id(page, "at-risk-count"), by_id(page, "late-count")) == ("2", "1")
     assert 'id="at-risk-link" href="/operator/?promise=at_risk"' in page
+    assert 'id="late-link" href="/operator/?promise=late"' in page
     stages = {s: (cell(row(page, "data-stage", s), "at-risk"), cell(row(page, "data-stage", s), "late"))
               for s in re.findall(r'data-stage="(\w+)"', page)}
     assert stages == {"received": ("1", "0"), "queued": ("0", "1"), "in_production": ("1", "0")}
