@@ -121,6 +121,10 @@ class ParetoRow:
     vital: bool  # among the few causes that make up VITAL_SHARE
 
 
+#: How the board names the orders late or at risk for which nobody has recorded a cause yet.
+NO_CAUSE = "No cause recorded yet"
+
+
 def pareto(counts: Iterable[tuple[str, int]], vital_share: float = VITAL_SHARE) -> list[ParetoRow]:
     """Causes from the most to the least frequent (ties by label), each with its share and the running
     share; the last row's running share is exactly 1. Causes counted zero times are left out."""

@@ -1,5 +1,5 @@
 """The supervisors' flow board: work in progress, throughput, lead time, on-time delivery, orders at
-risk, holds and the causes of missed promises on one page. Operators are refused (403), like on the
+risk, holds, the causes of missed promises and how good the projections were, on one page. Operators are refused (403), like on the
 reason-code page: the board is for steering the floor, the queue is for working it."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from flask_login import login_required
 from ..domain import actors, flow
 from ..domain.holds import format_age
 from ..models import utcnow
+from ..services import backtest
 from ..services import board as svc
 from ..web import db_session
 from . import bp
@@ -30,9 +31,10 @@ def _supervisors_only():
 def board():
     now = utcnow()
     data = svc.board(db_session(), now)
+    check = backtest.latest_check(db_session())
     bars = flow.column_bars([d.count for d in data.throughput], width=CHART_WIDTH, height=CHART_HEIGHT)
     return render_template(
-        "operator/board.html", board=data, now=now, throughput=list(zip(data.throughput, bars)),
+        "operator/board.html", board=data, now=now, check=check, throughput=list(zip(data.throughput, bars)),
         shipped_14=sum(d.count for d in data.throughput), chart_width=CHART_WIDTH, chart_height=CHART_HEIGHT,
         pareto=list(zip(data.late_reasons, flow.pareto_spans(data.late_reasons))),
         throughput_days=flow.THROUGHPUT_DAYS, recent_days=flow.RECENT_DAYS, vital_share=flow.VITAL_SHARE,

@@ -6,15 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import and_, case, distinct, func, literal_column, select
+from sqlalchemy import and_, case, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from ..domain import flow
 from ..domain.flow import DayCount, LeadTimes, OnTime, ParetoRow, Risk, RiskCount
 from ..domain.forecast import STAGES, Promise
 from ..domain.lifecycle import OPEN_STATUSES, Status
-from ..domain.reason_codes import Kind
-from ..models import Order, OrderEvent, Partner, ReasonCode
+from ..models import Order, Partner, ReasonCode
 from . import orders
 from .sql_time import seconds_between, utc_day
 
@@ -140,12 +139,18 @@ def holds_by_reason(session: Session) -> list[HoldGroup]:
 
 
 def late_reasons(session: Session, since: datetime) -> list[ParetoRow]:
-    """Causes of missed promises since `since`: per late-reason code, the orders whose events recorded it
-    (an order asked twice for the same cause counts once), over the window of ix_order_events_created."""
-    rows = session.execute(
-        select(ReasonCode.label, func.count(distinct(OrderEvent.order_id)))
-        .select_from(OrderEvent)
-        .join(ReasonCode, ReasonCode.id == OrderEvent.reason_code_id)
-        .where(OrderEvent.created_at >= since, ReasonCode.kind == Kind.LATE.value)
-        .group_by(ReasonCode.id, ReasonCode.label))
-    return flow.pareto((label, n) for label, n in rows)
+    """Why promises are missed: the cause recorded on each order (mes.domain.forecast asks for it once per
+    at-risk spell; a hold's reason counts), over the orders shipped late since `since` (the range of
+    ix_orders_shipped_at) and the open orders at risk or late now (ix_orders_promise_queue). Orders with
+    no cause recorded are counted too, so that the gap shows."""
+    counts: dict[str, int] = {}
+    for where in ((Order.shipped_at >= since, Order.promise_status == Promise.MISSED.value),
+                  (Order.status.in_(_OPEN), Order.promise_status.in_(_AT_RISK))):
+        rows = session.execute(
+            select(ReasonCode.label, func.count()).select_from(Order)
+            .outerjoin(ReasonCode, ReasonCode.id == Order.late_reason_id)
+            .where(*where).group_by(ReasonCode.label))
+        for label, n in rows:
+            key = label or flow.NO_CAUSE
+            counts[key] = counts.get(key, 0) + n
+    return flow.pareto(counts.items())
