@@ -135,14 +135,14 @@ def create_database(server: PostgresServer, size: int) -> Database:
 
 
 def create_accounts(db: Database) -> Keys:
-    """One operator, one partner key and one CRM key.
+    """One operator (a supervisor, who also sees the flow board), one partner key and one CRM key.
 
     They exist before the orders are loaded, so the operator holds some orders (the loader
     hands held orders to active operators) and the partner is one of the loader's partners
     (it gets its 1/25 share of the orders).
     """
     with db.owner_engine() as engine, Session(engine) as session:
-        accounts.create_operator(session, *OPERATOR)
+        accounts.create_operator(session, *OPERATOR, role="supervisor")  # the board is theirs; the queue is the same
         partner = accounts.create_client(session, "bench-partner", scope="partner", partner_name=PARTNER_NAMES[0])
         crm = accounts.create_client(session, "bench-crm", scope="crm", rate_tier="crm")
         return Keys(partner=partner.key, crm=crm.key)
@@ -224,6 +224,9 @@ class Scenario:
     urls: list[str]
     as_operator: bool
     headers: dict[str, str] = field(default_factory=dict)
+    # Held to the 1.5x goal: a page of rows is. The board is not: its 30-day windows hold what the
+    # factory shipped, which grows with the data (it is reported, and its plans checked).
+    held_to_goal: bool = True
 
 
 @dataclass
@@ -309,6 +312,10 @@ def build_scenarios(target: Target, keys: Keys) -> list[Scenario]:
                  ["/operator/?status=in_production"], True),
         Scenario("queue_overdue", "GET /operator/?overdue=1", ["/operator/?overdue=1"], True),
         Scenario("queue_at_risk", "GET /operator/?promise=at_risk", ["/operator/?promise=at_risk"], True),
+        Scenario("queue_projected", "GET /operator/?sort=projected (latest projected finish first)",
+                 ["/operator/?sort=projected"], True),
+        Scenario("board", "GET /operator/board (the supervisors' flow board)", ["/operator/board"], True,
+                 held_to_goal=False),
         Scenario("queue_search", "GET /operator/?q=<reference of an open order>",
                  [f"/operator/?{urlencode({'q': ref})}"], True),
         Scenario("queue_deep_page", f"GET /operator/?status=open&after=... (page {n}, via the Next links)",
@@ -479,21 +486,21 @@ def size_report(target: Target, loaded: Loaded, timings: dict[tuple[int, str], T
         "scenarios": {sc.name: {"description": sc.description, "urls": sc.urls,
                                 "server_ms": summarize(timings[(size, sc.name)].server_ms),
                                 "wall_ms": summarize(timings[(size, sc.name)].wall_ms),
-                                "rows_per_page": max(timings[(size, sc.name)].rows)}
+                                "rows_per_page": max(timings[(size, sc.name)].rows), "held_to_goal": sc.held_to_goal}
                       for sc in target.scenarios},
         "plans": [{k: v for k, v in p.items() if k not in ("plan", "sql")} for p in plans],
     }
 
 
 def compare(sizes: dict[str, dict], small: int, large: int) -> dict[str, dict]:
-    """p95(large)/p95(small) per scenario, and whether it meets the goal."""
+    """p95(large)/p95(small) per scenario, and whether it meets the goal (None: not held to it)."""
     out = {}
     for name, s in sizes[str(small)]["scenarios"].items():
         big = sizes[str(large)]["scenarios"][name]
         ratio = big["server_ms"]["p95"] / s["server_ms"]["p95"]
         out[name] = {"p95_ratio": round(ratio, 2),
                      "p50_ratio": round(big["server_ms"]["p50"] / s["server_ms"]["p50"], 2),
-                     "meets_goal": ratio <= GOAL_RATIO}
+                     "meets_goal": ratio <= GOAL_RATIO if s["held_to_goal"] else None}
     return out
 
 
@@ -524,7 +531,8 @@ def markdown_tables(report: dict) -> str:
         cells += [_three(scenario(s, name)["server_ms"]) for s in sizes]
         if len(sizes) > 1:
             c = report["comparison"][name]
-            cells.append(f"**{c['p95_ratio']:.2f}**" + ("" if c["meets_goal"] else " ✗"))
+            mark = {True: "", False: " ✗", None: " (reported)"}[c["meets_goal"]]
+            cells.append(f"**{c['p95_ratio']:.2f}**{mark}")
         server.append(_row(cells))
     head = ["Scenario"] + [f"{label(s)} wall p50 / p95 / p99" for s in sizes]
     wall = [_row(head), "|" + "---|" * len(head)]
@@ -644,7 +652,7 @@ def run(args: argparse.Namespace) -> dict:
         limiter.reset()
     if len(args.sizes) > 1:
         report["comparison"] = compare(report["sizes"], args.sizes[0], args.sizes[-1])
-        report["goal_met"] = all(c["meets_goal"] for c in report["comparison"].values())
+        report["goal_met"] = all(c["meets_goal"] is not False for c in report["comparison"].values())
     report["finished"] = now_iso()
     return report
 
@@ -660,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     write_atomically(args.out / "queue_bench.json", json.dumps(report, indent=2) + "\n")
     print(markdown_tables(report))
     if "goal_met" in report:
-        print(f"\nGoal (p95 ratio <= {GOAL_RATIO} in every scenario): {'met' if report['goal_met'] else 'MISSED'}")
+        print(f"\nGoal (p95 ratio <= {GOAL_RATIO} in every page scenario; the board is reported): "
+              f"{'met' if report['goal_met'] else 'MISSED'}")
     for size, r in report["sizes"].items():
         print(f"{int(size):,} orders loaded in {r['load_seconds']:.0f} s")
     print(f"Details: {os.path.relpath(args.out / 'queue_bench.json')}")
