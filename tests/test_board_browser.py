@@ -8,7 +8,7 @@ import pytest
 from conftest import create_order
 from playwright.sync_api import expect
 from sqlalchemy import update
-from test_browser import page, refused_by_policy  # noqa: F401  (fixtures)
+from test_browser import log_in, page, refused_by_policy  # noqa: F401  (fixtures)
 from test_holds_browser import TABLET, no_sideways_scroll
 
 from mes.domain.lifecycle import Status
@@ -34,10 +34,7 @@ def test_a_supervisor_opens_the_board_reads_the_charts_and_follows_the_oldest_or
     db.commit()
     page.set_viewport_size(TABLET)
 
-    page.goto(f"{live_server.url}/operator/login")
-    page.get_by_label("Login").fill("chief")
-    page.get_by_label("Password").fill("secret-pass")
-    page.get_by_role("button", name="Log in").click()
+    log_in(page, live_server.url, "chief")
     page.get_by_role("link", name="Flow board").click()
     expect(page.get_by_role("heading", name="Flow board", exact=True)).to_be_visible()
 
@@ -49,7 +46,7 @@ def test_a_supervisor_opens_the_board_reads_the_charts_and_follows_the_oldest_or
     assert box["width"] > 600 and box["height"] > 100  # drawn to the panel's width, not a speck
     expect(page.locator("#lead-count")).to_have_text("1")
     expect(page.locator("#on-time-rate")).to_have_text("100.0%")
-    expect(page.locator("#late-reasons")).to_contain_text("No late reasons recorded in the last 30 days.")
+    expect(page.locator("#late-reasons")).to_contain_text("No order shipped late in the last 30 days, and none is at risk or late now.")
     expect(page.locator('#wip tr[data-stage="received"] .wip-count')).to_have_text("2")
     expect(page.locator('#wip tr[data-stage="received"] .age')).to_have_text("2d 0h")
     assert no_sideways_scroll(page)

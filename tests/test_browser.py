@@ -41,6 +41,14 @@ def refused_by_policy(page) -> list[str]:
     return refused
 
 
+def log_in(page, url: str, login: str, password: str = "secret-pass") -> None:
+    """Through the login form, as a person would."""
+    page.goto(f"{url}/operator/login")
+    page.get_by_label("Login").fill(login)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
 def test_operator_logs_in_filters_claims_and_moves_an_order(page, refused_by_policy, live_server, client,
                                                             accounts_, db):
     accounts_.operator("olga", "secret-pass", display_name="Olga K.")

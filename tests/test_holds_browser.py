@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import create_order
 from playwright.sync_api import expect
-from test_browser import page, refused_by_policy  # noqa: F401  (fixtures)
+from test_browser import log_in, page, refused_by_policy  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.browser
 
@@ -24,10 +24,7 @@ def test_hold_with_a_reason_filter_and_release_on_a_tablet(page, refused_by_poli
     create_order(client, partner, key="b", reference="FREE-1")
     page.set_viewport_size(TABLET)
 
-    page.goto(f"{live_server.url}/operator/login")
-    page.get_by_label("Login").fill("olga")
-    page.get_by_label("Password").fill("secret-pass")
-    page.get_by_role("button", name="Log in").click()
+    log_in(page, live_server.url, "olga")
     expect(page.locator("tbody tr")).to_have_count(2)
 
     page.get_by_role("link", name=f"#{held}").click()

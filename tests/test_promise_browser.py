@@ -6,7 +6,7 @@ import pytest
 from conftest import create_order
 from playwright.sync_api import expect
 from sqlalchemy import update
-from test_browser import page, refused_by_policy  # noqa: F401  (fixtures)
+from test_browser import log_in, page, refused_by_policy  # noqa: F401  (fixtures)
 from test_holds_browser import TABLET, no_sideways_scroll
 
 from mes.models import Order
@@ -25,10 +25,7 @@ def test_at_risk_filter_and_late_reason_on_a_tablet(page, refused_by_policy, liv
     db.commit()
     page.set_viewport_size(TABLET)
 
-    page.goto(f"{live_server.url}/operator/login")
-    page.get_by_label("Login").fill("olga")
-    page.get_by_label("Password").fill("secret-pass")
-    page.get_by_role("button", name="Log in").click()
+    log_in(page, live_server.url, "olga")
     expect(page.locator("tbody tr")).to_have_count(2)
     expect(page.locator("#at-risk-count")).to_have_text("1")
     expect(page.locator("tbody tr td.projected").first).not_to_be_empty()
