@@ -1,16 +1,26 @@
-"""The promise as on-call sees it, app side: shipping an order counts it as met or missed and observes its
-lead time (mes_orders_shipped_total, mes_order_lead_time_days in the app's /metrics)."""
+"""The promise as on-call sees it. App side: shipping an order counts it as met or missed and observes its
+lead time (mes_orders_shipped_total, mes_order_lead_time_days in the app's /metrics). Database side: the
+promise's queries of postgres_exporter (monitoring/postgres_exporter_queries.yml, mes_*), run as a role
+with only the grants `mes migrate` gives the exporter's role."""
 from __future__ import annotations
 
 import re
 from datetime import timedelta
 
 import pytest
-from conftest import create_order
+import yaml
+from conftest import ROOT, create_order
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import update
+from sqlalchemy import create_engine, select, text, update
+from sqlalchemy.exc import ProgrammingError
 
-from mes.models import Order, utcnow
+from mes.domain.lifecycle import Status
+from mes.domain.reason_codes import DEFAULT_HOLD_REASONS
+from mes.migrate import grant_monitor_role
+from mes.models import Order, ReasonCode, utcnow
+from mes.services import holds
+from mes.services import orders as svc
+from mes.services.accounts import operator_actor
 
 TOKEN = re.compile(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"')
 TO_SHIPPED = ["queued", "in_production", "quality_check", "packed", "shipped"]
@@ -105,3 +115,106 @@ def test_an_order_shipped_after_its_promised_date_counts_as_missed(client, accou
     assert value(metrics, "mes_order_lead_time_days_bucket", le="28.0") == 1
     assert value(metrics, "mes_order_lead_time_days_bucket", le="35.0") == 2   # 30.5 days
     assert 50.9 < value(metrics, "mes_order_lead_time_days_sum") < 51.1
+
+
+# ------------------------------------------------------------------------ the database side (postgres_exporter)
+QUERIES = yaml.safe_load((ROOT / "monitoring" / "postgres_exporter_queries.yml").read_text())
+PROMISE_QUERIES = {name: q for name, q in QUERIES.items() if name.startswith("mes_")}
+MONITOR = ("mes_monitor_test", "monitor-pw")
+
+
+def exported(conn, namespace: str) -> dict[tuple, dict[str, float]]:
+    """What postgres_exporter makes of a query: per label values, `<namespace>_<column>` -> value."""
+    spec = PROMISE_QUERIES[namespace]
+    columns = {name: how["usage"] for metric in spec["metrics"] for name, how in metric.items()}
+    out = {}
+    for row in conn.execute(text(spec["query"])).mappings():
+        key = tuple(row[c] for c, usage in columns.items() if usage == "LABEL")
+        out[key] = {f"{namespace}_{c}": float(row[c]) for c, usage in columns.items() if usage != "LABEL"}
+    return out
+
+
+@pytest.fixture
+def monitor_engine(backend, postgres_server):
+    """The exporter's role as production has it: CONNECT on the database (roles.sql.j2), the promise's
+    columns granted by `mes migrate` (mes.migrate.grant_monitor_role), nothing else."""
+    name, password = MONITOR
+    postgres_server.psql(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') THEN "
+                         f"CREATE ROLE {name} LOGIN PASSWORD '{password}'; END IF; END $$;\n"
+                         f"GRANT CONNECT ON DATABASE mes TO {name};\n")
+    grant_monitor_role(backend.owner_url, name)
+    engine = create_engine(postgres_server.url(name, password, "mes"))
+    yield engine
+    engine.dispose()
+
+
+def move(db, actor, order_id: int, *targets: str) -> None:
+    for target in targets:
+        svc.change_status(db, actor, order_id, Status(target))
+
+
+@pytest.mark.postgresql_only
+def test_the_exporters_promise_queries_count_flow_holds_and_shipments(client, accounts_, db, monitor_engine):
+    partner = accounts_.partner()
+    olga = operator_actor(accounts_.operator("olga", "secret-pass"))
+    ids = {ref: create_order(client, partner, reference=ref).get_json()["id"]
+           for ref in ("NEW", "RISK", "HELD", "ON-TIME", "LATE", "OLD")}
+    for ref in ("RISK", "HELD", "ON-TIME", "LATE", "OLD"):
+        svc.claim(db, olga, ids[ref])
+        move(db, olga, ids[ref], "queued")
+    for ref in ("ON-TIME", "LATE", "OLD"):
+        move(db, olga, ids[ref], "in_production", "quality_check", "packed", "shipped")
+    machine_down = db.scalar(select(ReasonCode.id).where(ReasonCode.kind == "hold", ReasonCode.code == "machine_down"))
+    holds.put_on_hold(db, olga, ids["HELD"], machine_down)
+    now, today = utcnow(), utcnow().date()
+    day = timedelta(days=1)
+    for ref, values in {
+        "NEW": {"promise_status": None},
+        "RISK": {"promise_status": "at_risk", "stage_entered_at": now - 3 * day},
+        "HELD": {"promise_status": "at_risk", "stage_entered_at": now - 5 * day, "hold_since": now - 2 * day,
+                 "promised_date": today - day},  # past its date: late, whatever the forecast said
+        "LATE": {"created_at": now - 30 * day, "promised_date": today - 9 * day},
+        "OLD": {"shipped_at": now - 40 * day},
+    }.items():
+        db.execute(update(Order).where(Order.id == ids[ref]).values(**values))
+    db.commit()
+
+    with monitor_engine.connect() as conn:
+        flow = exported(conn, "mes_flow")
+        assert set(flow) == {("received",), ("queued",), ("in_production",), ("quality_check",), ("packed",)}
+        assert {k[0]: v["mes_flow_wip"] for k, v in flow.items()} == {
+            "received": 1, "queued": 2, "in_production": 0, "quality_check": 0, "packed": 0}
+        queued = flow[("queued",)]
+        assert 5 * 86400 <= queued["mes_flow_oldest_age_seconds"] < 5 * 86400 + 60
+        assert 3 * 86400 <= queued["mes_flow_oldest_unheld_age_seconds"] < 3 * 86400 + 60
+        assert (queued["mes_flow_at_risk"], queued["mes_flow_late"]) == (1, 1)
+        assert 0 <= flow[("received",)]["mes_flow_oldest_age_seconds"] < 60
+        assert flow[("packed",)] == {"mes_flow_wip": 0, "mes_flow_oldest_age_seconds": 0,
+                                     "mes_flow_oldest_unheld_age_seconds": 0, "mes_flow_at_risk": 0, "mes_flow_late": 0}
+
+        held = exported(conn, "mes_flow_hold")
+        assert {k[0] for k in held} == {seed.code for seed in DEFAULT_HOLD_REASONS}
+        assert held[("machine_down",)]["mes_flow_hold_orders"] == 1
+        assert 2 * 86400 <= held[("machine_down",)]["mes_flow_hold_oldest_age_seconds"] < 2 * 86400 + 60
+        assert sum(v["mes_flow_hold_orders"] for v in held.values()) == 1
+
+        assert {k[0]: v["mes_promise_open_orders"] for k, v in exported(conn, "mes_promise_open").items()} == {
+            "on_track": 0, "at_risk": 1, "late": 1, "unknown": 1}
+        assert exported(conn, "mes_promise_shipped") == {
+            (): {"mes_promise_shipped_last_30d": 2, "mes_promise_shipped_on_time_last_30d": 1}}
+
+        # The role reads what these queries need and nothing of partners, references or notes.
+        for column in ("reference", "notes", "partner_id"):
+            with pytest.raises(ProgrammingError, match="permission denied"):
+                conn.execute(text(f"SELECT {column} FROM orders LIMIT 1"))
+            conn.rollback()
+
+
+def test_every_promise_query_is_cached_and_run_once_per_server():
+    assert set(PROMISE_QUERIES) == {"mes_flow", "mes_flow_hold", "mes_promise_open", "mes_promise_shipped"}
+    for name, spec in PROMISE_QUERIES.items():
+        assert spec["master"] is True and spec["cache_seconds"] > 0, name
+        for metric in spec["metrics"]:
+            (column, how), = metric.items()
+            assert re.search(rf"\b{column}\b", spec["query"]), (name, column)
+            assert how["usage"] in ("LABEL", "GAUGE") and how["description"], (name, column)
