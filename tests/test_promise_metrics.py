@@ -42,10 +42,12 @@ class Floor:
         r = self.client.post(f"{page}/{action}", data={**data, "csrf_token": token}, follow_redirects=True)
         return r.get_data(as_text=True)
 
-    def ship(self, order_id: int) -> None:
+    def ship(self, order_id: int, late_reason: int | None = None) -> None:
+        """Claim and move to shipped; `late_reason`: the cause, where moving a late order asks for one."""
         self.post(order_id, "claim")
+        extra = {"late_reason": late_reason} if late_reason is not None else {}
         for version, target in enumerate(TO_SHIPPED, start=1):
-            html = self.post(order_id, "status", target=target, version=version)
+            html = self.post(order_id, "status", target=target, version=version, **extra)
             assert f"is now {target.replace('_', ' ')}" in html, html[-2000:]
 
 
@@ -104,8 +106,9 @@ def test_an_order_shipped_after_its_promised_date_counts_as_missed(client, accou
     db.execute(update(Order).where(Order.id == on_the_day).values(
         created_at=utcnow() - timedelta(days=20, hours=12), promised_date=utcnow().date()))
     db.commit()
-    floor.ship(late)
-    floor.ship(on_the_day)
+    cause = db.scalar(select(ReasonCode.id).where(ReasonCode.kind == "late").limit(1))  # None if none seeded
+    floor.ship(late, late_reason=cause)
+    floor.ship(on_the_day, late_reason=cause)
     metrics = samples(client)
     assert value(metrics, "mes_orders_shipped_total", promise="missed") == 1
     assert value(metrics, "mes_orders_shipped_total", promise="met") == 1  # the promised day itself is in time
