@@ -3,8 +3,9 @@
 1. renders prometheus.yml.j2 for the split and the single topology the way the local stack does
    (plain Jinja2, StrictUndefined, trim_blocks/lstrip_blocks, `to_json`), with group_vars and the
    topology of stack/topology.py (the contract's example when that cannot be imported), copies
-   rules/ next to it and runs `promtool check config`;
-2. `promtool check rules rules/*.yml`;
+   rules/ next to it, renders rules/*.yml.j2 there (settings from group_vars) and runs
+   `promtool check config`;
+2. `promtool check rules` on rules/*.yml and the rendered rules/*.yml.j2;
 3. `promtool test rules tests/*.yml`;
 4. lints the rules: every alert has `severity` (warning|critical) and `component` labels, `summary`,
    `description` and a `runbook_url` whose anchor is a heading of runbooks.md; every alert name has a
@@ -79,7 +80,10 @@ def render(kind: str, out: Path) -> Path:
     text = env.get_template("monitoring/prometheus.yml.j2").render(
         **settings, mes_topology=topology(kind, out / "state"), mes_secrets={})
     (folder / "prometheus.yml").write_text(text)
-    shutil.copytree(HERE / "rules", folder / "rules")
+    shutil.copytree(HERE / "rules", folder / "rules", ignore=shutil.ignore_patterns("*.j2"))
+    for template in sorted((HERE / "rules").glob("*.yml.j2")):  # settings from group_vars, as the stack does
+        (folder / "rules" / template.name.removesuffix(".j2")).write_text(
+            env.get_template(str(template.relative_to(ROOT))).render(**settings))
     jobs = [job["job_name"] for job in yaml.safe_load(text)["scrape_configs"]]
     print(f"  {kind}: jobs {', '.join(jobs)}")
     return folder / "prometheus.yml"
@@ -138,11 +142,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mes-monitoring-") as tmp:
         print("render and check the Prometheus configuration")
         for kind in ("split", "single"):
-            run("promtool", "check", "config", str(render(kind, Path(tmp))))
-    rules = sorted(str(p.relative_to(ROOT)) for p in (HERE / "rules").glob("*.yml"))
-    tests = sorted(str(p.relative_to(ROOT)) for p in (HERE / "tests").glob("*.yml"))
-    run("promtool", "check", "rules", *rules)
-    run("promtool", "test", "rules", *tests)
+            config = render(kind, Path(tmp))
+            run("promtool", "check", "config", str(config))
+        rendered = sorted(str(p) for p in (config.parent / "rules").glob("*.yml")
+                          if (HERE / "rules" / f"{p.name}.j2").exists())
+        rules = sorted(str(p.relative_to(ROOT)) for p in (HERE / "rules").glob("*.yml"))
+        tests = sorted(str(p.relative_to(ROOT)) for p in (HERE / "tests").glob("*.yml"))
+        run("promtool", "check", "rules", *rules, *rendered)
+        run("promtool", "test", "rules", *tests)
     print("lint the alerts")
     lint()
 

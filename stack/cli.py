@@ -34,7 +34,8 @@ def mes(ctx: Ctx, *args: str) -> str:
     """Run the `mes` CLI against the primary as the migration role."""
     urls = dbtier.database_urls(ctx)
     env = {**os.environ, "DATABASE_URL": urls["owner"], "MIGRATION_DATABASE_URL": urls["owner"],
-           "MES_APP_DB_ROLE": ctx.vars["pg_app_role"], "SECRET_KEY": ctx.vars["mes_secrets"]["secret_key"],
+           "MES_APP_DB_ROLE": ctx.vars["pg_app_role"], "MES_MONITOR_DB_ROLE": ctx.vars["pg_exporter_role"],
+           "SECRET_KEY": ctx.vars["mes_secrets"]["secret_key"],
            "LOG_LEVEL": "WARNING",
            **{f"MES_RATE_LIMIT_{tier.upper()}": limit for tier, limit in ctx.vars["mes_rate_limits"].items()}}
     result = subprocess.run([sys.executable, "-m", "mes", *args], env=env, capture_output=True, text=True)

@@ -652,7 +652,8 @@ class Pgpool(Daemon):
 # --- postgres_exporter ------------------------------------------------------------------------------
 
 class PostgresExporter:
-    """prometheus-postgres-exporter for one node, as the exporter role over TCP."""
+    """prometheus-postgres-exporter for one node, as the exporter role over TCP, connected to the MES
+    database (the promise's queries read it; the server-wide ones answer from any database)."""
 
     def __init__(self, node: dict):
         self.node = node
@@ -662,7 +663,7 @@ class PostgresExporter:
     def _dsn(self, ctx: Ctx) -> str:
         v, s = ctx.vars, _secrets(ctx)
         return (f"postgresql://{quote(v['pg_exporter_role'], safe='')}:{quote(s['exporter_password'], safe='')}"
-                f"@{self.node['host']}:{self.node['port']}/postgres?sslmode=disable"
+                f"@{self.node['host']}:{self.node['port']}/{quote(v['pg_database'], safe='')}?sslmode=disable"
                 f"&application_name={self.name}")
 
     def _metrics(self, timeout: float = 5) -> str | None:

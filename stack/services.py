@@ -216,6 +216,8 @@ class Prometheus(Daemon):
         rules = ctx.ensure_dir(folder / "rules", owner="prometheus")
         for rule in (ROOT / "monitoring" / "rules").glob("*.yml"):
             shutil.copyfile(rule, rules / rule.name)
+        for template in (ROOT / "monitoring" / "rules").glob("*.yml.j2"):  # settings from group_vars
+            ctx.render(str(template.relative_to(ROOT)), rules / template.name.removesuffix(".j2"), owner="prometheus")
         ctx.run(["promtool", "check", "config", str(folder / "prometheus.yml")])
 
     def argv(self, ctx):

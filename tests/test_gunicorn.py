@@ -83,6 +83,10 @@ def test_public_pool_metrics_add_up_across_workers(public_pool, accounts_):
     assert re.search(r"^mes_orders_received_total(\{\})? 4\.0$", text, re.M)
     assert sample(text, "mes_status_transitions_total", from_status="none", to_status="received") == 4
     assert re.search(r"^mes_orders_overdue(\{[^}]*\})? 0\.0$", text, re.M)
+    # The promise's series exist in every worker's samples from the start (nothing shipped yet).
+    assert re.search(r'^mes_orders_shipped_total\{promise="met"\} 0\.0$', text, re.M)
+    assert re.search(r'^mes_orders_shipped_total\{promise="missed"\} 0\.0$', text, re.M)
+    assert re.search(r'^mes_order_lead_time_days_bucket\{le="21\.0"\} 0\.0$', text, re.M)
 
 
 def test_one_json_log_line_per_request_without_secrets(public_pool, accounts_):

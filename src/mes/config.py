@@ -48,6 +48,8 @@ class Settings:
     # Migrations run as their own role with DDL rights; the app's role has none.
     migration_database_url: str | None = None
     app_db_role: str | None = None  # granted DML on migrated tables (PostgreSQL)
+    # granted SELECT on the few columns the promise's exporter queries read (PostgreSQL; mes.migrate)
+    monitor_db_role: str | None = None
     db_application_name: str | None = None
     db_pool_size: int = 5
     redis_url: str | None = None
@@ -115,6 +117,7 @@ class Settings:
             database_url=database_url,
             migration_database_url=_env("MIGRATION_DATABASE_URL"),
             app_db_role=_env("MES_APP_DB_ROLE"),
+            monitor_db_role=_env("MES_MONITOR_DB_ROLE"),
             db_application_name=_env("MES_DB_APPLICATION_NAME"),
             db_pool_size=int(_env("MES_DB_POOL_SIZE", "5")),
             redis_url=_env("REDIS_URL"),

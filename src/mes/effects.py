@@ -48,9 +48,13 @@ def order_created(body: dict) -> None:
 
 
 def status_changed(change: StatusChanged) -> None:
-    cache_settler().written(db_session(), cache_entry(change.order))
+    order = change.order
+    cache_settler().written(db_session(), cache_entry(order))
     write_tracker().remember(db_session(), actor_key())
-    business_metrics().transitions.labels(from_status=change.previous.value, to_status=change.order.status).inc()
+    metrics = business_metrics()
+    metrics.transitions.labels(from_status=change.previous.value, to_status=order.status).inc()
+    if order.status == Status.SHIPPED.value and order.shipped_at is not None:
+        metrics.order_shipped(order.created_at, order.shipped_at, order.promised_date)
 
 
 def hold_changed(change: HoldChanged) -> None:

@@ -1,4 +1,5 @@
-"""Run the Alembic migrations as the migration role, then grant the app role what it needs (no DDL)."""
+"""Run the Alembic migrations as the migration role, then grant the app role what it needs (no DDL), and the
+monitoring role (postgres_exporter's) the few columns its queries read."""
 from __future__ import annotations
 
 from importlib.resources import files
@@ -22,6 +23,8 @@ def upgrade(settings: Settings) -> None:
     command.upgrade(alembic_config(url), "head")
     if settings.app_db_role and not url.startswith("sqlite"):
         grant_app_role(url, settings.app_db_role)
+    if settings.monitor_db_role and not url.startswith("sqlite"):
+        grant_monitor_role(url, settings.monitor_db_role)
 
 
 def grant_app_role(url: str, role: str) -> None:
@@ -32,4 +35,26 @@ def grant_app_role(url: str, role: str) -> None:
         quoted = conn.dialect.identifier_preparer.quote(role)
         conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {quoted}"))
         conn.execute(text(f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {quoted}"))
+    engine.dispose()
+
+
+#: What the promise's queries of postgres_exporter read (monitoring/postgres_exporter_queries.yml, mes_*):
+#: statuses, dates, holds and counts; no partner, reference, product, note, key or operator.
+MONITOR_COLUMNS = {
+    "orders": ("status", "stage_entered_at", "hold_since", "hold_reason_id", "promised_date", "promise_status",
+               "shipped_at"),
+    "reason_codes": ("id", "kind", "code"),
+    "status_counts": ("status", "count"),
+}
+
+
+def grant_monitor_role(url: str, role: str) -> None:
+    """SELECT on those columns only, after every migration (a new column stays out until listed here). The role
+    needs CONNECT on the database as well (postgresql/roles.sql.j2 grants it to the exporter's role)."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        quote = conn.dialect.identifier_preparer.quote
+        for table, columns in MONITOR_COLUMNS.items():
+            conn.execute(text(f"GRANT SELECT ({', '.join(quote(c) for c in columns)}) ON {quote(table)} "
+                              f"TO {quote(role)}"))
     engine.dispose()
