@@ -17,7 +17,7 @@ from sqlalchemy.exc import ProgrammingError
 from mes.domain.lifecycle import Status
 from mes.domain.reason_codes import DEFAULT_HOLD_REASONS
 from mes.migrate import grant_monitor_role
-from mes.models import Order, ReasonCode, utcnow
+from mes.models import JobLease, Order, ReasonCode, utcnow
 from mes.services import holds
 from mes.services import orders as svc
 from mes.services.accounts import operator_actor
@@ -206,6 +206,18 @@ def test_the_exporters_promise_queries_count_flow_holds_and_shipments(client, ac
         assert exported(conn, "mes_promise_shipped") == {
             (): {"mes_promise_shipped_last_30d": 2, "mes_promise_shipped_on_time_last_30d": 1}}
 
+        # The scheduler's jobs: one never run, one overdue, one failed.
+        now = utcnow()
+        for name, due, ok in (("fresh", now + timedelta(minutes=5), None), ("stuck", now - timedelta(minutes=20), True),
+                              ("broken", now + timedelta(hours=1), False)):
+            db.add(JobLease(name=name, next_run_at=due, finished_at=None if ok is None else now - timedelta(minutes=1),
+                            last_ok=ok))
+        db.commit()
+        jobs = exported(conn, "mes_job")
+        assert jobs[("fresh",)] == {"mes_job_seconds_since_run": -1, "mes_job_last_ok": 1, "mes_job_overdue_seconds": 0}
+        assert 1190 < jobs[("stuck",)]["mes_job_overdue_seconds"] < 1300 and jobs[("stuck",)]["mes_job_last_ok"] == 1
+        assert jobs[("broken",)]["mes_job_last_ok"] == 0 and 55 < jobs[("broken",)]["mes_job_seconds_since_run"] < 120
+
         # The role reads what these queries need and nothing of partners, references or notes.
         for column in ("reference", "notes", "partner_id"):
             with pytest.raises(ProgrammingError, match="permission denied"):
@@ -214,7 +226,7 @@ def test_the_exporters_promise_queries_count_flow_holds_and_shipments(client, ac
 
 
 def test_every_promise_query_is_cached_and_run_once_per_server():
-    assert set(PROMISE_QUERIES) == {"mes_flow", "mes_flow_hold", "mes_promise_open", "mes_promise_shipped"}
+    assert set(PROMISE_QUERIES) == {"mes_flow", "mes_flow_hold", "mes_promise_open", "mes_promise_shipped", "mes_job"}
     for name, spec in PROMISE_QUERIES.items():
         assert spec["master"] is True and spec["cache_seconds"] > 0, name
         for metric in spec["metrics"]:

@@ -45,6 +45,7 @@ MONITOR_COLUMNS = {
                "shipped_at"),
     "reason_codes": ("id", "kind", "code"),
     "status_counts": ("status", "count"),
+    "job_leases": ("name", "next_run_at", "finished_at", "last_ok"),
 }
 
 
