@@ -3,6 +3,7 @@ on free ports), for the topology and failover tests."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = yaml.safe_load((ROOT / "stack" / "local.yml").read_text())
 GROUP_VARS = yaml.safe_load((ROOT / "ansible" / "group_vars" / "all" / "main.yml").read_text())
 NEW_ORDER = {"reference": "T-1", "product": "BRKT-200", "material": "steel S235", "quantity": 5}
+
+
+def late_reason(html: str) -> dict:
+    """The late reason an order page asks for before a move (the order is at risk or late: the demo's
+    norms put most new orders there), as form data; nothing when the page does not ask."""
+    found = re.search(r'name="late_reason" required>\s*<option value="">[^<]*</option>\s*<option value="(\d+)"', html)
+    return {"late_reason": found.group(1)} if found else {}
 
 
 def stack_cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -83,9 +83,12 @@ def test_operator_logs_in_filters_claims_and_moves_an_order(page, refused_by_pol
 
     page.get_by_role("button", name="Queue for production").click()
     expect(page.locator("#status")).to_have_text("queued")
+    # Queued, its promise is refreshed: the promised date has passed, so the next move asks why.
+    page.get_by_label("Why is this order late?").select_option(label="Capacity")
     page.get_by_role("button", name="Start production").click()
     expect(page.get_by_role("status")).to_have_text(f"Order {late} is now in production.")
     expect(page.locator("#history tbody tr")).to_have_count(3)
+    expect(page.locator("#history")).to_contain_text("late: Capacity")
 
     page.get_by_role("link", name="My work").click()
     expect(page.locator("#in-progress")).to_contain_text("LATE-1")

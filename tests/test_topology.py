@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from stackutil import GROUP_VARS, ROOT, Stack, api, create, running_stack, stack_cli
+from stackutil import GROUP_VARS, ROOT, Stack, api, create, late_reason, running_stack, stack_cli
 
 pytestmark = pytest.mark.topology
 
@@ -146,7 +146,8 @@ def test_operator_sees_own_claim_and_changes_at_once(stack):
                       timeout=10).text
         assert "You hold order" in html and "Release" in html
         html = s.post(f"{stack.operator}/operator/orders/{order['id']}/status",
-                      data={"csrf_token": token, "target": "queued", "version": "1"}, timeout=10).text
+                      data={"csrf_token": token, "target": "queued", "version": "1", **late_reason(html)},
+                      timeout=10).text
         assert "is now queued" in html and '<span class="badge" id="status">queued</span>' in html
     finally:
         dbtier.resume_replay(stack.ctx)
@@ -195,7 +196,7 @@ def test_the_feed_on_the_replica_skips_no_late_commit(stack):
     page = s.get(f"{stack.operator}/operator/orders/{order_b}", timeout=10).text
     token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
     html = s.post(f"{stack.operator}/operator/orders/{order_b}/status",
-                  data={"csrf_token": token, "target": "queued", "version": "1"}, timeout=10).text
+                  data={"csrf_token": token, "target": "queued", "version": "1", **late_reason(page)}, timeout=10).text
     assert "is now queued" in html
 
     def poll(cursor: str | None) -> tuple[list, str]:
@@ -489,10 +490,11 @@ def test_the_promise_series_and_the_promise_dashboard_answer_after_an_order_ship
     s = operator_session(stack)
     page = f"{stack.operator}/operator/orders/{order['id']}"
     token = s.get(page, timeout=10).text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    assert "You hold order" in s.post(f"{page}/claim", data={"csrf_token": token}, timeout=10).text
+    html = s.post(f"{page}/claim", data={"csrf_token": token}, timeout=10).text
+    assert "You hold order" in html
     for version, target in enumerate(["queued", "in_production", "quality_check", "packed", "shipped"], start=1):
-        html = s.post(f"{page}/status", data={"csrf_token": token, "target": target, "version": str(version)},
-                      timeout=10).text
+        html = s.post(f"{page}/status", data={"csrf_token": token, "target": target, "version": str(version),
+                                              **late_reason(html)}, timeout=10).text
         assert f"is now {target.replace('_', ' ')}" in html
 
     stages = {"received", "queued", "in_production", "quality_check", "packed"}
