@@ -2,6 +2,7 @@
 filters, release, a held order refusing to move, and the supervisors' reason-code page."""
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -126,3 +127,19 @@ def test_a_supervisor_adds_relabels_and_retires_codes(client, accounts_, db, ord
     r = boss.post(f"/operator/orders/{orders[1]}/hold", f"/operator/orders/{orders[1]}",
                   reason_code=str(code_id(db, "capacity")), version="1")
     assert "Choose one of the listed reasons" in r.get_data(as_text=True)
+
+
+def test_late_reasons_are_kept_on_their_own_list(client, accounts_, db, orders):
+    boss = logged_in(client, accounts_, "chief", role="supervisor")
+    page = "/operator/reason-codes?kind=late"
+    listing = client.get(page).get_data(as_text=True)
+    assert "<h1>Late reasons</h1>" in listing and 'data-code="late_upstream"' in listing
+    assert 'data-code="late_upstream"' not in client.get("/operator/reason-codes").get_data(as_text=True)
+    r = boss.post("/operator/reason-codes", page, kind="late", code="supplier_delay", label="Supplier delay")
+    assert "Late reason 'Supplier delay' added." in html.unescape(r.get_data(as_text=True))
+    assert "<h1>Late reasons</h1>" in r.get_data(as_text=True)  # back on the list it was added to
+    late_id = db.scalar(select(ReasonCode.id).where(ReasonCode.kind == "late", ReasonCode.code == "supplier_delay"))
+    assert late_id and code_id(db, "supplier_delay") is None  # not a hold reason
+    r = boss.post(f"/operator/reason-codes/{late_id}/retire", page, kind="late")
+    assert "retired" in r.get_data(as_text=True) and "<h1>Late reasons</h1>" in r.get_data(as_text=True)
+    assert client.get("/operator/reason-codes?kind=defect").status_code == 400

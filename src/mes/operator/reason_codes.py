@@ -1,10 +1,12 @@
-"""The supervisors' page for reason codes: add, relabel, retire and restore. Operators are refused
-(403) on every route, reading included: the list they choose from is on the order page."""
+"""The supervisors' page for reason codes, one list per kind (hold reasons, late reasons): add, relabel,
+retire and restore. Operators are refused (403) on every route, reading included: the list they choose
+from is on the order page."""
 from __future__ import annotations
 
 from flask import flash, g, redirect, render_template, request, url_for
 from flask_login import login_required
 
+from .. import query_params
 from ..domain import actors
 from ..domain.errors import DomainError
 from ..domain.reason_codes import CODE_MAX_LENGTH, LABEL_MAX_LENGTH, Kind
@@ -20,10 +22,33 @@ def _supervisors_only():
         actors.require_supervisor(g.actor, "change reason codes")
 
 
+#: The kinds a supervisor keeps here, with what the page calls them (defect codes come with their use).
+KINDS: dict[Kind, tuple[str, str]] = {
+    Kind.HOLD: ("Hold reasons", "Operators choose these when they put an order on hold; partners see the label."),
+    Kind.LATE: ("Late reasons", "Operators choose these when they move an order that is at risk or late: the "
+                                "recorded cause of a missed promise, counted on the flow board."),
+}
+
+
+def _kind() -> Kind:
+    """The list on show: ?kind=late, or the form's hidden field; the hold reasons by default."""
+    value = request.values.get("kind") or Kind.HOLD.value
+    try:
+        kind = Kind(value)
+    except ValueError:
+        kind = None
+    if kind not in KINDS:
+        raise query_params.bad_query("kind", "must be one of " + ", ".join(k.value for k in KINDS))
+    return kind
+
+
 @bp.get("/reason-codes")
 @login_required
 def reason_codes(new_form: NewReasonCodeForm | None = None, code: int = 200):
-    return render_template("operator/reason_codes.html", codes=codes.listed(db_session(), Kind.HOLD),
+    kind = _kind()
+    title, note = KINDS[kind]
+    return render_template("operator/reason_codes.html", codes=codes.listed(db_session(), kind), kind=kind,
+                           kinds=KINDS, title=title, note=note,
                            new_form=new_form or NewReasonCodeForm(formdata=None),
                            relabel_form=RelabelForm(formdata=None), action_form=ActionForm(),
                            code_max=CODE_MAX_LENGTH, label_max=LABEL_MAX_LENGTH), code
@@ -35,7 +60,7 @@ def _done(action, message: str):
         flash(message, "success")
     except DomainError as err:
         flash(err.detail, "error")
-    return redirect(url_for("operator.reason_codes"))
+    return redirect(url_for("operator.reason_codes", kind=_kind().value))
 
 
 @bp.post("/reason-codes")
@@ -45,9 +70,10 @@ def reason_code_add():
     if not form.validate():
         flash(f"Nothing was added. {form.problems()}", "error")
         return reason_codes(new_form=form, code=422)
-    return _done(lambda: codes.add(db_session(), g.actor, Kind.HOLD, form.code.data, form.label.data,
+    kind = _kind()
+    return _done(lambda: codes.add(db_session(), g.actor, kind, form.code.data, form.label.data,
                                    requires_note=bool(form.requires_note.data)),
-                 f"Hold reason {form.label.data.strip()!r} added.")
+                 f"{KINDS[kind][0][:-1]} {form.label.data.strip()!r} added.")
 
 
 @bp.post("/reason-codes/<id:code_id>/label")
@@ -56,7 +82,7 @@ def reason_code_relabel(code_id: int):
     form = RelabelForm()
     if not form.validate():
         flash(f"The label was not changed. {form.problems()}", "error")
-        return redirect(url_for("operator.reason_codes"))
+        return redirect(url_for("operator.reason_codes", kind=_kind().value))
     return _done(lambda: codes.relabel(db_session(), g.actor, code_id, form.label.data), "Label changed.")
 
 
@@ -64,7 +90,7 @@ def reason_code_relabel(code_id: int):
 @login_required
 def reason_code_retire(code_id: int):
     return _done(lambda: codes.retire(db_session(), g.actor, code_id),
-                 "Reason retired: it stays on past holds and can no longer be chosen.")
+                 "Reason retired: it stays where it was used and can no longer be chosen.")
 
 
 @bp.post("/reason-codes/<id:code_id>/restore")
