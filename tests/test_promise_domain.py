@@ -125,7 +125,9 @@ def test_partners_read_the_cause_in_public_words():
     assert forecast.partner_reason(Promise.AT_RISK, queue, None) == "Waiting in the queue for production."
     assert forecast.partner_reason(Promise.AT_RISK, queue, "Machine down") == "On hold: Machine down."
     assert forecast.partner_reason(Promise.ON_TRACK, queue, None) == "Back on schedule."
-    assert forecast.needs_late_reason(Promise.AT_RISK) and not forecast.needs_late_reason(Promise.ON_TRACK)
+    assert forecast.late_reason_owed(Promise.AT_RISK, recorded=False)
+    assert not forecast.late_reason_owed(Promise.AT_RISK, recorded=True)
+    assert not forecast.late_reason_owed(Promise.ON_TRACK, recorded=False)
 
 
 def test_norm_of_is_median_and_85th_percentile():

@@ -1,8 +1,6 @@
 """The `mes` command: Flask's CLI plus the operations of the order service."""
 from __future__ import annotations
 
-from datetime import timedelta
-
 import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
@@ -117,8 +115,7 @@ def purge_idempotency_keys():
     """Forget idempotency keys older than the retention (MES_IDEMPOTENCY_RETENTION_HOURS, at least 24)."""
     from .services.orders import purge_idempotency_keys as purge
 
-    hours = max(24, current_app.extensions["mes_settings"].idempotency_retention_hours)
-    click.echo(f"{purge(db_session(), timedelta(hours=hours))} keys purged")
+    click.echo(f"{purge(db_session(), current_app.extensions['mes_settings'].idempotency_retention)} keys purged")
 
 
 @main.command("recompute-norms")
@@ -127,8 +124,7 @@ def recompute_norms():
     """Learn stage norms from orders shipped in the last 90 days and stage flows from the last 14 days."""
     from .services import forecast
 
-    learned = forecast.recompute_norms(db_session())
-    click.echo(f"{learned.norms} norms learned from {learned.orders} shipped orders")
+    click.echo(forecast.recompute_norms(db_session()))
 
 
 @main.command("recompute-promises")
@@ -137,9 +133,7 @@ def recompute_promises():
     """Refresh every open order's projection and promise status (run it every few minutes)."""
     from .services import forecast
 
-    done = forecast.recompute_promises(db_session())
-    click.echo(f"{done.open_orders} open orders: {done.promises_changed} promise statuses changed, "
-               f"{done.projections_moved} projections moved")
+    click.echo(forecast.recompute_promises(db_session()))
 
 
 @main.command("backtest")

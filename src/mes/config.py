@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from .domain.forecast import Policy
 
@@ -92,6 +93,11 @@ class Settings:
     log_level: str = "INFO"
     # How many proxies (HAProxy) stand in front and set X-Forwarded-For; 0 when clients connect directly.
     trusted_proxies: int = 0
+
+    @property
+    def idempotency_retention(self) -> timedelta:
+        """How long idempotency keys are kept: the setting, but never under a day (retries come later)."""
+        return timedelta(hours=max(24, self.idempotency_retention_hours))
 
     @property
     def promise_policy(self) -> Policy:

@@ -41,17 +41,13 @@ class Job:
 def jobs(cfg: Settings) -> tuple[Job, ...]:
     """What runs how often; the intervals are settings (mes.config)."""
     def promises(session: Session) -> str:
-        done = forecast.recompute_promises(session)
-        return (f"{done.open_orders} open orders, {done.promises_changed} promise changes, "
-                f"{done.projections_moved} projections moved")
+        return str(forecast.recompute_promises(session))
 
     def norms(session: Session) -> str:
-        learned = forecast.recompute_norms(session)
-        return f"{learned.norms} norms from {learned.orders} shipped orders"
+        return str(forecast.recompute_norms(session))
 
     def idempotency(session: Session) -> str:
-        hours = max(24, cfg.idempotency_retention_hours)
-        return f"{purge_idempotency_keys(session, timedelta(hours=hours))} idempotency keys purged"
+        return f"{purge_idempotency_keys(session, cfg.idempotency_retention)} idempotency keys purged"
 
     def backtest(session: Session) -> str:
         c = backtest_svc.backtest(session)

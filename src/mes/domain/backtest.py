@@ -21,12 +21,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from .forecast import (
-    DAY, STAGES, Flow, Norms, Position, Promise, StageEvent, project, promise_status, stage_durations,
+    DAY, FLOW_WINDOW, STAGES, Flow, Norms, Position, Promise, StageEvent, project, promise_status, stage_durations,
 )
 from .holds import EventKind
 from .lifecycle import Status
-
-FLOW_WINDOW = timedelta(days=14)
 
 
 @dataclass

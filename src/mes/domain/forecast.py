@@ -28,6 +28,9 @@ from .lifecycle import Status
 S = Status
 #: The stages an order passes before it ships, in order; norms and projections walk these.
 STAGES: tuple[Status, ...] = (S.RECEIVED, S.QUEUED, S.IN_PRODUCTION, S.QUALITY_CHECK, S.PACKED)
+#: Norms learn from the orders shipped within NORM_WINDOW; a stage's pace counts its exits within FLOW_WINDOW.
+NORM_WINDOW = timedelta(days=90)
+FLOW_WINDOW = timedelta(days=14)
 #: A family needs this many shipped orders through a stage before its own norm replaces the overall one.
 MIN_FAMILY_SAMPLES = 20
 DAY = 86400.0
@@ -229,15 +232,21 @@ def promise_status(status: Status, promised: date, today: date, *, projected: da
     return Promise.ON_TRACK
 
 
-def needs_late_reason(promise: Promise | None) -> bool:
-    """An operator acting on an order at risk or late is asked why, so that every miss has a cause."""
-    return promise in (Promise.AT_RISK, Promise.LATE)
+def promise_of(value: str | None) -> Promise | None:
+    """A stored promise status (None: cancelled, or not projected yet)."""
+    return Promise(value) if value else None
+
+
+def late_reason_owed(promise: Promise | None, recorded: bool) -> bool:
+    """An order at risk or late whose cause nobody has recorded in this spell: the next operator action
+    on it asks why, so that every miss has a cause."""
+    return promise in (Promise.AT_RISK, Promise.LATE) and not recorded
 
 
 def check_late_reason(promise: Promise | None, recorded: bool, given: bool) -> bool:
     """Whether this action records a late reason; refuses an action on an order at risk or late whose
     cause nobody has recorded yet in this spell, when the operator gave none."""
-    if not needs_late_reason(promise) or recorded:
+    if not late_reason_owed(promise, recorded):
         return False
     if not given:
         word = "late" if promise is Promise.LATE else "at risk of missing its promised date"

@@ -9,7 +9,7 @@ from flask_login import login_required
 from .. import query_params
 from ..domain import actors
 from ..domain.errors import DomainError, ValidationFailed
-from ..domain.forecast import OPEN_PROMISES, Promise, needs_late_reason
+from ..domain.forecast import OPEN_PROMISES, Promise
 from ..domain import holds
 from ..domain.lifecycle import ACTION_LABELS, FINISHED_STATUSES, OPEN_STATUSES, Status, is_rework
 from ..domain.priority import Priority
@@ -115,9 +115,8 @@ def order_page(order_id: int, status_form: StatusForm | None = None, code: int =
     html = render_template(
         "operator/order.html", order=o, events=events, moves=moves,
         stages=forecast_svc.stage_report(session, o, events, now),
-        late_codes=reason_codes.listed(session, Kind.LATE, active_only=True) if g.actor.kind == "operator"
-        and needs_late_reason(Promise(o.promise_status) if o.promise_status else None)
-        and o.late_reason_id is None else [],
+        late_codes=reason_codes.listed(session, Kind.LATE, active_only=True)
+        if g.actor.kind == "operator" and forecast_svc.late_reason_owed(o) else [],
         on_hold=state.on_hold, can_hold=facts.status not in FINISHED_STATUSES and not state.on_hold,
         hold_codes=reason_codes.listed(session, Kind.HOLD, active_only=True), hold_age=hold_age_text(now),
         hold_total=holds.format_age(timedelta(seconds=holds.total_hold_seconds(state, now))),

@@ -15,14 +15,11 @@ from sqlalchemy.orm import Session
 from ..config import Settings
 from ..db import begin_write
 from ..domain import forecast
-from ..domain.forecast import Flow, Norm, Norms, Policy, Position, Promise, StageEvent
+from ..domain.forecast import FLOW_WINDOW, NORM_WINDOW, Flow, Norm, Norms, Policy, Position, Promise, StageEvent, promise_of
 from ..domain.holds import EventKind, HoldState, total_hold_seconds
 from ..domain.lifecycle import OPEN_STATUSES, Status
 from ..models import Order, OrderEvent, StageFlow, StageNorm, StatusCount, utcnow
 
-#: Norms learn from orders shipped within this window, and stage flows count exits within this one.
-NORM_WINDOW = timedelta(days=90)
-FLOW_WINDOW = timedelta(days=14)
 #: The scheduled recomputation rewrites a projection only when it moved at least this much.
 PROJECTION_TOLERANCE = timedelta(hours=1)
 BATCH = 5000
@@ -98,7 +95,7 @@ def evaluate(order: Order, model: Model, now: datetime, ahead: int) -> tuple[for
 def refresh(session: Session, order: Order, now: datetime) -> PromiseMove:
     """Recompute the order's projection and promise after a change made in this transaction (the row
     is locked by the caller); the caller's event records the move."""
-    before = Promise(order.promise_status) if order.promise_status else None
+    before = promise_of(order.promise_status)
     ahead = ahead_in_stage(session, order) if order.status in _OPEN else 0
     projection, after = evaluate(order, load_model(session), now, ahead)
     order.projected_finish = projection.finish if projection else None
@@ -107,6 +104,11 @@ def refresh(session: Session, order: Order, now: datetime) -> PromiseMove:
         order.late_reason_id = None  # the spell is over; a new one needs its own cause
     reason = forecast.partner_reason(after, projection, _hold_label(order)) if after != before else None
     return PromiseMove(before, after, order.projected_finish, reason)
+
+
+def late_reason_owed(order: Order) -> bool:
+    """Whether the next operator action on the order must say why it is at risk or late."""
+    return forecast.late_reason_owed(promise_of(order.promise_status), recorded=order.late_reason_id is not None)
 
 
 def _hold_label(order: Order) -> str | None:
@@ -151,6 +153,10 @@ class Recomputed:
     open_orders: int = 0
     projections_moved: int = 0
     promises_changed: int = 0
+
+    def __str__(self) -> str:
+        return (f"{self.open_orders} open orders: {self.promises_changed} promise statuses changed, "
+                f"{self.projections_moved} projections moved")
 
 
 def recompute_promises(session: Session, now: datetime | None = None) -> Recomputed:
@@ -221,7 +227,7 @@ class _Change:
 
     @classmethod
     def of(cls, order: Order, projection: forecast.Projection | None, after: Promise | None) -> "_Change":
-        before = Promise(order.promise_status) if order.promise_status else None
+        before = promise_of(order.promise_status)
         move = PromiseMove(before, after, projection.finish if projection else None,
                            forecast.partner_reason(after, projection, _hold_label(order)))
         return cls(order.id, order.partner_id, order.status, order.status_version, order.promise_status, move)
@@ -252,6 +258,9 @@ def _change_promise(session: Session, change: _Change, now: datetime) -> bool:
 class Learned:
     orders: int
     norms: int
+
+    def __str__(self) -> str:
+        return f"{self.norms} norms learned from {self.orders} shipped orders"
 
 
 def recompute_norms(session: Session, now: datetime | None = None) -> Learned:

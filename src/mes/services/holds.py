@@ -11,7 +11,6 @@ from ..domain import actors, holds
 from ..domain.actors import Actor
 from ..domain.errors import VersionConflict
 from ..domain.holds import EventKind
-from ..domain.forecast import Promise, needs_late_reason
 from ..domain.lifecycle import Status
 from ..domain.reason_codes import Kind
 from ..models import Order, OrderEvent, ReasonCode, utcnow
@@ -72,8 +71,7 @@ def release_hold(session: Session, actor: Actor, order_id: int, note: str | None
 def _hold_explains_lateness(session: Session, order: Order, code: ReasonCode) -> None:
     """A hold on an order at risk or late with no recorded cause is its cause: the late reason of the
     same code (Machine down holds it, Machine down made it late), so nobody is asked twice."""
-    promise = Promise(order.promise_status) if order.promise_status else None
-    if needs_late_reason(promise) and order.late_reason_id is None:
+    if forecast.late_reason_owed(order):
         twin = reason_codes.twin(session, code, Kind.LATE)
         if twin is not None:
             order.late_reason_id = twin.id

@@ -14,7 +14,7 @@ from ..db import begin_write
 from ..domain import actors, inputs
 from ..domain.actors import Actor, OrderFacts
 from ..domain.errors import AlreadyClaimed, Conflict, Forbidden, NotFound, ReferenceConflict, VersionConflict
-from ..domain.forecast import Promise, check_late_reason
+from ..domain.forecast import check_late_reason, promise_of
 from ..domain.holds import EventKind, HoldState, check_move_while_held, closed
 from ..domain.reason_codes import Kind
 from ..domain.idempotency import check_replay
@@ -162,8 +162,8 @@ def change_status(session: Session, actor: Actor, order_id: int, target: Status,
         check_move_while_held(hold, target, order.hold_reason.label if order.hold_reason else None)
         late = None
         if actor.kind == "operator" and target is not Status.CANCELLED and check_late_reason(
-                Promise(order.promise_status) if order.promise_status else None,
-                recorded=order.late_reason_id is not None, given=late_reason_id is not None):
+                promise_of(order.promise_status), recorded=order.late_reason_id is not None,
+                given=late_reason_id is not None):
             late = reason_codes.choosable(session, Kind.LATE, late_reason_id)
             order.late_reason_id = late.id
         now = utcnow()
