@@ -67,7 +67,7 @@ class Stack:
         self.state.chmod(0o755)
         self.env = {**os.environ, "MES_STACK_DIR": str(self.state)}
         self.env.update({f"MES_PORT_{n.upper()}": str(free_port()) for n in LAYOUT["ports"]})
-        self.public = f"http://127.0.0.1:{stack_ports(self.env)['public']}"
+        self.public = f"https://127.0.0.1:{stack_ports(self.env)['public']}"
         self.ctx = None
 
     def cli(self, *args: str) -> None:
@@ -79,6 +79,7 @@ class Stack:
     def up(self) -> None:
         self.cli("up")
         self.ctx = make_ctx(None, self.env)
+        os.environ["REQUESTS_CA_BUNDLE"] = str(self.state / "pki" / "ca.crt")  # HTTPS, verified against the stack's CA
 
     def down(self) -> None:
         try:

@@ -153,8 +153,8 @@ class Stack:
         self.ports = {name: free_port() for name in LAYOUT["ports"]}
         self.env = {**os.environ, "MES_STACK_DIR": str(self.state),
                     **{f"MES_PORT_{name.upper()}": str(port) for name, port in self.ports.items()}}
-        self.public = f"http://127.0.0.1:{self.ports['public']}"
-        self.operator = f"http://127.0.0.1:{self.ports['operator']}"
+        self.public = f"https://127.0.0.1:{self.ports['public']}"
+        self.operator = f"https://127.0.0.1:{self.ports['operator']}"
         self.ctx = None
         self.keys: dict[str, list[str]] = {}
         self.cookie = ""
@@ -181,6 +181,8 @@ class Stack:
         started = time.monotonic()
         self.cli("up", "--topology", self.topology)
         self.ctx = make_ctx(self.topology, self.env)
+        # HTTPS at both frontends: Python's clients verify them against the stack's own CA (wrk does not verify).
+        os.environ["REQUESTS_CA_BUNDLE"] = str(self.state / "pki" / "ca.crt")
         log(f"  {self.topology}: up in {time.monotonic() - started:.0f} s, state in {self.state}")
 
     def down(self) -> None:
@@ -263,6 +265,7 @@ def create_keys(stack: Stack, group: str, n: int) -> list[str]:
 def operator_cookie(stack: Stack) -> str:
     """Log in as the demo operator through the operator frontend, with the form's CSRF token."""
     with requests.Session() as s:
+        s.headers["Referer"] = f"{stack.operator}/operator/"  # the CSRF check over HTTPS wants it, as browsers send it
         page = s.get(f"{stack.operator}/operator/login", timeout=10).text
         match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
         if not match:

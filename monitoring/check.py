@@ -47,7 +47,8 @@ CONTRACT_EXAMPLE = {  # stack/CONTRACT.md
     "app_public": [{"name": "public1", "host": "127.0.0.1", "port": 8201},
                    {"name": "public2", "host": "127.0.0.1", "port": 8202}],
     "app_single": [],
-    "haproxy": {"bind": "127.0.0.1", "public_port": 8080, "operator_port": 8081, "stats_port": 8404, "dir": "/x/haproxy"},
+    "haproxy": {"bind": "127.0.0.1", "public_port": 8443, "operator_port": 8444, "http_port": 8080, "stats_port": 8404,
+                "dir": "/x/haproxy", "crt": "/x/haproxy/tls/mes.pem"},
     "prometheus": {"host": "127.0.0.1", "port": 9090, "dir": "/x/prometheus"},
     "node_exporters": [{"name": "local", "host": "127.0.0.1", "port": 9100}],
 }

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from . import backup, dbtier
+from . import backup, dbtier, pki
 from .base import Ctx, StackError
 from .services import AppInstance, HAProxy, NodeExporter, Prometheus, Redis, RedisExporter, Scheduler
 from .topology import make_ctx, wipe
@@ -86,9 +86,13 @@ def status(ctx: Ctx) -> int:
 def print_urls(ctx: Ctx) -> None:
     t = ctx.vars["mes_topology"]
     h = t["haproxy"]
-    print(f"  operator UI:   http://{h['bind']}:{h['operator_port']}/operator/")
-    print(f"  public API:    http://{h['bind']}:{h['public_port']}/api/v1/  "
+    ca = pki.ca_file(ctx)
+    print(f"  operator UI:   https://{h['bind']}:{h['operator_port']}/operator/  "
+          f"(http://{h['bind']}:{h['http_port']}/ redirects there)")
+    print(f"  public API:    https://{h['bind']}:{h['public_port']}/api/v1/  "
           f"(OpenAPI: /api/v1/openapi.yaml)")
+    print(f"  TLS:           certificates signed by the stack's own CA, {ca}; trust it with")
+    print(f"                 curl --cacert {ca} https://{h['bind']}:{h['public_port']}/healthz/ready")
     print(f"  HAProxy stats: http://{h['bind']}:{h['stats_port']}/stats")
     print(f"  Prometheus:    http://{t['prometheus']['host']}:{t['prometheus']['port']}/")
     if not t["single"]:

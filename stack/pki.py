@@ -30,15 +30,13 @@ def certificate(ctx: Ctx, name: str, sans: list[str], owner: str | None = None) 
     return crt, key
 
 
-def bundle(ctx: Ctx, name: str, sans: list[str], owner: str) -> Path:
-    """Certificate and key in one PEM file (HAProxy's `crt`), readable by `owner` only."""
+def bundle(ctx: Ctx, name: str, sans: list[str], dest: Path) -> Path:
+    """Certificate and key `name` in one PEM file at `dest` (HAProxy's `crt`), private to its owner."""
     crt, key = certificate(ctx, name, sans)
-    pem = ctx.path("pki", f"{name}.pem")
     text = crt.read_text() + key.read_text()
-    if not pem.exists() or pem.read_text() != text:
-        pem.write_text(text)
-    pem.chmod(0o600)
-    chown(pem, owner)
-    return pem
-
-
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.parent.chmod(0o700)
+    if not dest.exists() or dest.read_text() != text:
+        dest.write_text(text)
+    dest.chmod(0o600)
+    return dest

@@ -2,13 +2,16 @@
 Prometheus and the exporters. Each has `up` (idempotent), `down` (by pid) and `status`."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from abc import ABC, abstractmethod
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from . import pki
 from .base import ROOT, Ctx, StackError, wait_until
 
 
@@ -174,13 +177,19 @@ class Scheduler(Daemon):
 
 
 class HAProxy(Daemon):
+    """Master-worker mode (-W): a changed configuration is reloaded (SIGUSR2 to the master: new workers,
+    the old ones finish their requests), never restarted, so that no request is dropped."""
+
     name = "haproxy"
 
     def config(self, ctx) -> Path:
         return Path(ctx.vars["mes_topology"]["haproxy"]["dir"]) / "haproxy.cfg"
 
     def prepare(self, ctx):
-        folder = ctx.ensure_dir(Path(ctx.vars["mes_topology"]["haproxy"]["dir"]))
+        t = ctx.vars["mes_topology"]["haproxy"]
+        folder = ctx.ensure_dir(Path(t["dir"]))
+        # The frontends' certificate, signed by the stack's CA, for the address they listen on.
+        pki.bundle(ctx, "haproxy", [f"IP:{t['bind']}", "DNS:localhost"], Path(t["crt"]))
         for template in sorted((ROOT / "haproxy").rglob("*.j2")):
             rel = template.relative_to(ROOT)
             ctx.render(str(rel), folder / template.relative_to(ROOT / "haproxy").with_suffix(""))
@@ -188,10 +197,25 @@ class HAProxy(Daemon):
             dest = folder / static.relative_to(ROOT / "haproxy")
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(static, dest)
-        ctx.run(["haproxy", "-c", "-q", "-f", str(self.config(ctx))], cwd=folder)
+        ctx.run(["haproxy", "-c", "-f", str(self.config(ctx))], cwd=folder)  # (-q would hide the errors)
+
+    def up(self, ctx):
+        if not (ctx.pid(self.name) and self.ready(ctx)):
+            return super().up(ctx)
+        before = self.config(ctx).read_text() if self.config(ctx).exists() else ""
+        self.prepare(ctx)
+        if self.config(ctx).read_text() != before:
+            self.reload(ctx)
+
+    def reload(self, ctx) -> None:
+        """A seamless reload: the master starts new workers with the current file; the old workers
+        stop accepting and finish what they hold (stick tables pass to the new ones through `peers`)."""
+        os.kill(ctx.pid(self.name), signal.SIGUSR2)
+        if not wait_until(lambda: self.ready(ctx), self.start_timeout):
+            raise StackError(f"haproxy did not answer after a reload:\n{ctx.log_tail(self.name)}")
 
     def argv(self, ctx):
-        return ["haproxy", "-db", "-f", str(self.config(ctx))]
+        return ["haproxy", "-W", "-db", "-f", str(self.config(ctx))]
 
     def ready(self, ctx):
         t = ctx.vars["mes_topology"]["haproxy"]
@@ -199,7 +223,8 @@ class HAProxy(Daemon):
 
     def detail(self, ctx):
         t = ctx.vars["mes_topology"]["haproxy"]
-        return f"public :{t['public_port']}, operator :{t['operator_port']}, stats :{t['stats_port']}"
+        return (f"public https :{t['public_port']}, operator https :{t['operator_port']}, "
+                f"plain http :{t['http_port']}, stats :{t['stats_port']}")
 
 
 class Prometheus(Daemon):

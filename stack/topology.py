@@ -55,7 +55,8 @@ def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.
         etcd=[shape.etcd_member(f"etcd{i}", host, p[f"etcd{i}"], p[f"etcd{i}_peer"], str(state / f"etcd{i}"))
               for i in range(3)],
         ports=p,
-        dirs={name: str(state / name) for name in ("pgpool", "redis", "haproxy", "prometheus", "db_endpoints")},
+        dirs={**{name: str(state / name) for name in ("pgpool", "redis", "haproxy", "prometheus", "db_endpoints")},
+              "haproxy_tls": str(state / "haproxy" / "tls")},
         app_operator=[] if single else [app("operator1"), app("operator2")],
         app_public=[] if single else [app("public1"), app("public2")],
         app_single=[app("single1")] if single else [],

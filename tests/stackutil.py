@@ -41,8 +41,10 @@ class Stack:
     def __init__(self, env: dict, state: Path):
         self.env, self.state = env, state
         ports = stack_ports(env)
-        self.public = f"http://127.0.0.1:{ports['public']}"
-        self.operator = f"http://127.0.0.1:{ports['operator']}"
+        self.public = f"https://127.0.0.1:{ports['public']}"
+        self.operator = f"https://127.0.0.1:{ports['operator']}"
+        self.http = f"http://127.0.0.1:{ports['http']}"
+        self.ca = str(state / "pki" / "ca.crt")
         self.stats = f"http://127.0.0.1:{ports['haproxy_stats']}"
         self.prometheus = f"http://127.0.0.1:{ports['prometheus']}"
         self.ctx = make_ctx(None, env)
@@ -73,10 +75,17 @@ def running_stack():
     env = {**os.environ, "MES_STACK_DIR": str(state)}
     env.update({f"MES_PORT_{name.upper()}": str(free_port()) for name in LAYOUT["ports"]})
     started = stack_cli(env, "up")
+    # Every HTTPS request of the tests verifies the frontends' certificates against the stack's own CA.
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE")
+    os.environ["REQUESTS_CA_BUNDLE"] = str(state / "pki" / "ca.crt")
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         yield Stack(env, state)
     finally:
+        if bundle is None:
+            os.environ.pop("REQUESTS_CA_BUNDLE", None)
+        else:
+            os.environ["REQUESTS_CA_BUNDLE"] = bundle
         stopped = stack_cli(env, "down")
         subprocess.run(["rm", "-rf", str(state)], check=False)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr

@@ -59,7 +59,8 @@ def test_the_inventory_yields_the_topology_the_templates_expect():
     assert [i["name"] for i in topology["db_endpoints"]["instances"]] == ["op1", "op2", "pub1", "pub2"]
     assert topology["redis"]["host"] == "192.168.56.50"
     assert [a["name"] for a in topology["app_public"]] == ["pub1", "pub2"]
-    assert topology["haproxy"]["public_port"] == 80
+    assert (topology["haproxy"]["public_port"], topology["haproxy"]["http_port"]) == (443, 80)
+    assert topology["haproxy"]["crt"] == "/etc/haproxy/tls/mes.pem"
     # pgBackRest's repository on the backup host, reached over TLS
     assert (topology["backup"]["name"], topology["backup"]["host"], topology["backup"]["remote"]) == \
         ("mon1", "192.168.56.60", True)

@@ -10,6 +10,7 @@ import os
 import pwd
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import time
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from stack.base import wait_until
 from stackutil import GROUP_VARS, ROOT, Stack, api, create, late_reason, running_stack, stack_cli
 
 pytestmark = pytest.mark.topology
@@ -53,6 +55,8 @@ def test_a_hold_and_a_status_change_reach_the_feed_with_the_promise_they_leave(s
     order = create(stack, partner, "PROM-1")
     assert order["promise_status"] in ("on_track", "at_risk") and order["estimated_completion"]
     s = requests.Session()
+    # As a browser does (Referrer-Policy: same-origin): over HTTPS the CSRF check wants a same-origin Referer.
+    s.headers["Referer"] = f"{stack.operator}/operator/"
     page = s.get(f"{stack.operator}/operator/login", timeout=10).text
     token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
     s.post(f"{stack.operator}/operator/login", data={"login": "demo", "password": "demo-pass", "csrf_token": token},
@@ -132,6 +136,8 @@ def test_operator_sees_own_claim_and_changes_at_once(stack):
     partner = stack.new_key("split-op")
     order = create(stack, partner, "OP-1")
     s = requests.Session()
+    # As a browser does (Referrer-Policy: same-origin): over HTTPS the CSRF check wants a same-origin Referer.
+    s.headers["Referer"] = f"{stack.operator}/operator/"
     page = s.get(f"{stack.operator}/operator/login", timeout=10).text
     token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
     r = s.post(f"{stack.operator}/operator/login", data={"login": "demo", "password": "demo-pass",
@@ -156,6 +162,8 @@ def test_operator_sees_own_claim_and_changes_at_once(stack):
 def operator_session(stack: Stack, login: str = "demo", password: str = "demo-pass") -> requests.Session:
     """A logged-in operator's browser session on the operator frontend."""
     s = requests.Session()
+    # As a browser does (Referrer-Policy: same-origin): over HTTPS the CSRF check wants a same-origin Referer.
+    s.headers["Referer"] = f"{stack.operator}/operator/"
     page = s.get(f"{stack.operator}/operator/login", timeout=10).text
     token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
     r = s.post(f"{stack.operator}/operator/login", data={"login": login, "password": password,
@@ -284,14 +292,24 @@ def test_public_frontend_never_reaches_operator_routes(stack):
         assert "Operator login" not in r.text and "flask_http_request" not in r.text, path
 
 
-def _raw(port: int, data: bytes, source: str = "127.0.0.1", wait: float = 15) -> tuple[bytes, float]:
+def _tls() -> ssl.SSLContext:
+    """A client context that trusts the running stack's CA only (running_stack sets REQUESTS_CA_BUNDLE)."""
+    return ssl.create_default_context(cafile=os.environ["REQUESTS_CA_BUNDLE"])
+
+
+def _raw(port: int, data: bytes, source: str = "127.0.0.1", wait: float = 15, tls: bool = True) -> tuple[bytes, float]:
     """Send raw bytes to HAProxy on 127.0.0.1 (from `source`, another loopback address when a test needs
-    a second client) and read until the connection closes; returns the answer and the seconds it took."""
+    a second client), over TLS unless `tls` is false, and read until the connection closes; returns the
+    answer and the seconds it took (the handshake included)."""
     started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=wait, source_address=(source, 0)) as s:
+    with contextlib.ExitStack() as stack_:
+        s = stack_.enter_context(socket.create_connection(("127.0.0.1", port), timeout=wait,
+                                                          source_address=(source, 0)))
+        if tls:
+            s = stack_.enter_context(_tls().wrap_socket(s, server_hostname="127.0.0.1"))
         s.sendall(data)
         answer = b""
-        with contextlib.suppress(socket.timeout, ConnectionResetError):
+        with contextlib.suppress(socket.timeout, ConnectionResetError, ssl.SSLEOFError):
             while chunk := s.recv(65536):
                 answer += chunk
     return answer, time.monotonic() - started
@@ -388,7 +406,8 @@ def test_header_variants_share_one_key_in_the_stick_table(stack):
     key = stack.new_key("variants-flood", tier="crm", scope="crm")["Authorization"].split()[1]
     limit = GROUP_VARS["haproxy_key_rate_limit"]
     # From an address of its own, so that the source-rate limit of 127.0.0.1 stays out of it.
-    conn = http.client.HTTPConnection("127.0.0.1", _port(stack.public), timeout=10, source_address=("127.0.0.3", 0))
+    conn = http.client.HTTPSConnection("127.0.0.1", _port(stack.public), timeout=10, source_address=("127.0.0.3", 0),
+                                       context=_tls())
     statuses = []
     for i in range(limit + 10):
         conn.request("GET", "/not-an-api-path", headers={"Authorization": variants[i % len(variants)].format(key)})
@@ -741,3 +760,68 @@ def test_read_your_writes_with_a_paused_replay(stack):
         assert api(stack, "GET", f"/orders/{order['id']}", writer).status_code == 200
     after = {n["node_id"]: int(n["select_cnt"]) for n in dbtier.pool_nodes(stack.ctx)}
     assert after[standby] - before[standby] >= 20  # the writer reads the replica again
+
+
+def test_both_frontends_speak_tls_with_the_generated_ca_and_plain_http_serves_nothing(stack):
+    """HTTPS on both frontends, verified against the CA that `up` made (and by nothing else); HSTS;
+    plain HTTP redirects the operator UI and answers API calls with a problem+json, never with data."""
+    key = stack.new_key("tls")
+    for url in (f"{stack.public}/api/v1/orders?limit=1", f"{stack.operator}/operator/login"):
+        r = requests.get(url, headers=key, timeout=10, verify=stack.ca)
+        assert r.status_code == 200 and r.headers["Strict-Transport-Security"].startswith("max-age="), url
+        with pytest.raises(requests.exceptions.SSLError):  # the public CAs do not vouch for it
+            requests.get(url, headers=key, timeout=10, verify=requests.certs.where())
+    with socket.create_connection(("127.0.0.1", _port(stack.public)), timeout=10) as raw, \
+            _tls().wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        assert ("IP Address", "127.0.0.1") in tls.getpeercert()["subjectAltName"]
+
+    plain = requests.get(f"{stack.http}/api/v1/orders?limit=1", headers=key, timeout=10, allow_redirects=False)
+    assert plain.status_code == 403 and plain.headers["Content-Type"] == "application/problem+json"
+    problem = plain.json()
+    assert problem["type"] == "/problems/https-required" and "rotate the key" in problem["detail"]
+    assert "items" not in plain.text and plain.headers.get("X-Request-ID")
+    for path in ("/", "/operator/login?next=%2Foperator%2F"):
+        moved = requests.get(f"{stack.http}{path}", timeout=10, allow_redirects=False)
+        assert moved.status_code == 301, path
+        assert moved.headers["Location"] == f"{stack.operator}{path}", moved.headers["Location"]
+    # Followed like a browser would, it ends on the login page, over HTTPS.
+    assert "Operator login" in requests.get(f"{stack.http}/operator/login", timeout=10).text
+
+    session = operator_session(stack)
+    cookie = next(c for c in session.cookies if c.name.endswith("_session"))
+    assert cookie.secure
+
+
+def test_a_haproxy_reload_under_load_fails_no_request(stack):
+    """`make up` after a configuration change reloads HAProxy (master-worker: new workers, the old ones
+    finish their requests); clients on both frontends, on new and kept-alive connections, see no error."""
+    from stack.services import HAProxy
+
+    key = stack.new_key("reload", tier="crm", scope="crm")
+    stop, failures, done = time.monotonic() + 8, [], []
+
+    def client(url: str, keep_alive: bool) -> None:
+        session = requests.Session()
+        while time.monotonic() < stop:
+            try:
+                r = (session if keep_alive else requests).get(url, headers=key, timeout=10)
+                (done if r.status_code == 200 else failures).append(r.status_code)
+            except requests.RequestException as err:
+                failures.append(repr(err))
+            time.sleep(0.01)
+
+    master = stack.pid("haproxy")
+    workers = set(subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split())
+    urls = [f"{stack.public}/api/v1/orders?limit=1", f"{stack.operator}/healthz/ready"]
+    with ThreadPoolExecutor(4) as pool:
+        running = [pool.submit(client, url, keep_alive) for url in urls for keep_alive in (True, False)]
+        for _ in range(2):
+            time.sleep(2.5)
+            HAProxy().reload(stack.ctx)
+        for r in running:
+            r.result()
+    assert not failures and len(done) > 100, (failures[:5], len(done))
+    assert stack.pid("haproxy") == master
+    assert wait_until(lambda: not workers & set(subprocess.run(["pgrep", "-P", str(master)], capture_output=True,
+                                                               text=True).stdout.split()), 30)

@@ -61,8 +61,11 @@ def assemble(*, single: bool, pg_bindir: str, pg_nodes: list[dict], etcd: list[d
         "app_operator": app_operator,
         "app_public": app_public,
         "app_single": app_single,
+        # public_port and operator_port speak TLS (certificate and key in one file: crt); http_port is
+        # plain HTTP, which only redirects the operator UI and tells API clients to use HTTPS.
         "haproxy": {"bind": hosts["haproxy"], "public_port": ports["public"], "operator_port": ports["operator"],
-                    "stats_port": ports["haproxy_stats"], "dir": dirs["haproxy"]},
+                    "http_port": ports["http"], "stats_port": ports["haproxy_stats"], "dir": dirs["haproxy"],
+                    "crt": dirs["haproxy_tls"] + "/mes.pem"},
         "prometheus": {"host": hosts["prometheus"], "port": ports["prometheus"], "dir": dirs["prometheus"]},
         "node_exporters": node_exporters,
     }
@@ -117,7 +120,7 @@ def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15
         single=False, pg_bindir=f"/usr/lib/postgresql/{pg_version}/bin", pg_nodes=nodes, etcd=etcd,
         ports=ports,
         dirs={"pgpool": "/var/lib/pgpool", "redis": "/var/lib/redis", "haproxy": "/var/lib/haproxy",
-              "prometheus": "/var/lib/prometheus", "db_endpoints": "/run/haproxy-db"},
+              "haproxy_tls": "/etc/haproxy/tls", "prometheus": "/var/lib/prometheus", "db_endpoints": "/run/haproxy-db"},
         app_operator=apps("app_operator"), app_public=apps("app_public"), app_single=[],
         node_exporters=[{"name": h, "host": _address(hostvars, h), "port": ports["node_exporter"]}
                         for h in sorted(hostvars) if h in groups.get("all", [])],

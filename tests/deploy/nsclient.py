@@ -20,11 +20,15 @@ import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
 
 SUBNET = ipaddress.ip_network("10.213.0.0/24")   # the deploy test's subnet (tests/deploy/cluster.py)
+# HTTPS is verified against the CA that Ansible made for the test inventory (role pki, mes_pki_dir).
+TEST_CA = Path(__file__).resolve().parents[2] / "ansible" / "inventories" / "test" / "pki" / "ca.crt"
+os.environ.setdefault("REQUESTS_CA_BUNDLE", str(TEST_CA))
 
 
 def check_target(url: str) -> str:
@@ -55,6 +59,7 @@ def cmd_request(args) -> dict:
 def cmd_operator_login(args) -> dict:
     base = check_target(args.base.rstrip("/"))
     s = requests.Session()
+    s.headers["Referer"] = f"{base}/operator/"  # as a browser sends it: the CSRF check over HTTPS wants it
     page = s.get(f"{base}/operator/login", timeout=15)
     token = page.text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
     r = s.post(f"{base}/operator/login", data={"login": args.login, "password": args.password,
@@ -63,7 +68,8 @@ def cmd_operator_login(args) -> dict:
     return {"form_status": page.status_code, "login_status": r.status_code,
             "login_location": r.headers.get("Location", ""), "queue_status": queue.status_code,
             "queue_url": queue.url, "queue_has_title": "Orders queue" in queue.text,
-            "has_session_cookie": bool(s.cookies)}
+            "has_session_cookie": bool(s.cookies),
+            "session_cookie_secure": all(c.secure for c in s.cookies)}
 
 
 class Target:

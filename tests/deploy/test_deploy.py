@@ -108,7 +108,8 @@ def address(cluster: Cluster, group: str) -> str:
 
 
 def url(cluster: Cluster, port_name: str, path: str, group: str = "lb") -> str:
-    return f"http://{address(cluster, group)}:{PORTS[port_name]}{path}"
+    scheme = "https" if port_name in ("public", "operator") else "http"  # HAProxy's TLS frontends
+    return f"{scheme}://{address(cluster, group)}:{PORTS[port_name]}{path}"
 
 
 def ns_client(cluster: Cluster, *args: str, timeout: float = 60) -> dict:
@@ -348,6 +349,12 @@ def test_operator_ui_login_through_haproxy(cluster):
     r = ns_client(cluster, "operator-login", url(cluster, "operator", ""), login, password)
     assert r["form_status"] == 200 and r["login_status"] == 302, r
     assert r["queue_status"] == 200 and r["queue_has_title"], r
+    assert r["session_cookie_secure"], r
+    # Plain HTTP: the operator UI moves to HTTPS (HSTS keeps browsers there), the API serves nothing.
+    moved = ns_client(cluster, "request", "GET", url(cluster, "http", "/operator/login"))
+    assert moved["status"] == 301 and moved["headers"]["Location"] == url(cluster, "operator", "/operator/login"), moved
+    plain = ns_client(cluster, "request", "GET", url(cluster, "http", "/api/v1/orders"))
+    assert plain["status"] == 403 and plain["json"]["type"] == "/problems/https-required", plain
 
 
 def test_partner_api_creates_and_reads_an_order(cluster):
@@ -358,6 +365,7 @@ def test_partner_api_creates_and_reads_an_order(cluster):
     order = created["json"]
     read = api(cluster, "GET", f"/orders/{order['id']}", key)
     assert read["status"] == 200 and read["json"]["reference"] == "DT-API-1", read
+    assert read["headers"]["Strict-Transport-Security"].startswith("max-age="), read["headers"]
     assert api(cluster, "GET", "/orders?limit=5", "not-a-key")["status"] == 401
     PASSED.add("api")
 
