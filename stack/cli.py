@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from . import backup, dbtier
+from . import backup, dbtier, monauth
 from .base import Ctx, StackError
 from .services import AppInstance, HAProxy, NodeExporter, Prometheus, Redis, RedisExporter, Scheduler
 from .topology import make_ctx, wipe
@@ -91,6 +91,7 @@ def print_urls(ctx: Ctx) -> None:
           f"(OpenAPI: /api/v1/openapi.yaml)")
     print(f"  HAProxy stats: http://{h['bind']}:{h['stats_port']}/stats")
     print(f"  Prometheus:    http://{t['prometheus']['host']}:{t['prometheus']['port']}/")
+    print("  monitoring login (HAProxy stats, Prometheus): {} / {}".format(*monauth.credentials(ctx)))
     if not t["single"]:
         ep = t["db_endpoints"]
         print(f"  Pgpool-II:     {t['pgpool']['host']}:{t['pgpool']['port']}  "
