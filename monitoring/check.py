@@ -4,7 +4,8 @@
    (plain Jinja2, StrictUndefined, trim_blocks/lstrip_blocks, `to_json`), with group_vars and the
    topology of stack/topology.py (the contract's example when that cannot be imported), copies
    rules/ next to it, renders rules/*.yml.j2 there (settings from group_vars) and runs
-   `promtool check config`;
+   `promtool check config`; renders web.yml.j2 (the basic auth of Prometheus and Alertmanager) and
+   runs `promtool check web-config`;
 2. `promtool check rules` on rules/*.yml and the rendered rules/*.yml.j2;
 3. `promtool test rules tests/*.yml`;
 4. lints the rules: every alert has `severity` (warning|critical) and `component` labels, `summary`,
@@ -27,6 +28,9 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+# Stand-ins for the secrets: the monitoring password and its bcrypt hash (cost 4).
+SECRETS = {"monitoring_password": "check-password"}
+PASSWORD_HASH = "$2b$04$0a5m1Pg/ax7ERCrokEdxDOnxlLk8FC.T1UBrvDoS8ykKNH2/ky21G"
 
 CONTRACT_EXAMPLE = {  # stack/CONTRACT.md
     "single": False,
@@ -70,16 +74,31 @@ def topology(kind: str, state: Path) -> dict:
         return topo
 
 
-def render(kind: str, out: Path) -> Path:
+def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROOT)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["to_json"] = json.dumps
     env.filters["to_nice_yaml"] = lambda v: yaml.safe_dump(v, default_flow_style=False, sort_keys=False)
-    settings = yaml.safe_load((ROOT / "ansible/group_vars/all/main.yml").read_text())
+    return env
+
+
+def group_vars() -> dict:
+    return yaml.safe_load((ROOT / "ansible/group_vars/all/main.yml").read_text())
+
+
+def render_web_config(out: Path) -> Path:
+    path = out / "web.yml"
+    path.write_text(environment().get_template("monitoring/web.yml.j2").render(
+        **group_vars(), monitoring_password_hash=PASSWORD_HASH))
+    return path
+
+
+def render(kind: str, out: Path) -> Path:
+    env, settings = environment(), group_vars()
     folder = out / kind
     folder.mkdir(parents=True)
     text = env.get_template("monitoring/prometheus.yml.j2").render(
-        **settings, mes_topology=topology(kind, out / "state"), mes_secrets={})
+        **settings, mes_topology=topology(kind, out / "state"), mes_secrets=SECRETS)
     (folder / "prometheus.yml").write_text(text)
     shutil.copytree(HERE / "rules", folder / "rules", ignore=shutil.ignore_patterns("*.j2"))
     for template in sorted((HERE / "rules").glob("*.yml.j2")):  # settings from group_vars, as the stack does
@@ -145,6 +164,7 @@ def main() -> None:
         for kind in ("split", "single"):
             config = render(kind, Path(tmp))
             run("promtool", "check", "config", str(config))
+        run("promtool", "check", "web-config", str(render_web_config(Path(tmp))))
         rendered = sorted(str(p) for p in (config.parent / "rules").glob("*.yml")
                           if (HERE / "rules" / f"{p.name}.j2").exists())
         rules = sorted(str(p.relative_to(ROOT)) for p in (HERE / "rules").glob("*.yml"))

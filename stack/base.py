@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 GROUP_VARS = ROOT / "ansible" / "group_vars" / "all" / "main.yml"
 LOCAL_LAYOUT = Path(__file__).resolve().parent / "local.yml"
 SECRET_NAMES = ("db_owner_password", "db_app_password", "replication_password", "pgpool_password",
-                "exporter_password", "pgpool_key", "pcp_password", "secret_key", "backup_cipher_pass")
+                "exporter_password", "pgpool_key", "pcp_password", "secret_key", "backup_cipher_pass",
+                "monitoring_password")
 LOG_MODE = 0o640
 
 

@@ -7,7 +7,11 @@ import subprocess
 import sys
 import time
 
+<<<<<<< HEAD
 from . import backup, dbtier, pki
+=======
+from . import backup, dbtier, monauth
+>>>>>>> monauth
 from .base import Ctx, StackError
 from .services import AppInstance, HAProxy, NodeExporter, Prometheus, Redis, RedisExporter, Scheduler
 from .topology import make_ctx, wipe
@@ -95,6 +99,7 @@ def print_urls(ctx: Ctx) -> None:
     print(f"                 curl --cacert {ca} https://{h['bind']}:{h['public_port']}/healthz/ready")
     print(f"  HAProxy stats: http://{h['bind']}:{h['stats_port']}/stats")
     print(f"  Prometheus:    http://{t['prometheus']['host']}:{t['prometheus']['port']}/")
+    print("  monitoring login (HAProxy stats, Prometheus): {} / {}".format(*monauth.credentials(ctx)))
     if not t["single"]:
         ep = t["db_endpoints"]
         print(f"  Pgpool-II:     {t['pgpool']['host']}:{t['pgpool']['port']}  "

@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 import yaml
 
+from . import monauth
 from .base import ROOT, Ctx, StackError, alive, chown, wait_until
 from .services import Daemon, http_ok
 
@@ -503,7 +504,8 @@ class DbEndpoints(Daemon):
 
     def prepare(self, ctx):
         ctx.ensure_dir(Path(self._ep(ctx)["dir"]), mode=0o700)
-        ctx.render("haproxy/db.cfg.j2", self._config(ctx))
+        ctx.render("haproxy/db.cfg.j2", self._config(ctx),
+                   extra=monauth.password_hash(ctx, "haproxy_stats_bcrypt_cost", self._config(ctx)))
         ctx.run(["haproxy", "-c", "-q", "-f", str(self._config(ctx))])
 
     def argv(self, ctx):
@@ -516,7 +518,9 @@ class DbEndpoints(Daemon):
         """Backend -> servers that pass their check, from the stats CSV."""
         ep = self._ep(ctx)
         try:
-            with urllib.request.urlopen(f"http://{ep['host']}:{ep['stats_port']}/stats;csv", timeout=2) as resp:
+            request = urllib.request.Request(f"http://{ep['host']}:{ep['stats_port']}/stats;csv",
+                                             headers=monauth.headers(ctx))
+            with urllib.request.urlopen(request, timeout=2) as resp:
                 rows = list(csv.reader(io.StringIO(resp.read().decode().lstrip("# "))))
         except OSError:
             return {}

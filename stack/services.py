@@ -11,13 +11,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+<<<<<<< HEAD
 from . import pki
+=======
+from . import monauth
+>>>>>>> monauth
 from .base import ROOT, Ctx, StackError, wait_until
 
 
-def http_ok(url: str, timeout: float = 2) -> bool:
+def http_ok(url: str, timeout: float = 2, headers: dict | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
             return 200 <= response.status < 300
     except (urllib.error.URLError, OSError):
         return False
@@ -191,8 +195,8 @@ class HAProxy(Daemon):
         # The frontends' certificate, signed by the stack's CA, for the address they listen on.
         pki.bundle(ctx, "haproxy", [f"IP:{t['bind']}", "DNS:localhost"], Path(t["crt"]))
         for template in sorted((ROOT / "haproxy").rglob("*.j2")):
-            rel = template.relative_to(ROOT)
-            ctx.render(str(rel), folder / template.relative_to(ROOT / "haproxy").with_suffix(""))
+            rel, dest = template.relative_to(ROOT), folder / template.relative_to(ROOT / "haproxy").with_suffix("")
+            ctx.render(str(rel), dest, extra=monauth.password_hash(ctx, "haproxy_stats_bcrypt_cost", dest))
         for static in (ROOT / "haproxy").rglob("*.http"):
             dest = folder / static.relative_to(ROOT / "haproxy")
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +223,7 @@ class HAProxy(Daemon):
 
     def ready(self, ctx):
         t = ctx.vars["mes_topology"]["haproxy"]
-        return http_ok(f"http://{t['bind']}:{t['stats_port']}/metrics")
+        return http_ok(f"http://{t['bind']}:{t['stats_port']}/metrics", headers=monauth.headers(ctx))
 
     def detail(self, ctx):
         t = ctx.vars["mes_topology"]["haproxy"]
@@ -237,7 +241,11 @@ class Prometheus(Daemon):
     def prepare(self, ctx):
         folder = ctx.ensure_dir(self.folder(ctx), owner="prometheus")
         ctx.ensure_dir(folder / "data", owner="prometheus")
-        ctx.render("monitoring/prometheus.yml.j2", folder / "prometheus.yml", owner="prometheus")
+        # Both hold a secret: the password Prometheus sends, the hash of the one it accepts.
+        ctx.render("monitoring/prometheus.yml.j2", folder / "prometheus.yml", owner="prometheus", mode=0o640)
+        ctx.render("monitoring/web.yml.j2", folder / "web.yml", owner="prometheus", mode=0o640,
+                   extra=monauth.password_hash(ctx, "monitoring_bcrypt_cost", folder / "web.yml"))
+        ctx.run(["promtool", "check", "web-config", str(folder / "web.yml")])
         rules = ctx.ensure_dir(folder / "rules", owner="prometheus")
         for rule in (ROOT / "monitoring" / "rules").glob("*.yml"):
             shutil.copyfile(rule, rules / rule.name)
@@ -250,8 +258,9 @@ class Prometheus(Daemon):
         folder = self.folder(ctx)
         return ["prometheus", f"--config.file={folder / 'prometheus.yml'}",
                 f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address={t['host']}:{t['port']}",
+                f"--web.config.file={folder / 'web.yml'}",
                 f"--storage.tsdb.retention.time={ctx.vars['prometheus_retention']}", "--web.enable-lifecycle"]
 
     def ready(self, ctx):
         t = ctx.vars["mes_topology"]["prometheus"]
-        return http_ok(f"http://{t['host']}:{t['port']}/-/ready")
+        return http_ok(f"http://{t['host']}:{t['port']}/-/ready", headers=monauth.headers(ctx))

@@ -14,6 +14,7 @@ import requests
 import yaml
 
 from mes.testing.postgres import free_port
+from stack import monauth
 from stack.topology import make_ctx
 from stack.topology import ports as stack_ports
 
@@ -48,6 +49,8 @@ class Stack:
         self.stats = f"http://127.0.0.1:{ports['haproxy_stats']}"
         self.prometheus = f"http://127.0.0.1:{ports['prometheus']}"
         self.ctx = make_ctx(None, env)
+        # (user, password) of the monitoring endpoints: Prometheus and HAProxy's stats frontends.
+        self.monitoring = monauth.credentials(self.ctx)
 
     def mes(self, *args: str) -> str:
         from stack.cli import mes

@@ -258,7 +258,8 @@ def test_a_lost_standby_costs_a_bounded_wait_and_raises_the_alert(stack, writes)
 
     deadline, alert = time.monotonic() + 120, None
     while time.monotonic() < deadline and alert is None:
-        alerts = requests.get(f"{stack.prometheus}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        alerts = requests.get(f"{stack.prometheus}/api/v1/alerts", auth=stack.monitoring,
+                              timeout=10).json()["data"]["alerts"]
         alert = next((a for a in alerts if a["labels"]["alertname"] == "PatroniNoSynchronousStandby"
                       and a["state"] == "firing"), None)
         time.sleep(2)

@@ -463,16 +463,20 @@ def test_operator_frontend_stays_fast_while_the_public_pool_is_stalled(stack):
     assert int(overloaded[0].headers["Retry-After"]) > 0
     assert overloaded[0].headers["Content-Type"].startswith("application/problem+json")
     assert operator_seconds < 1.0  # a sanity bound, far above normal; the benchmark measures for real
-    metrics = requests.get(f"{stack.stats}/metrics", timeout=10).text
+    metrics = requests.get(f"{stack.stats}/metrics", auth=stack.monitoring, timeout=10).text
     assert any(line.startswith("haproxy_backend_max_queue{") and 'proxy="public"' in line
                and not line.endswith(" 0") for line in metrics.splitlines())
 
 
 def test_prometheus_scrapes_every_target_and_the_app_metrics(stack):
+    # One request per pool, so that their request counters exist also when this test runs alone.
+    requests.get(f"{stack.operator}/operator/login", timeout=10)
+    requests.get(f"{stack.public}/api/v1/orders", timeout=10)
     deadline = time.monotonic() + 60
     targets = []
     while time.monotonic() < deadline:
-        targets = requests.get(f"{stack.prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        targets = requests.get(f"{stack.prometheus}/api/v1/targets", auth=stack.monitoring,
+                               timeout=10).json()["data"]["activeTargets"]
         if targets and all(t["health"] == "up" for t in targets):
             break
         time.sleep(1)
@@ -480,17 +484,20 @@ def test_prometheus_scrapes_every_target_and_the_app_metrics(stack):
                                                                      t.get("lastError")) for t in targets]
     jobs = {t["labels"]["job"] for t in targets}
     assert {"haproxy", "mes_operator", "mes_public", "postgres", "redis", "node"} <= jobs
-    query = requests.get(f"{stack.prometheus}/api/v1/query", timeout=10,
-                         params={"query": "sum by (pool) (flask_http_request_total)"}).json()
-    pools = {r["metric"].get("pool") for r in query["data"]["result"]}
+    pools: set = set()
+    while time.monotonic() < deadline and not {"operator", "public"} <= pools:  # the next scrape may be due
+        pools = {r["metric"].get("pool") for r in prometheus_query(stack, "sum by (pool) (flask_http_request_total)")}
+        time.sleep(1)
     assert {"operator", "public"} <= pools
     for metric in ("mes_orders_received_total", "mes_orders_overdue", "haproxy_backend_current_queue"):
-        result = requests.get(f"{stack.prometheus}/api/v1/query", params={"query": metric}, timeout=10).json()
+        result = requests.get(f"{stack.prometheus}/api/v1/query", params={"query": metric}, auth=stack.monitoring,
+                              timeout=10).json()
         assert result["data"]["result"], metric
 
 
 def prometheus_query(stack: Stack, expr: str) -> list[dict]:
-    answer = requests.get(f"{stack.prometheus}/api/v1/query", params={"query": expr}, timeout=10).json()
+    answer = requests.get(f"{stack.prometheus}/api/v1/query", params={"query": expr}, auth=stack.monitoring,
+                          timeout=10).json()
     assert answer["status"] == "success", (expr, answer)
     return answer["data"]["result"]
 
@@ -571,7 +578,7 @@ def test_a_killed_instance_is_taken_out_and_requests_keep_succeeding(stack):
     assert codes.count(200) == len(codes), codes
     deadline, state = time.monotonic() + 10, None
     while time.monotonic() < deadline:
-        metrics = requests.get(f"{stack.stats}/metrics", timeout=10).text
+        metrics = requests.get(f"{stack.stats}/metrics", auth=stack.monitoring, timeout=10).text
         state = [line for line in metrics.splitlines()
                  if line.startswith("haproxy_server_status{") and 'server="public1"' in line and 'state="DOWN"' in line]
         if state and state[0].endswith(" 1"):
@@ -825,3 +832,57 @@ def test_a_haproxy_reload_under_load_fails_no_request(stack):
     assert stack.pid("haproxy") == master
     assert wait_until(lambda: not workers & set(subprocess.run(["pgrep", "-P", str(master)], capture_output=True,
                                                                text=True).stdout.split()), 30)
+
+
+# --- the monitoring plane answers the monitoring user only -------------------------------------------
+
+def assert_basic_auth_only(stack: Stack, method: str, url: str) -> requests.Response:
+    """No credentials or a wrong password: 401 with a Basic challenge; the monitoring user's: 200."""
+    user, password = stack.monitoring
+    for auth in (None, (user, password + "x"), ("admin", password)):
+        refused = requests.request(method, url, auth=auth, timeout=10, allow_redirects=False)
+        assert refused.status_code == 401, (url, auth and auth[0], refused.status_code)
+        assert refused.headers.get("WWW-Authenticate", "").startswith("Basic"), refused.headers
+    allowed = requests.request(method, url, auth=stack.monitoring, timeout=10, allow_redirects=False)
+    assert allowed.status_code == 200, (url, allowed.status_code, allowed.text[:300])
+    return allowed
+
+
+def test_prometheus_answers_the_monitoring_user_only_and_its_lifecycle_api_too(stack):
+    for path in ("/-/ready", "/-/healthy", "/metrics", "/api/v1/status/buildinfo", "/api/v1/query?query=up",
+                 "/api/v1/targets"):
+        assert_basic_auth_only(stack, "GET", f"{stack.prometheus}{path}")
+    pid = stack.pid("prometheus")
+    for path in ("/-/quit", "/-/reload"):
+        assert requests.post(f"{stack.prometheus}{path}", timeout=10).status_code == 401
+    assert_basic_auth_only(stack, "POST", f"{stack.prometheus}/-/reload")
+    time.sleep(1)
+    assert stack.pid("prometheus") == pid
+    assert requests.get(f"{stack.prometheus}/-/ready", auth=stack.monitoring, timeout=10).status_code == 200
+    # Its self-scrape and the HAProxy scrapes send the credentials: those targets are up.
+    up = prometheus_query(stack, 'up{job=~"prometheus|haproxy|haproxy_db"}')
+    assert sorted((r["metric"]["job"], r["value"][1]) for r in up) == [
+        ("haproxy", "1"), ("haproxy_db", "1"), ("prometheus", "1")], up
+
+
+def test_haproxy_stats_pages_and_metrics_answer_the_monitoring_user_only(stack):
+    db_stats = stack.ctx.vars["mes_topology"]["db_endpoints"]["stats_port"]
+    for base in (stack.stats, f"http://127.0.0.1:{db_stats}"):
+        page = assert_basic_auth_only(stack, "GET", f"{base}/stats")
+        assert "Statistics Report" in page.text
+        assert "haproxy_process_nbthread" in assert_basic_auth_only(stack, "GET", f"{base}/metrics").text
+        assert_basic_auth_only(stack, "GET", f"{base}/stats;csv")
+
+
+def test_prometheus_and_haproxy_stats_files_keep_a_hash_of_the_password_only(stack):
+    """The servers' files hold a bcrypt hash; only Prometheus' own configuration, which it sends from,
+    holds the password, and no other local user can read either."""
+    password = stack.monitoring[1]
+    topology = stack.ctx.vars["mes_topology"]
+    prometheus_dir = topology["prometheus"]["dir"]
+    for path in (f"{prometheus_dir}/web.yml", f"{topology['haproxy']['dir']}/haproxy.cfg",
+                 f"{topology['db_endpoints']['dir']}/db.cfg"):
+        text = open(path).read()
+        assert password not in text and "$2b$" in text, path
+    for path in (f"{prometheus_dir}/web.yml", f"{prometheus_dir}/prometheus.yml"):
+        assert stat.S_IMODE(os.stat(path).st_mode) & 0o007 == 0, path

@@ -24,6 +24,7 @@ Contract assumed with the playbooks and roles (see README.md in this folder):
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -125,6 +126,18 @@ def mes_cli(cluster: Cluster, host: str, pool: str, arguments: str) -> str:
     result = cluster.adhoc(host, "ansible.builtin.shell", command)[host]
     assert result.get("rc") == 0, result
     return result["stdout"]
+
+
+def monitoring_credentials(cluster: Cluster) -> tuple[str, str]:
+    """The monitoring user (group_vars) and its password, from the vault this test deploys with."""
+    vault = run([str(cluster.settings.ansible_bin / "ansible-vault"), "view", "group_vars/all/vault.yml"],
+                cwd=ANSIBLE_DIR, env=cluster.ansible_env(), quiet=True).stdout
+    return GROUP_VARS["monitoring_user"], yaml.safe_load(vault)["vault_monitoring_password"]
+
+
+def basic_auth(user: str, password: str) -> str:
+    """An nsclient --header argument."""
+    return "Authorization:Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def new_client(cluster: Cluster, tier: str = "bulk") -> str:
@@ -396,9 +409,10 @@ def test_writes_go_to_the_primary_and_reads_to_the_replica(cluster):
 def test_prometheus_has_every_target_up(cluster):
     need("site.yml")
     targets_url = url(cluster, "prometheus", "/api/v1/targets", group="monitoring")
+    credentials = basic_auth(*monitoring_credentials(cluster))
 
     def all_up():
-        r = ns_client(cluster, "request", "GET", targets_url)
+        r = ns_client(cluster, "request", "GET", targets_url, "--header", credentials)
         targets = r["json"]["data"]["activeTargets"] if r["status"] == 200 else []
         down = [(t["labels"]["job"], t["scrapeUrl"], t["health"], t.get("lastError")) for t in targets
                 if t["health"] != "up"]
@@ -416,6 +430,37 @@ def test_prometheus_has_every_target_up(cluster):
             "node"} <= jobs, jobs
     nodes = [t for t in targets if t["labels"]["job"] == "node"]
     assert len(nodes) == len(cluster.site_hosts), [t["scrapeUrl"] for t in nodes]
+
+
+def test_the_monitoring_plane_answers_the_monitoring_user_only(cluster):
+    """Prometheus (its lifecycle API too), Alertmanager and both HAProxy stats frontends answer 401 without
+    credentials or with a wrong password and 200 with the monitoring user's (from the controller). From an
+    app host, Prometheus without credentials is refused: 401, or no connection at all (-1) once the firewall
+    lets only the monitoring host reach it. Prometheus scraping both HAProxy exporters with the credentials
+    is test_prometheus_has_every_target_up."""
+    need("site.yml")
+    user, password = monitoring_credentials(cluster)
+    app = address(cluster, "app_public")
+    urls = [url(cluster, "prometheus", "/api/v1/query?query=up", group="monitoring"),
+            url(cluster, "prometheus", "/-/ready", group="monitoring"),
+            url(cluster, "alertmanager", "/api/v2/status", group="monitoring"),
+            url(cluster, "haproxy_stats", "/stats"),
+            url(cluster, "haproxy_stats", "/metrics"),
+            f"http://{app}:{PORTS['db_stats']}/stats;csv",
+            f"http://{app}:{PORTS['db_stats']}/metrics"]
+    for target in urls:
+        assert ns_client(cluster, "request", "GET", target)["status"] == 401, target
+        wrong = ns_client(cluster, "request", "GET", target, "--header", basic_auth(user, password + "x"))
+        assert wrong["status"] == 401, target
+        right = ns_client(cluster, "request", "GET", target, "--header", basic_auth(user, password))
+        assert right["status"] == 200, (target, right["status"], right["text"][:300])
+    for path in ("/-/quit", "/-/reload"):
+        target = url(cluster, "prometheus", path, group="monitoring")
+        assert ns_client(cluster, "request", "POST", target)["status"] == 401, target
+    host = first(cluster, "app_public")
+    prometheus = url(cluster, "prometheus", "/api/v1/query?query=up", group="monitoring")
+    answer = cluster.adhoc(host, "ansible.builtin.uri", f"url={prometheus} status_code=401 timeout=5")[host]
+    assert answer.get("status") in (401, -1), answer
 
 
 # --- operations ----------------------------------------------------------------------------------------------
