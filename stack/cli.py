@@ -7,11 +7,7 @@ import subprocess
 import sys
 import time
 
-<<<<<<< HEAD
-from . import backup, dbtier, pki
-=======
-from . import backup, dbtier, monauth
->>>>>>> monauth
+from . import backup, dbtier, monauth, pki
 from .base import Ctx, StackError
 from .services import AppInstance, HAProxy, NodeExporter, Prometheus, Redis, RedisExporter, Scheduler
 from .topology import make_ctx, wipe

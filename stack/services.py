@@ -11,11 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-<<<<<<< HEAD
-from . import pki
-=======
-from . import monauth
->>>>>>> monauth
+from . import monauth, pki
 from .base import ROOT, Ctx, StackError, wait_until
 
 
