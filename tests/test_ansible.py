@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE = ROOT / "ansible"
 BIN = Path(sys.executable).parent
 PLAYBOOKS = ["site.yml", "deploy.yml", "switchover.yml", "add_replica.yml", "backup.yml"]
+# ansible.cfg names no vault password file: the test and Vagrant inventories run with the throwaway one.
+VAULT = ["--vault-password-file", "vault-password.throwaway"]
 NFT = shutil.which("nft") or "/usr/sbin/nft"
 
 
@@ -40,13 +42,13 @@ def test_yamllint_is_clean():
 
 @pytest.mark.parametrize("inventory", ["vagrant"])
 def test_playbooks_parse(inventory):
-    r = run(str(BIN / "ansible-playbook"), "-i", f"inventories/{inventory}/hosts.yml", "--syntax-check",
+    r = run(str(BIN / "ansible-playbook"), "-i", f"inventories/{inventory}/hosts.yml", *VAULT, "--syntax-check",
             *PLAYBOOKS, "-e", "new_replica=db2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
 def inventory_topology() -> dict:
-    r = run(str(BIN / "ansible"), "-i", "inventories/vagrant/hosts.yml", "lb1", "-m", "ansible.builtin.debug",
+    r = run(str(BIN / "ansible"), "-i", "inventories/vagrant/hosts.yml", *VAULT, "lb1", "-m", "ansible.builtin.debug",
             "-a", "var=mes_topology", "-c", "local")
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(r.stdout.split("=>", 1)[1])["mes_topology"]
@@ -196,7 +198,7 @@ def render_rules(tmp_path: Path, ns: str) -> dict[str, Path]:
     extra.write_text(json.dumps(EXTRA_INVENTORY))
     out = tmp_path / "rules"
     out.mkdir()
-    r = run("ip", "netns", "exec", ns, str(BIN / "ansible"), "-i", str(TEST_INVENTORY), "-i", str(extra),
+    r = run("ip", "netns", "exec", ns, str(BIN / "ansible"), "-i", str(TEST_INVENTORY), "-i", str(extra), *VAULT,
             "--playbook-dir", ".", "all", "-c", "local", "-m", "ansible.builtin.include_role",
             "-a", "name=firewall tasks_from=rules.yml", "-e", f"ansible_python_interpreter={sys.executable}",
             "-e", f"firewall_config_file={out}/{{{{ inventory_hostname }}}}.nft")
@@ -297,3 +299,20 @@ def test_firewall_flow_table_reads_ports_by_name_and_refuses_what_it_cannot_matc
         rules_of(flows, "lb1", groups, {**hostvars, "lb2": {"ansible_host": "lb2.example"}}, {"http": 80, "public": 1,
                                                                                              "operator": 2}, named)
 
+
+# --- the throwaway vault --------------------------------------------------------------------------------------
+
+def test_the_throwaway_vault_runs_only_where_the_inventory_allows_it(tmp_path):
+    """site.yml against an inventory of its own (no mes_throwaway_vault_allowed) with the throwaway
+    password stops at the check, before any play reaches a host; the test and Vagrant inventories pass."""
+    inventory = tmp_path / "hosts.yml"
+    # should the check let it through, the next play fails at once on loopback's closed port 1
+    inventory.write_text(json.dumps({"all": {"vars": {"ansible_host": "127.0.0.1", "ansible_port": 1},
+                                             "children": {"lb": {"hosts": {"prod1": {}}}}}}))
+    r = run(str(BIN / "ansible-playbook"), "-i", str(inventory), *VAULT, "site.yml")
+    assert r.returncode != 0
+    assert "Refusing to run: group_vars/all/vault.yml is the THROWAWAY vault" in r.stdout, r.stdout[-3000:]
+    assert "PLAY [Base of every host]" not in r.stdout, r.stdout[-3000:]
+    for allowed in ("test", "vagrant"):
+        r = run(str(BIN / "ansible-playbook"), "-i", f"inventories/{allowed}/hosts.yml", *VAULT, "vault_check.yml")
+        assert r.returncode == 0 and "failed=0" in r.stdout, r.stdout[-3000:]
