@@ -2,19 +2,25 @@
 templates (the deploy test in tests/deploy/ runs the playbooks against real systemd hosts)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE = ROOT / "ansible"
 BIN = Path(sys.executable).parent
 PLAYBOOKS = ["site.yml", "deploy.yml", "switchover.yml", "add_replica.yml", "backup.yml"]
+# ansible.cfg names no vault password file: the test and Vagrant inventories run with the throwaway one.
+VAULT = ["--vault-password-file", "vault-password.throwaway"]
+NFT = shutil.which("nft") or "/usr/sbin/nft"
 
 
 def run(*argv: str, cwd: Path = ANSIBLE, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -36,13 +42,13 @@ def test_yamllint_is_clean():
 
 @pytest.mark.parametrize("inventory", ["vagrant"])
 def test_playbooks_parse(inventory):
-    r = run(str(BIN / "ansible-playbook"), "-i", f"inventories/{inventory}/hosts.yml", "--syntax-check",
+    r = run(str(BIN / "ansible-playbook"), "-i", f"inventories/{inventory}/hosts.yml", *VAULT, "--syntax-check",
             *PLAYBOOKS, "-e", "new_replica=db2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
 def inventory_topology() -> dict:
-    r = run(str(BIN / "ansible"), "-i", "inventories/vagrant/hosts.yml", "lb1", "-m", "ansible.builtin.debug",
+    r = run(str(BIN / "ansible"), "-i", "inventories/vagrant/hosts.yml", *VAULT, "lb1", "-m", "ansible.builtin.debug",
             "-a", "var=mes_topology", "-c", "local")
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(r.stdout.split("=>", 1)[1])["mes_topology"]
@@ -106,3 +112,208 @@ def test_vagrantfile_validates(tmp_path):
     r = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300, env={**os.environ, "VAGRANT_HOME": str(tmp_path)})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# --- the firewall role: the rules of the test inventory, checked and loaded in network namespaces ----------
+
+TEST_INVENTORY = ANSIBLE / "inventories" / "test" / "hosts.yml"
+PROBE = ROOT / "tests" / "firewall_probe.py"
+CTL, STRANGER = "10.213.0.2", "10.213.0.99"      # the test inventory's controller; an address of nobody's
+# One more load balancer and the CRM's server, as the inventory will have them (keepalived's pair, crm_db).
+EXTRA_INVENTORY = {"all": {"children": {"lb": {"hosts": {"lb2": {"ansible_host": "10.213.0.11"}}},
+                                         "crm_db": {"hosts": {"crmdb1": {"ansible_host": "10.213.0.70"}}}}}}
+# target host -> (source host, port, let in?): the flows of the topology, and some it must not have.
+FLOWS = {
+    "op1": [("lb1", 8000, True), ("mon1", 8000, True), ("mon1", 9100, True), ("mon1", 8405, True), ("ctl", 22, True),
+            ("lb1", 5432, False), ("lb1", 22, False), ("stranger", 8000, False), ("pub1", 8000, False),
+            ("db1", 8000, False), ("op2", 9999, False)],
+    "pool1": [("op1", 6379, True), ("pub2", 6379, True), ("mon1", 9121, True),
+              ("lb1", 6379, False), ("lb1", 9121, False), ("stranger", 6379, False), ("db1", 6379, False)],
+    "db1": [("op2", 5432, True), ("pub1", 8008, True), ("db2", 5432, True), ("db2", 8008, True), ("db2", 2379, True),
+            ("mon1", 2380, True), ("mon1", 8432, True), ("mon1", 9187, True), ("ctl", 8008, True), ("ctl", 22, True),
+            ("lb1", 5432, False), ("lb1", 8008, False), ("pool1", 5432, False), ("op1", 2379, False),
+            ("ctl", 5432, False), ("stranger", 8008, False), ("op1", 9187, False), ("op1", 8432, False)],
+    "mon1": [("ctl", 9090, True), ("ctl", 3000, True), ("ctl", 9093, True), ("lb1", 3100, True), ("pool1", 3100, True),
+             ("db1", 8432, True), ("db2", 2379, True), ("db2", 2380, True),
+             ("stranger", 9090, False), ("op1", 9090, False), ("op1", 3000, False), ("stranger", 3100, False),
+             ("op1", 8432, False), ("op1", 2379, False)],
+    "lb1": [("stranger", 80, True), ("stranger", 8081, True), ("mon1", 8404, True), ("ctl", 8404, True),
+            ("lb2", 10000, True), ("ctl", 22, True),
+            ("stranger", 8404, False), ("stranger", 10000, False), ("lb2", 22, False), ("stranger", 22, False),
+            ("op1", 8404, False)],
+    "crmdb1": [("op1", 5432, True), ("pub2", 5432, True), ("mon1", 9187, True),
+               ("lb1", 5432, False), ("stranger", 5432, False), ("db1", 5432, False)],
+}
+
+
+def ip(*argv: str) -> None:
+    r = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, (argv, r.stderr)
+
+
+def in_netns(ns: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def netns_pair():
+    """Two fresh network namespaces joined by a veth pair, nothing else: the host under test (server)
+    and every other host (client, which holds all their addresses). Removed afterwards, with the
+    listeners started in them."""
+    server, client = f"mesfw-s{os.getpid()}", f"mesfw-c{os.getpid()}"
+    started: list[subprocess.Popen] = []
+    ip("netns", "add", server)
+    try:
+        ip("netns", "add", client)
+        ip("-n", client, "link", "add", "veth-c", "type", "veth", "peer", "name", "veth-s", "netns", server)
+        for ns, dev in ((server, "veth-s"), (client, "veth-c")):
+            ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "link", "set", dev, "up")
+        yield server, client, started
+    finally:
+        for proc in started:
+            proc.terminate()
+            proc.wait(timeout=10)
+        for ns in (server, client):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def start_listener(ns: str, ports, started: list) -> subprocess.Popen:
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(PROBE), "listen", *map(str, sorted(ports))],
+                            stdout=subprocess.PIPE, text=True)
+    started.append(proc)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def probe(ns: str, checks: list[dict]) -> list[str]:
+    r = in_netns(ns, sys.executable, str(PROBE), "probe", json.dumps(checks))
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def render_rules(tmp_path: Path, ns: str) -> dict[str, Path]:
+    """The role's rules task for every host of the test inventory (plus EXTRA_INVENTORY), run inside the
+    network namespace `ns`: the template's own check (`nft -c -f`) runs there. host -> rendered file."""
+    extra = tmp_path / "extra.yml"
+    extra.write_text(json.dumps(EXTRA_INVENTORY))
+    out = tmp_path / "rules"
+    out.mkdir()
+    r = run("ip", "netns", "exec", ns, str(BIN / "ansible"), "-i", str(TEST_INVENTORY), "-i", str(extra), *VAULT,
+            "--playbook-dir", ".", "all", "-c", "local", "-m", "ansible.builtin.include_role",
+            "-a", "name=firewall tasks_from=rules.yml", "-e", f"ansible_python_interpreter={sys.executable}",
+            "-e", f"firewall_config_file={out}/{{{{ inventory_hostname }}}}.nft")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    return {p.stem: p for p in out.glob("*.nft")}
+
+
+def addresses() -> dict[str, str]:
+    hosts = {"ctl": CTL, "stranger": STRANGER}
+    for inventory in (yaml.safe_load(TEST_INVENTORY.read_text()), EXTRA_INVENTORY):
+        for group in inventory["all"]["children"].values():
+            hosts.update({h: v["ansible_host"] for h, v in ((group or {}).get("hosts") or {}).items()
+                          if v and v.get("ansible_host")})
+    return hosts
+
+
+def become(server: str, client: str, target: str, hosts: dict[str, str], rules: Path) -> None:
+    """The server namespace is now `target` (its address, its rules); the client holds every other address."""
+    ip("-n", server, "addr", "flush", "dev", "veth-s")
+    ip("-n", client, "addr", "flush", "dev", "veth-c")
+    ip("-n", server, "addr", "add", f"{hosts[target]}/24", "dev", "veth-s")
+    ip("-n", server, "addr", "add", "fd00:213::1/64", "dev", "veth-s", "nodad")
+    for name, address in hosts.items():
+        if name != target:
+            ip("-n", client, "addr", "add", f"{address}/24", "dev", "veth-c")
+    ip("-n", client, "addr", "add", "fd00:213::99/64", "dev", "veth-c", "nodad")
+    loaded = in_netns(server, NFT, "-f", str(rules))
+    assert loaded.returncode == 0, loaded.stderr
+
+
+def test_firewall_rules_of_the_test_inventory_let_in_only_the_topology_s_flows(tmp_path, netns_pair):
+    """Rendered by the role for every host (checked by `nft -c` in a fresh namespace), then loaded into a
+    namespace that takes each host's address in turn, and probed with real packets from the others'
+    addresses: the topology's flows connect, everything else is dropped."""
+    server, client, started = netns_pair
+    rules = render_rules(tmp_path, server)
+    assert set(FLOWS) <= set(rules) and "lb2" in rules, sorted(rules)
+    for path in rules.values():
+        checked = in_netns(server, NFT, "-c", "-f", str(path))
+        assert checked.returncode == 0, (path.name, checked.stderr)
+    hosts = addresses()
+    listener = start_listener(server, {port for flows in FLOWS.values() for _, port, _ in flows}, started)
+    start_listener(client, [6379], started)           # pool1's Redis, for the op1 -> Redis reply below
+    for target, flows in FLOWS.items():
+        become(server, client, target, hosts, rules[target])
+        checks = [{"src": hosts[src], "dst": hosts[target], "port": port, "proto": "tcp"} for src, port, _ in flows]
+        outcomes = probe(client, checks)
+        wrong = [(src, port, got) for (src, port, allowed), got in zip(flows, outcomes)
+                 if got != ("open" if allowed else "filtered")]
+        assert not wrong, f"{target}: {wrong}"
+    # op1 again: ping gets in, IPv6 is filtered as well (neighbour discovery works), replies to its own
+    # connections get in
+    become(server, client, "op1", hosts, rules["op1"])
+    assert probe(client, [{"src": STRANGER, "dst": hosts["op1"], "proto": "icmp"},
+                          {"src": "fd00:213::99", "dst": "fd00:213::1", "proto": "icmp"},
+                          {"src": "fd00:213::99", "dst": "fd00:213::1", "port": 8000, "proto": "tcp"}]) == \
+        ["open", "open", "filtered"]
+    assert probe(server, [{"src": hosts["op1"], "dst": hosts["pool1"], "port": 6379, "proto": "tcp"}]) == ["open"]
+    # VRRP reaches lb1 from the other load balancer only
+    become(server, client, "lb1", hosts, rules["lb1"])
+    probe(client, [{"src": hosts["lb2"], "dst": hosts["lb1"], "proto": "vrrp"},
+                   {"src": STRANGER, "dst": hosts["lb1"], "proto": "vrrp"}])
+    time.sleep(0.5)
+    listener.terminate()
+    received = listener.communicate(timeout=10)[0].split()
+    assert "vrrp" in received and hosts["lb2"] in received and STRANGER not in received, received
+
+
+def firewall_filter():
+    spec = importlib.util.spec_from_file_location("mes_firewall", ANSIBLE / "filter_plugins" / "mes_firewall.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.mes_firewall_rules
+
+
+def test_firewall_flow_table_reads_ports_by_name_and_refuses_what_it_cannot_match():
+    """Ports by their mes_ports name (so the public ports follow mes_ports once TLS moves them); IPv6
+    admin networks get ip6 rules; an unknown port name or a host without an IP address is an error."""
+    rules_of = firewall_filter()
+    groups = {"all": ["lb1", "lb2", "mon1"], "lb": ["lb1", "lb2"], "monitoring": ["mon1"]}
+    hostvars = {"lb1": {"ansible_host": "10.0.0.1"}, "lb2": {"ansible_host": "10.0.0.2"},
+                "mon1": {"ansible_host": "10.0.0.9", "mes_address": "fd00::9"}}
+    flows = [{"name": "public", "from": "any", "to": "lb", "port": ["http", "public", "operator"]},
+             {"name": "vrrp", "from": "lb", "to": "lb", "proto": "vrrp"},
+             {"name": "stats", "from": ["monitoring", "admin"], "to": "lb", "port": "haproxy_stats"}]
+    named = {"admin": ["192.0.2.0/24", "2001:db8::/32", "192.0.2.7"]}
+    rules = rules_of(flows, "lb1", groups, hostvars, {"http": 80, "public": 443, "operator": 8443,
+                                                       "haproxy_stats": 8404}, named)
+    assert rules == [
+        {"name": "public", "proto": "tcp", "ports": [80, 443, 8443], "any": True, "ip": [], "ip6": []},
+        {"name": "vrrp", "proto": "vrrp", "ports": [], "any": False, "ip": ["10.0.0.2"], "ip6": []},
+        {"name": "stats", "proto": "tcp", "ports": [8404], "any": False, "ip": ["192.0.2.0/24"],
+         "ip6": ["2001:db8::/32", "fd00::9"]}]
+    assert rules_of(flows, "mon1", groups, hostvars, {}, named) == []        # no flow leads to it
+    with pytest.raises(ValueError, match="names the port 'public'"):
+        rules_of(flows, "lb1", groups, hostvars, {"http": 80}, named)
+    with pytest.raises(ValueError, match="not an IP address"):
+        rules_of(flows, "lb1", groups, {**hostvars, "lb2": {"ansible_host": "lb2.example"}}, {"http": 80, "public": 1,
+                                                                                             "operator": 2}, named)
+
+
+# --- the throwaway vault --------------------------------------------------------------------------------------
+
+def test_the_throwaway_vault_runs_only_where_the_inventory_allows_it(tmp_path):
+    """site.yml against an inventory of its own (no mes_throwaway_vault_allowed) with the throwaway
+    password stops at the check, before any play reaches a host; the test and Vagrant inventories pass."""
+    inventory = tmp_path / "hosts.yml"
+    # should the check let it through, the next play fails at once on loopback's closed port 1
+    inventory.write_text(json.dumps({"all": {"vars": {"ansible_host": "127.0.0.1", "ansible_port": 1},
+                                             "children": {"lb": {"hosts": {"prod1": {}}}}}}))
+    r = run(str(BIN / "ansible-playbook"), "-i", str(inventory), *VAULT, "site.yml")
+    assert r.returncode != 0
+    assert "Refusing to run: group_vars/all/vault.yml is the THROWAWAY vault" in r.stdout, r.stdout[-3000:]
+    assert "PLAY [Base of every host]" not in r.stdout, r.stdout[-3000:]
+    for allowed in ("test", "vagrant"):
+        r = run(str(BIN / "ansible-playbook"), "-i", f"inventories/{allowed}/hosts.yml", *VAULT, "vault_check.yml")
+        assert r.returncode == 0 and "failed=0" in r.stdout, r.stdout[-3000:]

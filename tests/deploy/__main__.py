@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .cluster import ANSIBLE_DIR, CTL_IP, INVENTORY, Cluster
+from .cluster import ANSIBLE_DIR, CTL_IP, INVENTORY, VAULT_ARGS, Cluster
 from .network import CTL_NS
 from .util import TIMINGS, log, timed
 
@@ -158,7 +158,8 @@ def main(argv=None) -> int:
     tool = "ansible-playbook" if args.command == "playbook" else "ansible"
     extra = ["--playbook-dir", str(ANSIBLE_DIR)] if tool == "ansible" else []
     return subprocess.call(["ip", "netns", "exec", CTL_NS, str(cluster.settings.ansible_bin / tool),
-                            "-i", str(INVENTORY), *extra, *args.args], cwd=ANSIBLE_DIR, env=cluster.ansible_env())
+                            "-i", str(INVENTORY), *VAULT_ARGS, *extra, *args.args], cwd=ANSIBLE_DIR,
+                           env=cluster.ansible_env())
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ INVENTORY = ANSIBLE_DIR / "inventories" / "test" / "hosts.yml"
 # restore.yml restores the database onto rest1.
 SPARE_INVENTORIES = (ANSIBLE_DIR / "inventories" / "test" / "add_replica.yml",
                      ANSIBLE_DIR / "inventories" / "test" / "restore.yml")
+# The test inventory runs with the throwaway vault (ansible.cfg names no password file; the inventory
+# allows the throwaway vault: ansible/vault_check.yml).
+VAULT_ARGS = ["--vault-password-file", str(ANSIBLE_DIR / "vault-password.throwaway")]
 SUBNET = "10.213.0.0/24"          # must match the inventory; blackholed in the root namespace
 CTL_IP = "10.213.0.2"
 REQUIRED_TOOLS = ["debootstrap", "systemd-nspawn", "socat", "ip", "ssh", "ssh-keygen", "tar"]
@@ -330,7 +333,7 @@ class Cluster:
         inventories = ["-i", str(INVENTORY)]
         for spare in SPARE_INVENTORIES if with_spares else ():
             inventories += ["-i", str(spare)]
-        argv = [str(self.settings.ansible_bin / "ansible-playbook"), *inventories, playbook, *args]
+        argv = [str(self.settings.ansible_bin / "ansible-playbook"), *inventories, *VAULT_ARGS, playbook, *args]
         if extra_vars:
             argv += ["-e", json.dumps(extra_vars)]
         return self._ansible(argv, Path(playbook).stem, timeout)
@@ -373,7 +376,7 @@ class Cluster:
     def adhoc(self, pattern: str, module: str, args: str = "", *options: str, timeout: float = 600) -> dict:
         """An ad-hoc module run; returns host -> the module's result (rc, stdout, changed, ...)."""
         tree = self.work / f"adhoc-{time.monotonic_ns()}"
-        argv = [str(self.settings.ansible_bin / "ansible"), "-i", str(INVENTORY), "--playbook-dir",
+        argv = [str(self.settings.ansible_bin / "ansible"), "-i", str(INVENTORY), *VAULT_ARGS, "--playbook-dir",
                 str(ANSIBLE_DIR), pattern, "-m", module]
         if args:
             argv += ["-a", args]

@@ -42,7 +42,9 @@ def start(host: str, root: Path, ns: str, log_path: Path) -> int:
         d.mkdir(parents=True, exist_ok=True)
     nspawn = ["systemd-nspawn", "--register=no", "--keep-unit", "--boot", f"--directory={root}",
               f"--network-namespace-path=/run/netns/{ns}", f"--machine={machine_name(host)}",
-              "--console=read-only", "--resolv-conf=off", "--timezone=off", "--link-journal=no"]
+              "--console=read-only", "--resolv-conf=off", "--timezone=off", "--link-journal=no",
+              # nftables (role firewall) inside the host's own network namespace; nspawn drops it otherwise
+              "--capability=CAP_NET_ADMIN"]
     # The launcher moves itself into the host's own cgroup(s), then becomes systemd-nspawn.
     script = "".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))} && " for d in dirs)
     script += "exec " + shlex.join(nspawn)
