@@ -599,8 +599,9 @@ def select_counts(stack: Stack) -> dict[str, int]:
 
 def redis_client(stack: Stack):
     import redis
-    t = stack.ctx.vars["mes_topology"]["redis"]
-    return redis.Redis(host=t["host"], port=t["port"], socket_timeout=5)
+    from stack.services import redis_url
+    # As the admin user: INFO commandstats is no other user's.
+    return redis.Redis.from_url(redis_url(stack.ctx, "admin"), socket_timeout=5)
 
 
 def redis_calls(stack: Stack) -> dict[str, int]:

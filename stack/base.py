@@ -2,6 +2,7 @@
 that are started detached, tracked by pid file, and stopped by pid."""
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import secrets
@@ -19,7 +20,8 @@ GROUP_VARS = ROOT / "ansible" / "group_vars" / "all" / "main.yml"
 LOCAL_LAYOUT = Path(__file__).resolve().parent / "local.yml"
 SECRET_NAMES = ("db_owner_password", "db_app_password", "replication_password", "pgpool_password",
                 "exporter_password", "pgpool_key", "pcp_password", "secret_key", "backup_cipher_pass",
-                "monitoring_password")
+                "monitoring_password", "redis_app_password", "redis_exporter_password", "redis_patroni_password",
+                "redis_admin_password")
 LOG_MODE = 0o640
 
 
@@ -29,6 +31,11 @@ class StackError(RuntimeError):
 
 def _to_nice_yaml(value) -> str:
     return yaml.safe_dump(value, default_flow_style=False, sort_keys=False)
+
+
+def _hash(value, kind: str = "sha1") -> str:
+    """Ansible's `hash` filter: the hex digest of the text (e.g. a password stored as its SHA-256)."""
+    return hashlib.new(kind, str(value).encode()).hexdigest()
 
 
 def _to_bool(value) -> bool:
@@ -63,6 +70,7 @@ class Ctx:
         env.filters["to_json"] = lambda v: __import__("json").dumps(v)
         env.filters["to_nice_yaml"] = _to_nice_yaml
         env.filters["bool"] = _to_bool
+        env.filters["hash"] = _hash
         text = env.get_template(template).render(**self.vars, **(extra or {}))
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.exists() or dest.read_text() != text:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from . import backup, dbtier, monauth, pki
+from . import backup, dbtier, monauth, pki, services
 from .base import Ctx, StackError
 from .services import AppInstance, HAProxy, NodeExporter, Prometheus, Redis, RedisExporter, Scheduler
 from .topology import make_ctx, wipe
@@ -23,7 +23,7 @@ def components(ctx: Ctx) -> list:
     if t["single"]:
         apps = [AppInstance("single", i, urls["app"], None) for i in t["app_single"]]
         return [*database, NodeExporter(), *apps, Scheduler(apps[0]), HAProxy(), Prometheus()]
-    redis_url = f"redis://{t['redis']['host']}:{t['redis']['port']}/0"
+    redis_url = services.redis_url(ctx)
     operator = [AppInstance("operator", i, urls["app"], redis_url) for i in t["app_operator"]]
     public = [AppInstance("public", i, urls["app"], redis_url) for i in t["app_public"]]
     return [*database, Redis(), RedisExporter(), NodeExporter(), *operator, *public, Scheduler(operator[0]), HAProxy(),

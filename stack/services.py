@@ -10,6 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 from . import monauth, pki
 from .base import ROOT, Ctx, StackError, wait_until
@@ -68,6 +69,18 @@ class Daemon(ABC):
         return (True, self.detail(ctx) or "answers") if self.ready(ctx) else (False, "running, not answering")
 
 
+def redis_login(ctx: Ctx, role: str) -> tuple[str, str]:
+    """An ACL user of redis/redis.conf.j2 (role: app, exporter, patroni or admin) and its password."""
+    return ctx.vars[f"redis_{role}_user"], ctx.vars["mes_secrets"][f"redis_{role}_password"]
+
+
+def redis_url(ctx: Ctx, role: str = "app") -> str:
+    """The stack's Redis as `role`, user and password in the URL (quoted: redis-py unquotes them)."""
+    t = ctx.vars["mes_topology"]["redis"]
+    user, password = (quote(part, safe="") for part in redis_login(ctx, role))
+    return f"redis://{user}:{password}@{t['host']}:{t['port']}/0"
+
+
 class Redis(Daemon):
     name, user = "redis", "redis"
 
@@ -82,9 +95,8 @@ class Redis(Daemon):
     def ready(self, ctx):
         import redis
 
-        t = ctx.vars["mes_topology"]["redis"]
-        try:
-            return bool(redis.Redis(host=t["host"], port=t["port"], socket_timeout=1).ping())
+        try:  # as the app: it answers, and the app's login works
+            return bool(redis.Redis.from_url(redis_url(ctx), socket_timeout=1).ping())
         except redis.RedisError:
             return False
 
@@ -96,6 +108,10 @@ class RedisExporter(Daemon):
         t = ctx.vars["mes_topology"]["redis"]
         return ["prometheus-redis-exporter", f"-redis.addr=redis://{t['host']}:{t['port']}",
                 f"-web.listen-address={t['host']}:{t['exporter_port']}"]
+
+    def env(self, ctx):
+        user, password = redis_login(ctx, "exporter")
+        return {"REDIS_USER": user, "REDIS_PASSWORD": password}  # not on its command line
 
     def ready(self, ctx):
         t = ctx.vars["mes_topology"]["redis"]

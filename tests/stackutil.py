@@ -69,6 +69,12 @@ class Stack:
     def signal_group(self, name: str, sig: int) -> None:
         os.killpg(self.pid(name), sig)
 
+    def redis(self, role: str = "admin", **kwargs):
+        """A client of the stack's Redis, logged in as one of its ACL users (app, exporter, patroni, admin)."""
+        import redis
+        from stack.services import redis_url
+        return redis.Redis.from_url(redis_url(self.ctx, role), **{"socket_timeout": 5, **kwargs})
+
 
 @contextmanager
 def running_stack():

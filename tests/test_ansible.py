@@ -137,7 +137,7 @@ FLOWS = {
              ("db1", 8432, True), ("db2", 2379, True), ("db2", 2380, True),
              ("stranger", 9090, False), ("op1", 9090, False), ("op1", 3000, False), ("stranger", 3100, False),
              ("op1", 8432, False), ("op1", 2379, False)],
-    "lb1": [("stranger", 80, True), ("stranger", 8081, True), ("mon1", 8404, True), ("ctl", 8404, True),
+    "lb1": [("stranger", 80, True), ("stranger", 443, True), ("stranger", 8443, True), ("stranger", 8081, False), ("mon1", 8404, True), ("ctl", 8404, True),
             ("lb2", 10000, True), ("ctl", 22, True),
             ("stranger", 8404, False), ("stranger", 10000, False), ("lb2", 22, False), ("stranger", 22, False),
             ("op1", 8404, False)],

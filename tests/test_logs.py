@@ -40,6 +40,8 @@ def test_redact_query_masks_the_values_of_secret_parameters(query, expected):
     "Set-Cookie: session=s3cr3t; HttpOnly",
     "login form password=s3cr3t&login=olga",
     "Proxy-Authorization: Basic czNjcjN0",
+    "Error connecting to redis://mes:s3cr3t@10.0.0.5:6379/0",
+    "DATABASE_URL=postgresql+psycopg2://mes_app:s3cr3t@127.0.0.1:9999/mes",
 ])
 def test_redact_text_masks_credentials_in_free_text(text):
     masked = redact_text(text)

@@ -15,6 +15,7 @@ import stat
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -121,9 +122,7 @@ def test_status_reads_are_never_stale_while_the_replica_lags(stack):
         r = api(stack, "GET", f"/orders/{order['id']}", partner)  # read-your-writes for the writer
         assert r.json()["status"] == "cancelled"
         # A cache miss is filled from the primary, never from the lagging replica.
-        import redis
-        t = stack.ctx.vars["mes_topology"]["redis"]
-        redis.Redis(host=t["host"], port=t["port"]).delete(f"mes:status:{order['id']}")
+        stack.redis().delete(f"mes:status:{order['id']}")
         r = api(stack, "GET", f"/orders/{order['id']}/status", crm)
         assert r.json()["status"] == "cancelled"
     finally:
@@ -656,9 +655,7 @@ def test_a_point_in_time_restore_has_what_was_committed_before_the_target_only(s
 
 
 def _redis(stack: Stack):
-    import redis
-    t = stack.ctx.vars["mes_topology"]["redis"]
-    return redis.Redis(host=t["host"], port=t["port"], decode_responses=True, socket_timeout=5)
+    return stack.redis(decode_responses=True)
 
 
 def test_a_hung_redis_under_load_costs_no_request_more_than_the_timeout(stack):
@@ -886,3 +883,65 @@ def test_prometheus_and_haproxy_stats_files_keep_a_hash_of_the_password_only(sta
         assert password not in text and "$2b$" in text, path
     for path in (f"{prometheus_dir}/web.yml", f"{prometheus_dir}/prometheus.yml"):
         assert stat.S_IMODE(os.stat(path).st_mode) & 0o007 == 0, path
+
+
+# --- Redis' logins (ACL users of redis/redis.conf.j2) ------------------------------------------------
+
+def test_the_app_was_never_refused_and_its_redis_user_may_do_nothing_else(stack):
+    """ACL LOG holds every refusal since Redis started (a command, a key, a failed login): none of the
+    app's while this module ran (so this runs before the wrong-password test). Then what the app never
+    runs is refused, also from inside a script, and keys outside mes:* too."""
+    import redis
+    assert api(stack, "GET", "/orders?limit=1", stack.new_key("acl-limits")).status_code == 200
+    assert list(stack.redis().scan_iter("mes:limits:*"))  # flask-limiter counts in Redis, under the app's keys
+    app_user = stack.ctx.vars["redis_app_user"]
+    refused = [(e["reason"], e["object"], e["count"]) for e in stack.redis().acl_log() if e["username"] == app_user]
+    assert not refused, refused
+    app = stack.redis("app")
+    assert app.hget("mes:status:0", "d") is None  # let in: a miss, not a refusal
+    for command in (["FLUSHALL"], ["CONFIG", "GET", "maxmemory"], ["KEYS", "mes:*"], ["SCAN", "0"],
+                    ["ACL", "LIST"], ["SHUTDOWN"], ["GET", "other:key"]):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            app.execute_command(*command)
+    script = app.script_load("return redis.call('FLUSHALL')")  # the app loads scripts: they run as the app
+    with pytest.raises(redis.ResponseError, match="can't run this command"):
+        app.evalsha(script, 0)
+
+
+def test_redis_refuses_a_client_that_does_not_log_in_or_has_a_wrong_password(stack):
+    import redis
+    t = stack.ctx.vars["mes_topology"]["redis"]
+    with pytest.raises(redis.AuthenticationError, match="Authentication required"):  # NOAUTH
+        redis.Redis(host=t["host"], port=t["port"], protocol=2, socket_timeout=5).ping()
+    for user in (stack.ctx.vars["redis_app_user"], "default"):
+        with pytest.raises(redis.AuthenticationError, match="invalid username-password pair"):
+            redis.Redis(host=t["host"], port=t["port"], username=user, password="wrong", socket_timeout=5).ping()
+
+
+def test_no_log_or_config_file_holds_a_redis_password(stack):
+    passwords = [stack.ctx.vars["mes_secrets"][f"redis_{role}_password"]
+                 for role in ("app", "exporter", "patroni", "admin")]
+    config = Path(stack.ctx.vars["mes_topology"]["redis"]["dir"]) / "redis.conf"
+    for path in [*(stack.state / "logs").iterdir(), config]:
+        text = path.read_text(errors="replace")
+        assert not [p for p in passwords if p in text], path
+    assert "\nprotected-mode yes\n" in config.read_text()
+
+
+def test_the_redis_exporter_logs_in(stack):
+    t = stack.ctx.vars["mes_topology"]["redis"]
+    metrics = requests.get(f"http://{t['host']}:{t['exporter_port']}/metrics", timeout=10).text
+    assert "\nredis_up 1\n" in metrics
+    assert 'redis_exporter_last_scrape_error{err=""} 0' in metrics
+
+
+def test_the_promotion_callback_logs_in_to_redis_and_empties_only_status_entries(stack):
+    """patroni/on_role_change.sh as Patroni runs it on a promoted node (no failover needed)."""
+    admin = stack.redis()
+    admin.set("mes:status:callback-test", "x")
+    admin.set("mes:rw:callback-test", "0/0", ex=60)
+    script = Path(stack.ctx.vars["mes_topology"]["pg_nodes"][0]["conf_dir"]) / "on_role_change.sh"
+    done = stack.ctx.run([str(script), "on_role_change", "primary", "mes"], user="postgres")
+    assert "order-status cache emptied" in done.stderr, done.stderr
+    assert not list(admin.scan_iter("mes:status:*"))
+    assert admin.exists("mes:rw:callback-test")

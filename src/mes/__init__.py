@@ -57,8 +57,10 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
     # One breaker for every Redis client of this process: a failure seen by one spares the others.
     app.extensions["mes_redis_breaker"] = breaker = Breaker(cfg.redis_cooldown)
     if cfg.redis_url:
+        # Counters under mes:limits:, beside the app's other keys: its Redis user may touch mes:* only.
         app.config["RATELIMIT_STORAGE_OPTIONS"] = {
-            "connection_pool": guarded_pool(cfg.redis_url, timeout=cfg.redis_timeout, breaker=breaker)}
+            "connection_pool": guarded_pool(cfg.redis_url, timeout=cfg.redis_timeout, breaker=breaker),
+            "key_prefix": "mes:limits"}
     if cfg.trusted_proxies:
         # The client's address for login throttling and logs, as HAProxy saw it.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=cfg.trusted_proxies, x_proto=cfg.trusted_proxies)

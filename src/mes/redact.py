@@ -24,6 +24,8 @@ SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "s
 _API_KEY = re.compile(r"\b(mes_[0-9a-f]{8}_)[A-Za-z0-9_-]{16,}")
 # Credentials after an auth scheme: "Bearer <key>", "Basic <base64>", also with tabs or several spaces.
 _SCHEME = re.compile(r"(?i)\b(bearer|basic|digest|token)([ \t]+)[A-Za-z0-9._~+/=-]+")
+# A password inside a URL ("redis://mes:<password>@host", DATABASE_URL): the user name stays.
+_URL_PASSWORD = re.compile(r"(?i)\b(?P<lead>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@")
 # name=value inside a URL or a form body ("?a=1&api_key=...", "key=...; other").
 _PARAM = re.compile(r"(?P<lead>^|[?&;\s\"'])(?P<name>[^=&;?#\s\"']+)=(?P<value>[^&;#\s\"']*)")
 # A header written out in text ("Cookie: a=b; c=d", "'authorization': 'Bearer x'"): mask to the end of it.
@@ -59,6 +61,7 @@ def redact_text(text: str) -> str:
     if not text:
         return text
     text = _API_KEY.sub(lambda m: m.group(1) + MASK, text)
+    text = _URL_PASSWORD.sub(lambda m: m.group("lead") + MASK + "@", text)
     text = _HEADER.sub(lambda m: m.group("name") + m.group("sep") + MASK, text)
     text = _SCHEME.sub(lambda m: m.group(1) + m.group(2) + MASK, text)
     return _PARAM.sub(lambda m: (m.group("lead") + m.group("name") + "=" + MASK)

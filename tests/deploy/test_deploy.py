@@ -406,6 +406,33 @@ def test_writes_go_to_the_primary_and_reads_to_the_replica(cluster):
     assert members[standby]["role"] == "sync_standby", members
 
 
+# On an app host, with the app's own REDIS_URL: Redis lets the app's user in, refuses a client that does not
+# log in or has a wrong password, and the app's user may not run what the app never runs.
+REDIS_LOGINS = """
+import json, os, redis
+from redis.connection import parse_url
+url = parse_url(os.environ["REDIS_URL"])
+app = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=5)
+def refused(call):
+    try:
+        call()
+    except redis.RedisError as exc:
+        return type(exc).__name__
+    return None
+anonymous = redis.Redis(host=url["host"], port=url["port"], protocol=2, socket_timeout=5)
+wrong = redis.Redis(host=url["host"], port=url["port"], username=url["username"], password="wrong", socket_timeout=5)
+print(json.dumps({"app": app.ping(), "anonymous": refused(anonymous.ping), "wrong_password": refused(wrong.ping),
+                  "flushall": refused(app.flushall), "config": refused(lambda: app.config_get("maxmemory"))}))
+"""
+
+
+def test_redis_lets_in_the_apps_user_and_only_to_its_commands(cluster):
+    need("api")
+    seen = app_python(cluster, first(cluster, "app_public"), REDIS_LOGINS)
+    assert seen == {"app": True, "anonymous": "AuthenticationError", "wrong_password": "AuthenticationError",
+                    "flushall": "NoPermissionError", "config": "NoPermissionError"}, seen
+
+
 def test_prometheus_has_every_target_up(cluster):
     need("site.yml")
     targets_url = url(cluster, "prometheus", "/api/v1/targets", group="monitoring")
