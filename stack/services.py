@@ -134,7 +134,8 @@ class AppInstance(Daemon):
 
     def env(self, ctx):
         lines = (self.folder(ctx) / "instance.env").read_text().splitlines()
-        env = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+        pairs = (line.split("=", 1) for line in lines if line and not line.startswith("#"))
+        env = {name: value.strip("'") for name, value in pairs}  # quoted as systemd and a shell read them
         return {**env, "PYTHONPATH": str(ROOT / "src")}  # this checkout's code, installed or not
 
     def argv(self, ctx):
