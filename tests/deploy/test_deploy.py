@@ -3,8 +3,8 @@ folder): lint, site.yml from bare hosts, idempotency, the app through HAProxy, r
 TLS inside the database tier, monitoring, a rolling deploy under traffic, the loss of the primary's
 whole host under counted writes (Patroni fails over, no acknowledged order is lost, the old primary
 rejoins by itself when its host comes back), a planned switchover, pgBackRest's backups (scheduled and
-on demand), a point-in-time restore onto a host that never ran PostgreSQL, and a third database node, restored from the backup repository,
-added under traffic.
+on demand), a point-in-time restore onto a host that never ran PostgreSQL, and a third database node,
+restored from the backup repository, added under traffic.
 
 The tests run in order and build on each other (one set of hosts for the module); a test whose
 prerequisite failed is skipped with the reason. Every client runs in the controller namespace.
@@ -597,7 +597,8 @@ def test_a_new_replica_joins_under_traffic_and_gets_reads(cluster, extra_vars):
     assert psql(cluster, primary, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "2"
     # every app host's replica endpoint leads new connections to it too
     for host in apps:
-        seen = app_python(cluster, host, REPLICA_ENDPOINT_SERVERS.format(port=PORTS["db_replicas"], tries=6,
-                                                                         cluster_name=GROUP_VARS["pg_tls_cluster_name"]))
+        probe = REPLICA_ENDPOINT_SERVERS.format(port=PORTS["db_replicas"], tries=6,
+                                                cluster_name=GROUP_VARS["pg_tls_cluster_name"])
+        seen = app_python(cluster, host, probe)
         assert cluster.hosts[new] in seen, (host, seen)
     PASSED.add("add_replica")
