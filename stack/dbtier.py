@@ -13,9 +13,12 @@ templates (etcd/, patroni/, postgresql/, haproxy/db.cfg.j2, pgpool/) that the An
   connections, and decides no failover.
 - `PostgresExporter(node)`: Debian's prometheus-postgres-exporter for one node.
 
+Every TCP connection to a node or to Pgpool-II is TLS, with certificates of the stack's CA
+(stack/pki.py); every client verifies the server's (sslmode=verify-full, `tls_params`).
+
 Each component has `name`, `up(ctx)`, `down(ctx)`, `status(ctx) -> (answers, detail)`. Helpers for
 tests and benchmarks: `psql`, `cluster`, `primary_node`, `standby_nodes`, `pause_replay`,
-`resume_replay`, `pool_nodes`, `kill_node`, `database_urls`.
+`resume_replay`, `pool_nodes`, `kill_node`, `database_urls`, `tls_params`.
 """
 from __future__ import annotations
 
@@ -33,11 +36,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import yaml
 
-from . import monauth
+from . import monauth, pki
 from .base import ROOT, Ctx, StackError, alive, chown, wait_until
 from .services import Daemon, http_ok
 
@@ -135,10 +138,29 @@ def socket_dir(node: dict) -> Path:
     return Path(node.get("socket_dir", "/var/run/postgresql"))
 
 
-def _node_extra(node: dict) -> dict:
+def _san(host: str) -> str:
+    """A subject alternative name for a host: an IP address or a DNS name."""
+    return f"IP:{host}" if host.replace(".", "").isdigit() or ":" in host else f"DNS:{host}"
+
+
+def tls_params(ctx: Ctx) -> dict[str, str]:
+    """What every client of a node or of Pgpool-II adds to its connection: TLS, the server's
+    certificate checked against the stack's CA and the host name it was reached by."""
+    return {"sslmode": "verify-full", "sslrootcert": str(pki.ca_file(ctx))}
+
+
+def _node_certificate(ctx: Ctx, node: dict) -> dict:
+    """The node's certificate (its address, and the cluster's name for clients that come through the
+    database endpoints), made on first use; the template variables that name the files."""
+    crt, key = pki.certificate(ctx, f"{node['name']}-postgresql",
+                               [_san(node["host"]), f"DNS:{ctx.vars['pg_tls_cluster_name']}"], owner=PG_USER)
+    return {"pg_tls_cert": str(crt), "pg_tls_key": str(key), "pg_tls_ca": str(pki.ca_file(ctx))}
+
+
+def _node_extra(ctx: Ctx, node: dict) -> dict:
     """What the node templates (patroni/, postgresql/) need besides the variables."""
     return {"pg_node_name": node["name"], "pg_socket_dir": str(socket_dir(node)),
-            "pg_local_auth": "peer" if _is_root() else "trust"}
+            "pg_local_auth": "peer" if _is_root() else "trust", **_node_certificate(ctx, node)}
 
 
 # --- SQL as the superuser over the node's socket ----------------------------------------------------
@@ -301,7 +323,7 @@ class PatroniNode(Daemon):
         ctx.ensure_dir(base, owner=PG_USER, mode=0o700)
         ctx.ensure_dir(self.conf_dir, owner=PG_USER, mode=0o700)
         ctx.ensure_dir(socket_dir(self.node), owner=PG_USER, mode=0o755)
-        extra = _node_extra(self.node)
+        extra = _node_extra(ctx, self.node)
         changed = _render(ctx, "postgresql/postgresql.conf.j2", self.conf_dir / "mes.conf", mode=0o600, extra=extra)
         changed |= _render(ctx, "postgresql/pg_hba.conf.j2", self.conf_dir / "pg_hba.conf", mode=0o600, extra=extra)
         changed |= _render(ctx, "patroni/patroni.yml.j2", self._patroni_yml(), mode=0o600, extra=extra)
@@ -548,9 +570,11 @@ def pool_nodes(ctx: Ctx, user: str = "app") -> list[dict]:
     v, s, pg = ctx.vars, _secrets(ctx), _topology(ctx)["pgpool"]
     role, password = ((v["pg_app_role"], s["db_app_password"]) if user == "app"
                       else (v["pg_owner_role"], s["db_owner_password"]))
+    tls = tls_params(ctx)
     result = ctx.run([_bin(ctx, "psql"), "-X", "--csv", "-h", pg["host"], "-p", str(pg["port"]), "-U", role,
                       "-d", v["pg_database"], "-c", "SHOW POOL_NODES"],
-                     env={"PGPASSWORD": password, "PGAPPNAME": "mes-stack", "PGCONNECT_TIMEOUT": "5"},
+                     env={"PGPASSWORD": password, "PGAPPNAME": "mes-stack", "PGCONNECT_TIMEOUT": "5",
+                          "PGSSLMODE": tls["sslmode"], "PGSSLROOTCERT": tls["sslrootcert"]},
                      timeout=30)
     return list(csv.DictReader(io.StringIO(result.stdout)))
 
@@ -580,7 +604,9 @@ class Pgpool(Daemon):
         f = self._files(ctx)
         ctx.ensure_dir(pgpool_dir(ctx), owner=PG_USER, mode=0o700)
         ctx.ensure_dir(pgpool_dir(ctx) / "oiddir", owner=PG_USER, mode=0o700)
-        changed = _render(ctx, "pgpool/pgpool.conf.j2", f["conf"], mode=0o600)
+        crt, key = pki.certificate(ctx, "pgpool", [_san(_topology(ctx)["pgpool"]["host"])], owner=PG_USER)
+        tls = {"pgpool_tls_cert": str(crt), "pgpool_tls_key": str(key), "pgpool_tls_ca": str(pki.ca_file(ctx))}
+        changed = _render(ctx, "pgpool/pgpool.conf.j2", f["conf"], mode=0o600, extra=tls)
         changed |= _render(ctx, "pgpool/pool_hba.conf.j2", f["hba"], mode=0o600)
         s, v, pg = _secrets(ctx), ctx.vars, _topology(ctx)["pgpool"]
         changed |= _write_private(f["key"], s["pgpool_key"])
@@ -667,8 +693,8 @@ class PostgresExporter:
     def _dsn(self, ctx: Ctx) -> str:
         v, s = ctx.vars, _secrets(ctx)
         return (f"postgresql://{quote(v['pg_exporter_role'], safe='')}:{quote(s['exporter_password'], safe='')}"
-                f"@{self.node['host']}:{self.node['port']}/{quote(v['pg_database'], safe='')}?sslmode=disable"
-                f"&application_name={self.name}")
+                f"@{self.node['host']}:{self.node['port']}/{quote(v['pg_database'], safe='')}"
+                f"?{urlencode({**tls_params(ctx), 'application_name': self.name}, safe='/')}")
 
     def _metrics(self, timeout: float = 5) -> str | None:
         try:
@@ -729,9 +755,10 @@ def components(ctx: Ctx) -> list:
     return out
 
 
-def _url(user: str, password: str, host: str, port, db: str) -> str:
+def _url(ctx: Ctx, user: str, password: str, host: str, port, db: str, **params: str) -> str:
+    """A SQLAlchemy URL over TLS that verifies the server (tls_params), plus libpq `params`."""
     return (f"postgresql+psycopg2://{quote(user, safe='')}:{quote(password, safe='')}"
-            f"@{host}:{port}/{quote(db, safe='')}")
+            f"@{host}:{port}/{quote(db, safe='')}?{urlencode({**params, **tls_params(ctx)}, safe='/')}")
 
 
 def database_urls(ctx: Ctx) -> dict[str, str]:
@@ -740,7 +767,9 @@ def database_urls(ctx: Ctx) -> dict[str, str]:
       role on the primary endpoint... which there is the one node);
     - owner: the owner role on the primary (MIGRATION_DATABASE_URL): through the primary endpoint, so
       it follows a failover; migrations do not go through pgpool, whose read balancing could send
-      Alembic's version lookup to a lagging standby;
+      Alembic's version lookup to a lagging standby. The endpoint leads to whichever node is the
+      primary: the client connects to its address (hostaddr) and verifies the name every node's
+      certificate carries (pg_tls_cluster_name);
     - owner_direct / app_direct: the same roles on the node that is the primary now (or, while the
       stack is down, the first node)."""
     v, s, t = ctx.vars, _secrets(ctx), _topology(ctx)
@@ -749,11 +778,12 @@ def database_urls(ctx: Ctx) -> dict[str, str]:
     except StackError:
         primary = nodes(ctx)[0]
     db = v["pg_database"]
-    app_direct = _url(v["pg_app_role"], s["db_app_password"], primary["host"], primary["port"], db)
-    owner_direct = _url(v["pg_owner_role"], s["db_owner_password"], primary["host"], primary["port"], db)
+    app_direct = _url(ctx, v["pg_app_role"], s["db_app_password"], primary["host"], primary["port"], db)
+    owner_direct = _url(ctx, v["pg_owner_role"], s["db_owner_password"], primary["host"], primary["port"], db)
     if t["single"]:
         return {"app": app_direct, "owner": owner_direct, "owner_direct": owner_direct, "app_direct": app_direct}
     ep, pg = t["db_endpoints"], t["pgpool"]
-    return {"app": _url(v["pg_app_role"], s["db_app_password"], pg["host"], pg["port"], db),
-            "owner": _url(v["pg_owner_role"], s["db_owner_password"], ep["host"], ep["primary_port"], db),
+    return {"app": _url(ctx, v["pg_app_role"], s["db_app_password"], pg["host"], pg["port"], db),
+            "owner": _url(ctx, v["pg_owner_role"], s["db_owner_password"], v["pg_tls_cluster_name"],
+                          ep["primary_port"], db, hostaddr=ep["host"]),
             "owner_direct": owner_direct, "app_direct": app_direct}

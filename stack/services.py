@@ -153,7 +153,8 @@ class AppInstance(Daemon):
 
     def env(self, ctx):
         lines = (self.folder(ctx) / "instance.env").read_text().splitlines()
-        env = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+        pairs = (line.split("=", 1) for line in lines if line and not line.startswith("#"))
+        env = {name: value.strip("'") for name, value in pairs}  # quoted as systemd and a shell read them
         return {**env, "PYTHONPATH": str(ROOT / "src")}  # this checkout's code, installed or not
 
     def argv(self, ctx):
@@ -206,13 +207,10 @@ class HAProxy(Daemon):
         folder = ctx.ensure_dir(Path(t["dir"]))
         # The frontends' certificate, signed by the stack's CA, for the address they listen on.
         pki.bundle(ctx, "haproxy", [f"IP:{t['bind']}", "DNS:localhost"], Path(t["crt"]))
-        for template in sorted((ROOT / "haproxy").rglob("*.j2")):
-            rel, dest = template.relative_to(ROOT), folder / template.relative_to(ROOT / "haproxy").with_suffix("")
-            ctx.render(str(rel), dest, extra=monauth.password_hash(ctx, "haproxy_stats_bcrypt_cost", dest))
-        for static in (ROOT / "haproxy").rglob("*.http"):
-            dest = folder / static.relative_to(ROOT / "haproxy")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(static, dest)
+        # haproxy.cfg only: db.cfg belongs to the database endpoints (stack/dbtier.py), which the single
+        # topology does not have.
+        dest = self.config(ctx)
+        ctx.render("haproxy/haproxy.cfg.j2", dest, extra=monauth.password_hash(ctx, "haproxy_stats_bcrypt_cost", dest))
         ctx.run(["haproxy", "-c", "-f", str(self.config(ctx))], cwd=folder)  # (-q would hide the errors)
 
     def up(self, ctx):

@@ -945,3 +945,122 @@ def test_the_promotion_callback_logs_in_to_redis_and_empties_only_status_entries
     assert "order-status cache emptied" in done.stderr, done.stderr
     assert not list(admin.scan_iter("mes:status:*"))
     assert admin.exists("mes:rw:callback-test")
+
+
+# --- TLS inside the database tier -------------------------------------------------------------------
+
+def _pg_connect(stack: Stack, host: str, port: int, **params):
+    """A connection as the app role to the MES database at host:port with libpq `params`."""
+    import psycopg2
+    return psycopg2.connect(host=host, port=port, user=GROUP_VARS["pg_app_role"], dbname=GROUP_VARS["pg_database"],
+                            password=stack.ctx.vars["mes_secrets"]["db_app_password"], connect_timeout=10,
+                            application_name="tls-test", **params)
+
+
+def _primary_and_pgpool(stack: Stack) -> list[tuple[str, int]]:
+    from stack import dbtier
+    primary, pgpool = dbtier.primary_node(stack.ctx), stack.ctx.vars["mes_topology"]["pgpool"]
+    return [(primary["host"], primary["port"]), (pgpool["host"], pgpool["port"])]
+
+
+def test_a_connection_without_tls_is_refused_by_the_primary_and_by_pgpool(stack):
+    """The right password, but no TLS: pg_hba.conf and pool_hba.conf refuse it before any password."""
+    import psycopg2
+    for host, port in _primary_and_pgpool(stack):
+        with pytest.raises(psycopg2.OperationalError) as refused:
+            _pg_connect(stack, host, port, sslmode="disable").close()
+        assert "no encryption" in str(refused.value) or "SSL off" in str(refused.value), (port, refused.value)
+
+
+def test_verified_tls_to_the_primary_and_to_pgpool_and_only_with_the_stacks_ca(stack, tmp_path):
+    """verify-full with the stack's CA: the certificate names the address we connect to; the same
+    connection with another CA's certificate is refused by the client."""
+    import psycopg2
+    from stack import dbtier, pki
+    ca = str(pki.ca_file(stack.ctx))
+    for host, port in _primary_and_pgpool(stack):
+        conn = _pg_connect(stack, host, port, sslmode="verify-full", sslrootcert=ca)
+        try:
+            assert conn.info.ssl_in_use
+            with conn.cursor() as cur:  # through pgpool: its own connection to the backend
+                cur.execute("/*NO LOAD BALANCE*/ SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                assert cur.fetchone() == (True,)
+        finally:
+            conn.close()
+    subprocess.run([str(pki.SCRIPT), "ca", str(tmp_path), "Another CA", "1"], check=True)
+    for host, port in _primary_and_pgpool(stack):
+        with pytest.raises(psycopg2.OperationalError, match="certificate verify failed"):
+            _pg_connect(stack, host, port, sslmode="verify-full", sslrootcert=str(tmp_path / "ca.crt")).close()
+    assert dbtier.tls_params(stack.ctx)["sslmode"] == "verify-full"
+
+
+def test_every_tcp_connection_to_the_primary_is_tls_and_replication_verifies_the_primary(stack):
+    """The app's sessions (through pgpool), replication and the exporter: all TLS on the primary; the
+    standby streams with the primary's certificate verified. Pgpool-II's checks (a short session every
+    sr_check_period) work: it finds the primary and the standby, which it can only ask over TLS."""
+    from stack import dbtier
+    api(stack, "GET", "/orders?limit=1", stack.new_key("tls-app"))  # an app session through pgpool
+    v = GROUP_VARS
+    want = {v["pg_app_role"], v["pg_replication_role"], v["pg_exporter_role"]}
+    sql = ("SELECT a.usename, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+           "WHERE a.client_addr IS NOT NULL")
+    deadline, rows = time.monotonic() + 20, []
+    while time.monotonic() < deadline:
+        rows = [line.split("|") for line in dbtier.psql(stack.ctx, dbtier.primary_node(stack.ctx), sql).splitlines()]
+        if want <= {user for user, _ in rows}:
+            break
+        time.sleep(0.5)
+    assert want <= {user for user, _ in rows}, rows
+    assert all(ssl == "t" for _, ssl in rows), rows
+    assert sorted(n["role"] for n in dbtier.pool_nodes(stack.ctx)) == ["primary", "standby"]
+    standby = dbtier.standby_nodes(stack.ctx)[0]
+    conninfo = dbtier.psql(stack.ctx, standby, "SELECT conninfo FROM pg_stat_wal_receiver")
+    assert "sslmode=verify-full" in conninfo and "sslrootcert=" in conninfo, conninfo
+
+
+def test_pgpool_refuses_a_backend_whose_certificate_its_ca_did_not_sign(stack):
+    """What Pgpool-II 4.3 checks of its backends: the certificate's chain (ssl_ca_cert). A second
+    Pgpool-II, the stack's in every setting but trusting another CA, gets no session from the same
+    endpoints."""
+    import re
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import psycopg2
+    from mes.testing.postgres import free_port
+    from stack import dbtier, pki
+    from stack.base import as_user
+
+    folder = Path(tempfile.mkdtemp(prefix="mes-pgpool-tls-"))
+    try:
+        (folder / "oiddir").mkdir()
+        subprocess.run([str(pki.SCRIPT), "ca", str(folder / "other"), "Another CA", "1"], check=True)
+        source, port = dbtier.pgpool_dir(stack.ctx), free_port()
+        for name in ("pool_hba.conf", "pool_passwd", ".pgpoolkey", "pcp.conf"):
+            shutil.copy(source / name, folder / name)
+        conf = (source / "pgpool.conf").read_text().replace(str(source), str(folder))
+        conf = re.sub(r"(?m)^ssl_ca_cert = .*$", f"ssl_ca_cert = '{folder / 'other' / 'ca.crt'}'", conf)
+        conf = re.sub(r"(?m)^port = .*$", f"port = {port}", conf)
+        (folder / "pgpool.conf").write_text(re.sub(r"(?m)^pcp_port = .*$", f"pcp_port = {free_port()}", conf))
+        folder.chmod(0o755)
+        subprocess.run(["chown", "-R", f"{dbtier.PG_USER}:", str(folder)], check=os.geteuid() == 0)
+        argv = ["pgpool", "-n", "-D", "-f", str(folder / "pgpool.conf"), "-F", str(folder / "pcp.conf"),
+                "-a", str(folder / "pool_hba.conf"), "-k", str(folder / ".pgpoolkey")]
+        with open(folder / "log", "wb") as log:
+            proc = subprocess.Popen(as_user(argv, dbtier.PG_USER), stdout=log, stderr=subprocess.STDOUT, cwd="/")
+        try:
+            host = stack.ctx.vars["mes_topology"]["pgpool"]["host"]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+                    break
+                time.sleep(0.3)
+            with pytest.raises(psycopg2.OperationalError):
+                _pg_connect(stack, host, port, sslmode="verify-full", sslrootcert=str(pki.ca_file(stack.ctx))).close()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+        assert "certificate verify failed" in (folder / "log").read_text()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,10 +1,10 @@
 """The playbooks against real Debian 12 hosts (systemd-nspawn containers built by the harness in this
 folder): lint, site.yml from bare hosts, idempotency, the app through HAProxy, read/write split,
-monitoring, a rolling deploy under traffic, the loss of the primary's whole host under counted writes
-(Patroni fails over, no acknowledged order is lost, the old primary rejoins by itself when its host
-comes back), a planned switchover, pgBackRest's backups (scheduled and on demand), a point-in-time restore onto a
-host that never ran PostgreSQL, and a third database node, restored from the backup repository,
-added under traffic.
+TLS inside the database tier, monitoring, a rolling deploy under traffic, the loss of the primary's
+whole host under counted writes (Patroni fails over, no acknowledged order is lost, the old primary
+rejoins by itself when its host comes back), a planned switchover, pgBackRest's backups (scheduled and
+on demand), a point-in-time restore onto a host that never ran PostgreSQL, and a third database node,
+restored from the backup repository, added under traffic.
 
 The tests run in order and build on each other (one set of hosts for the module); a test whose
 prerequisite failed is skipped with the reason. Every client runs in the controller namespace.
@@ -170,16 +170,45 @@ with engine.connect() as conn:
 print(json.dumps([dict(r) for r in rows]))
 """
 
-# Which server the replica endpoint leads a new connection to (round robin over the replicas).
+# Which server the replica endpoint leads a new connection to (round robin over the replicas). The
+# app's URL (TLS, verify-full) at the endpoint's port: it connects to the endpoint's address (hostaddr)
+# and verifies the name every node's certificate carries (pg_tls_cluster_name).
 REPLICA_ENDPOINT_SERVERS = """
 import json, os, sqlalchemy
-url = sqlalchemy.engine.make_url(os.environ["DATABASE_URL"]).set(port={port})
+app_url = sqlalchemy.engine.make_url(os.environ["DATABASE_URL"])
+url = app_url.set(host={cluster_name!r}, port={port}).update_query_dict({{"hostaddr": app_url.host}})
 engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
 seen = []
 for _ in range({tries}):
     with engine.connect() as conn:
         seen.append(conn.exec_driver_sql("SELECT host(inet_server_addr())").scalar())
 print(json.dumps(seen))
+"""
+
+# From an app host, as the app role: its own Pgpool-II and a database node's address, each with the
+# app's TLS settings (verify-full, the internal CA) and without TLS. Per attempt: whether the client's
+# connection is TLS and whether the backend's is (through Pgpool-II: Pgpool-II's own to the node), or
+# the error.
+TLS_CHECKS = """
+import json, os, psycopg2, sqlalchemy
+u = sqlalchemy.engine.make_url(os.environ["DATABASE_URL"])
+def attempt(host, port, **params):
+    try:
+        conn = psycopg2.connect(host=host, port=port, user=u.username, password=u.password, dbname=u.database,
+                                connect_timeout=10, **params)
+    except psycopg2.OperationalError as err:
+        return str(err)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("/*NO LOAD BALANCE*/ SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            return dict(client=conn.info.ssl_in_use, backend=cur.fetchone()[0])
+    finally:
+        conn.close()
+print(json.dumps(dict(
+    pgpool_verified=attempt(u.host, u.port, **u.query),
+    pgpool_plain=attempt(u.host, u.port, sslmode="disable"),
+    node_verified=attempt({node!r}, {port}, **u.query),
+    node_plain=attempt({node!r}, {port}, sslmode="disable"))))
 """
 
 
@@ -433,6 +462,26 @@ def test_redis_lets_in_the_apps_user_and_only_to_its_commands(cluster):
                     "flushall": "NoPermissionError", "config": "NoPermissionError"}, seen
 
 
+def test_database_connections_are_tls_and_verified(cluster):
+    """From an app host: Pgpool-II and a node refuse a connection without TLS; with the app's settings
+    (verify-full against the internal CA) both answer over TLS, and so does Pgpool-II's own connection to
+    the node. On the primary no TCP session is without TLS; the standby streams with verify-full."""
+    need("api")
+    members = patroni(cluster)
+    primary = leader(members)
+    standby = next(n for n in members if n != primary)
+    seen = app_python(cluster, first(cluster, "app_public"),
+                      TLS_CHECKS.format(node=cluster.hosts[primary], port=PORTS["postgresql"]))
+    assert seen["pgpool_verified"] == {"client": True, "backend": True}, seen
+    assert seen["node_verified"] == {"client": True, "backend": True}, seen
+    assert "SSL off" in seen["pgpool_plain"], seen           # pool_hba.conf: hostnossl ... reject
+    assert "no encryption" in seen["node_plain"], seen       # pg_hba.conf: hostnossl ... reject
+    assert psql(cluster, primary, "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                                  "WHERE a.client_addr IS NOT NULL AND NOT s.ssl") == "0"
+    conninfo = psql(cluster, standby, "SELECT conninfo FROM pg_stat_wal_receiver")
+    assert "sslmode=verify-full" in conninfo, conninfo
+
+
 def test_prometheus_has_every_target_up(cluster):
     need("site.yml")
     targets_url = url(cluster, "prometheus", "/api/v1/targets", group="monitoring")
@@ -628,6 +677,8 @@ def test_a_new_replica_joins_under_traffic_and_gets_reads(cluster, extra_vars):
     assert psql(cluster, primary, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "2"
     # every app host's replica endpoint leads new connections to it too
     for host in apps:
-        seen = app_python(cluster, host, REPLICA_ENDPOINT_SERVERS.format(port=PORTS["db_replicas"], tries=6))
+        probe = REPLICA_ENDPOINT_SERVERS.format(port=PORTS["db_replicas"], tries=6,
+                                                cluster_name=GROUP_VARS["pg_tls_cluster_name"])
+        seen = app_python(cluster, host, probe)
         assert cluster.hosts[new] in seen, (host, seen)
     PASSED.add("add_replica")
