@@ -207,16 +207,17 @@ def test_the_feed_on_the_replica_skips_no_late_commit(stack):
     assert "is now queued" in html
 
     def poll(cursor: str | None) -> tuple[list, str]:
-        page = api(stack, "GET", "/status-changes" + (f"?after={cursor}" if cursor else ""), crm).json()
+        page = api(stack, "GET", "/status-changes?limit=500" + (f"&after={cursor}" if cursor else ""), crm).json()
         return [(e["order_id"], e["to_status"]) for e in page["items"]], page["next_cursor"]
 
     cursor = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # up to date with everything so far, on the replica
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # up to date with everything so far (the demo's history too), on the replica
         items, cursor = poll(cursor)
         if (order_b, "queued") in items:
             break
-        time.sleep(0.2)
+        if not items:
+            time.sleep(0.2)
     delivered = []
     before = {n["role"]: int(n["select_cnt"]) for n in dbtier.pool_nodes(stack.ctx)}
     lock = HeldRowLock(stack, "received")  # A (received -> cancelled) writes its event, then waits here
