@@ -152,8 +152,12 @@ def tls_params(ctx: Ctx) -> dict[str, str]:
 def _node_certificate(ctx: Ctx, node: dict) -> dict:
     """The node's certificate (its address, and the cluster's name for clients that come through the
     database endpoints), made on first use; the template variables that name the files."""
-    crt, key = pki.certificate(ctx, f"{node['name']}-postgresql",
-                               [_san(node["host"]), f"DNS:{ctx.vars['pg_tls_cluster_name']}"], owner=PG_USER)
+    names = [_san(node["host"]), f"DNS:{ctx.vars['pg_tls_cluster_name']}"]
+    if node["host"] in ("127.0.0.1", "::1"):
+        # Patroni reaches its own node listening on loopback as "localhost" (its replication
+        # connection that checks the timeline before a rewind), and verifies it like any other.
+        names.append("DNS:localhost")
+    crt, key = pki.certificate(ctx, f"{node['name']}-postgresql", names, owner=PG_USER)
     return {"pg_tls_cert": str(crt), "pg_tls_key": str(key), "pg_tls_ca": str(pki.ca_file(ctx))}
 
 
