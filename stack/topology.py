@@ -63,6 +63,8 @@ def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.
         node_exporters=[{"name": "local", "host": host, "port": p["node_exporter"]}],
         hosts={"pgpool": host, "redis": host, "haproxy": host, "prometheus": host, "db_endpoints": host},
         db_endpoint_instances=[shape.instance("local", host)],
+        # One HAProxy, its own only peer (a reload hands its stick tables to the new process); no VIP.
+        lb_instances=[shape.instance("local", host)],
         # pgBackRest's repository: on VMs another host; here a folder of its own.
         backup={**shape.backup_repository(str(state / "backup" / "repo"), str(state / "backup" / "log"),
                                           str(state / "backup" / "lock")),

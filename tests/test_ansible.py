@@ -67,6 +67,9 @@ def test_the_inventory_yields_the_topology_the_templates_expect():
     assert [a["name"] for a in topology["app_public"]] == ["pub1", "pub2"]
     assert (topology["haproxy"]["public_port"], topology["haproxy"]["http_port"]) == (443, 80)
     assert topology["haproxy"]["crt"] == "/etc/haproxy/tls/mes.pem"
+    # HAProxy on both lb hosts, bound to every address (theirs and the virtual one keepalived moves)
+    assert [i["name"] for i in topology["haproxy"]["instances"]] == ["lb1", "lb2"]
+    assert (topology["haproxy"]["bind"], topology["haproxy"]["vip"]) == ("0.0.0.0", "192.168.56.100")
     # pgBackRest's repository on the backup host, reached over TLS
     assert (topology["backup"]["name"], topology["backup"]["host"], topology["backup"]["remote"]) == \
         ("mon1", "192.168.56.60", True)
@@ -82,8 +85,9 @@ def shape(value):
 
 
 def test_the_local_stack_and_the_inventory_build_the_same_shape(tmp_path):
-    """Both are made by ansible/filter_plugins/mes_topology.py's assemble(); the VMs add alertmanager
-    and the host of pgBackRest's repository (remote), the local stack the repository's own folder."""
+    """Both are made by ansible/filter_plugins/mes_topology.py's assemble(); the VMs add alertmanager,
+    the load balancers' virtual address and the host of pgBackRest's repository (remote), the local
+    stack the repository's own folder."""
     sys.path.insert(0, str(ROOT))
     try:
         from stack.topology import build
@@ -91,6 +95,7 @@ def test_the_local_stack_and_the_inventory_build_the_same_shape(tmp_path):
         sys.path.remove(str(ROOT))
     local, vms = shape(build(tmp_path, "split")), shape(inventory_topology())
     vms.pop("alertmanager")
+    assert vms["haproxy"].pop("vip") == "value" and "vip" not in local["haproxy"]
     local_backup, vm_backup = local.pop("backup"), vms.pop("backup")
     assert local_backup["remote"] == vm_backup["remote"] == "bool"
     assert set(local_backup) - {"dir"} == set(vm_backup) - {"host", "name", "port"}

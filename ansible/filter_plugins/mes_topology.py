@@ -37,18 +37,21 @@ def app(name: str, host: str, port: int) -> dict:
 
 
 def instance(name: str, host: str) -> dict:
-    """A host that runs a per-host component (the database endpoints): Prometheus scrapes it there."""
+    """A host that runs a per-host component (the database endpoints, HAProxy): Prometheus scrapes it
+    there."""
     return {"name": name, "host": host}
 
 
 def assemble(*, single: bool, pg_bindir: str, pg_nodes: list[dict], etcd: list[dict], ports: dict, dirs: dict,
              app_operator: list[dict], app_public: list[dict], app_single: list[dict],
              node_exporters: list[dict], hosts: dict, db_endpoint_instances: list[dict],
-             backup: dict | None = None) -> dict:
-    """The whole structure. `hosts`: component -> address (pgpool, redis, haproxy, prometheus,
-    alertmanager, db_endpoints); `ports`: mes_ports-like names; `dirs`: component -> folder;
-    `backup`: pgBackRest's repository (repo_path, log_dir, lock_dir; on VMs also the host it is on
-    and its TLS server's port: `remote`)."""
+             lb_instances: list[dict], vip: str | None = None, backup: dict | None = None) -> dict:
+    """The whole structure. `hosts`: component -> address (pgpool, redis, haproxy: what HAProxy's
+    frontends bind, prometheus, alertmanager, db_endpoints); `ports`: mes_ports-like names; `dirs`:
+    component -> folder; `lb_instances`: the hosts that run HAProxy (its peers, Prometheus's targets);
+    `vip`: the virtual address keepalived moves between them (VMs only); `backup`: pgBackRest's
+    repository (repo_path, log_dir, lock_dir; on VMs also the host it is on and its TLS server's port:
+    `remote`)."""
     topology = {
         "single": single,
         "pg_bindir": pg_bindir,
@@ -64,11 +67,14 @@ def assemble(*, single: bool, pg_bindir: str, pg_nodes: list[dict], etcd: list[d
         # public_port and operator_port speak TLS (certificate and key in one file: crt); http_port is
         # plain HTTP, which only redirects the operator UI and tells API clients to use HTTPS.
         "haproxy": {"bind": hosts["haproxy"], "public_port": ports["public"], "operator_port": ports["operator"],
-                    "http_port": ports["http"], "stats_port": ports["haproxy_stats"], "dir": dirs["haproxy"],
-                    "crt": dirs["haproxy_tls"] + "/mes.pem"},
+                    "http_port": ports["http"], "stats_port": ports["haproxy_stats"],
+                    "peers_port": ports["haproxy_peers"], "dir": dirs["haproxy"],
+                    "crt": dirs["haproxy_tls"] + "/mes.pem", "instances": lb_instances},
         "prometheus": {"host": hosts["prometheus"], "port": ports["prometheus"], "dir": dirs["prometheus"]},
         "node_exporters": node_exporters,
     }
+    if vip:
+        topology["haproxy"]["vip"] = vip
     if backup:
         topology["backup"] = backup
     if hosts.get("alertmanager"):
@@ -87,11 +93,21 @@ def _address(hostvars: dict, host: str) -> str:
     return hv.get("mes_address") or hv.get("ansible_host") or host
 
 
+def _vip(groups: dict, hostvars: dict) -> str | None:
+    """`mes_vip` of the lb hosts (set on the group): one address for all of them, or none."""
+    found = {str(hostvars[h]["mes_vip"]) for h in groups.get("lb", []) if hostvars[h].get("mes_vip")}
+    if len(found) > 1:
+        raise ValueError(f"the lb hosts disagree on mes_vip: {sorted(found)}")
+    return found.pop() if found else None
+
+
 def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15) -> dict:
     """The structure from the inventory groups; `ports` is mes_ports (group_vars/all/topology.yml).
     Pgpool-II and the database endpoints (HAProxy) run on every app host and listen on loopback:
     each app server talks to its own; `dcs` holds the etcd members (three, on different hosts);
-    pgBackRest's repository is on the first host of `backup` (not a database host)."""
+    pgBackRest's repository is on the first host of `backup` (not a database host). HAProxy runs on every
+    host of `lb` and binds every address (0.0.0.0): its own, and the virtual one (`mes_vip`) whenever
+    keepalived puts it there, with one configuration for all of them and no sysctl."""
     def first(group: str) -> str:
         members = groups.get(group) or []
         if not members:
@@ -111,6 +127,8 @@ def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15
         return [app(h, _address(hostvars, h), ports["app"]) for h in groups.get(group, [])]
 
     app_hosts = list(groups.get("app_operator", [])) + list(groups.get("app_public", []))
+    first("lb")                                     # at least one load balancer
+    lb_hosts = [instance(h, _address(hostvars, h)) for h in groups["lb"]]
     mon = _address(hostvars, first("monitoring"))
     repo_host = first("backup")
     repository = backup_repository("/var/lib/pgbackrest", "/var/log/pgbackrest", "/tmp/pgbackrest",
@@ -125,9 +143,9 @@ def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15
         node_exporters=[{"name": h, "host": _address(hostvars, h), "port": ports["node_exporter"]}
                         for h in sorted(hostvars) if h in groups.get("all", [])],
         hosts={"pgpool": "127.0.0.1", "db_endpoints": "127.0.0.1", "redis": _address(hostvars, first("redis")),
-               "haproxy": _address(hostvars, first("lb")), "prometheus": mon, "alertmanager": mon},
+               "haproxy": "0.0.0.0", "prometheus": mon, "alertmanager": mon},
         db_endpoint_instances=[instance(h, _address(hostvars, h)) for h in app_hosts],
-        backup=repository)
+        lb_instances=lb_hosts, vip=_vip(groups, hostvars), backup=repository)
 
 
 class FilterModule:

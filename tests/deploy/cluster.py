@@ -42,6 +42,10 @@ SPARE_INVENTORIES = (ANSIBLE_DIR / "inventories" / "test" / "add_replica.yml",
 VAULT_ARGS = ["--vault-password-file", str(ANSIBLE_DIR / "vault-password.throwaway")]
 SUBNET = "10.213.0.0/24"          # must match the inventory; blackholed in the root namespace
 CTL_IP = "10.213.0.2"
+CLIENT2_IP = "10.213.0.3"         # a second address of the controller namespace: a client of its own
+# Every container may configure its own network namespace (CAP_NET_ADMIN, which nspawn drops with
+# --network-namespace-path): the firewall role loads nftables on every host, and keepalived adds and
+# removes the virtual address (mes_vip) on the lb hosts.
 REQUIRED_TOOLS = ["debootstrap", "systemd-nspawn", "socat", "ip", "ssh", "ssh-keygen", "tar"]
 DEBIAN_TOOLS = "debootstrap systemd-container socat iproute2 openssh-client"
 LOCK_FILE = "/run/mes-deploy-test.lock"
@@ -81,13 +85,26 @@ def read_inventory(*paths: Path) -> dict[str, str]:
         hosts.update(_inventory_hosts(path))
     net = ipaddress.ip_network(SUBNET)
     for name, address in hosts.items():
-        if ipaddress.ip_address(address) not in net or address == CTL_IP:
+        if ipaddress.ip_address(address) not in net or address in (CTL_IP, CLIENT2_IP):
             raise ValueError(f"{name} has {address}, outside {SUBNET} or the controller's address")
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,11}", name):
             raise ValueError(f"host name {name!r} is not usable as a short namespace name")
     if len(set(hosts.values())) != len(hosts):
         raise ValueError(f"two hosts of {', '.join(p.name for p in paths)} share an address")
     return hosts
+
+
+def group_hosts(group: str, path: Path = INVENTORY) -> list[str]:
+    """The hosts of one group of an inventory file (directly in it)."""
+    data = yaml.safe_load(path.read_text())
+    found = (data["all"].get("children") or {}).get(group) or {}
+    return list(found.get("hosts") or {})
+
+
+def group_var(group: str, name: str, path: Path = INVENTORY):
+    """A variable set on one group of an inventory file, or None."""
+    data = yaml.safe_load(path.read_text())
+    return (((data["all"].get("children") or {}).get(group) or {}).get("vars") or {}).get(name)
 
 
 def _inventory_hosts(path: Path) -> dict[str, str]:
@@ -271,15 +288,20 @@ class Cluster:
         prefixlen = ipaddress.ip_network(SUBNET).prefixlen
         network.make_bridge()
         self._save(netns=[network.BRIDGE_NS])
-        network.attach("ctl", network.CTL_NS, CTL_IP, prefixlen)
+        network.attach("ctl", network.CTL_NS, CTL_IP, prefixlen, extra=(CLIENT2_IP,))
         self._save(netns=self.state["netns"] + [network.CTL_NS])
         for name, address in self.hosts.items():
             network.attach(name, network.netns(name), address, prefixlen)
             self._save(netns=self.state["netns"] + [network.netns(name)])
 
+    def start_container(self, name: str, log_name: str) -> int:
+        """Boot one host's container (again); returns the pid of its systemd-nspawn."""
+        return containers.start(name, self.root_of(name), network.netns(name), self.logs / log_name,
+                                capabilities=("CAP_NET_ADMIN",))
+
     def _boot(self) -> None:
         for name in self.hosts:
-            pid = containers.start(name, self.root_of(name), network.netns(name), self.logs / f"console-{name}.log")
+            pid = self.start_container(name, f"console-{name}.log")
             self._save(nspawn={**self.state["nspawn"], name: pid})
         for name, address in self.hosts.items():
             def answers(name=name, address=address):

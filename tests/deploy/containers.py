@@ -35,16 +35,18 @@ def machine_name(host: str) -> str:
     return f"{PREFIX}-{host}"
 
 
-def start(host: str, root: Path, ns: str, log_path: Path) -> int:
-    """Boot the container in the background; returns the pid of its systemd-nspawn."""
+def start(host: str, root: Path, ns: str, log_path: Path, capabilities: tuple[str, ...] = ()) -> int:
+    """Boot the container in the background; returns the pid of its systemd-nspawn. `capabilities`:
+    more than nspawn's default set (which has CAP_NET_RAW, not CAP_NET_ADMIN: with
+    --network-namespace-path nspawn does not add it as it does for a network it makes itself)."""
     dirs = cgroup_dirs(host)
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
     nspawn = ["systemd-nspawn", "--register=no", "--keep-unit", "--boot", f"--directory={root}",
               f"--network-namespace-path=/run/netns/{ns}", f"--machine={machine_name(host)}",
-              "--console=read-only", "--resolv-conf=off", "--timezone=off", "--link-journal=no",
-              # nftables (role firewall) inside the host's own network namespace; nspawn drops it otherwise
-              "--capability=CAP_NET_ADMIN"]
+              "--console=read-only", "--resolv-conf=off", "--timezone=off", "--link-journal=no"]
+    if capabilities:
+        nspawn.append("--capability=" + ",".join(capabilities))
     # The launcher moves itself into the host's own cgroup(s), then becomes systemd-nspawn.
     script = "".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))} && " for d in dirs)
     script += "exec " + shlex.join(nspawn)

@@ -67,15 +67,22 @@ def make_bridge() -> None:
     run(["ip", "-n", BRIDGE_NS, "link", "set", BRIDGE, "up"], quiet=True)
 
 
-def attach(name: str, ns: str, address: str, prefixlen: int) -> None:
-    """A namespace with eth0 = address, cabled to the bridge. No default route: the subnet is all."""
+def attach(name: str, ns: str, address: str, prefixlen: int, extra: tuple[str, ...] = ()) -> None:
+    """A namespace with eth0 = address (and the `extra` addresses), cabled to the bridge. No default
+    route: the subnet is all."""
     run(["ip", "netns", "add", ns])
     run(["ip", "-n", ns, "link", "set", "lo", "up"], quiet=True)
     run(["ip", "link", "add", veth(name), "netns", BRIDGE_NS, "type", "veth", "peer", "name", "eth0",
          "netns", ns])
     run(["ip", "-n", BRIDGE_NS, "link", "set", veth(name), "master", BRIDGE, "up"], quiet=True)
-    run(["ip", "-n", ns, "addr", "add", f"{address}/{prefixlen}", "dev", "eth0"], quiet=True)
+    for each in (address, *extra):
+        run(["ip", "-n", ns, "addr", "add", f"{each}/{prefixlen}", "dev", "eth0"], quiet=True)
     run(["ip", "-n", ns, "link", "set", "eth0", "up"], quiet=True)
+
+
+def cable(name: str, connected: bool) -> None:
+    """Plug or pull the host's cable: its veth on the bridge up or down (a lost host sends nothing more)."""
+    run(["ip", "-n", BRIDGE_NS, "link", "set", veth(name), "up" if connected else "down"], quiet=True)
 
 
 def netns_pids(ns: str) -> list[int]:

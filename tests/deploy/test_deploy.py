@@ -1,13 +1,15 @@
 """The playbooks against real Debian 12 hosts (systemd-nspawn containers built by the harness in this
 folder): lint, site.yml from bare hosts, idempotency, the app through HAProxy, read/write split,
-TLS inside the database tier, monitoring, a rolling deploy under traffic, the loss of the primary's
-whole host under counted writes (Patroni fails over, no acknowledged order is lost, the old primary
-rejoins by itself when its host comes back), a planned switchover, pgBackRest's backups (scheduled and
-on demand), a point-in-time restore onto a host that never ran PostgreSQL, and a third database node,
-restored from the backup repository, added under traffic.
+TLS at HAProxy and inside the database tier, the firewall, monitoring, a rolling deploy under traffic,
+the loss of the active load balancer under traffic (the virtual address moves, the rate limits hold),
+the loss of the primary's whole host under counted writes (Patroni fails over, no acknowledged order is
+lost, the old primary rejoins by itself when its host comes back), a planned switchover, pgBackRest's
+backups (scheduled and on demand), a point-in-time restore onto a host that never ran PostgreSQL, and a
+third database node, restored from the backup repository, added under traffic.
 
 The tests run in order and build on each other (one set of hosts for the module); a test whose
-prerequisite failed is skipped with the reason. Every client runs in the controller namespace.
+prerequisite failed is skipped with the reason. Every client runs in the controller namespace and
+reaches HAProxy through the load balancers' virtual address (keepalived), as partners would.
 
 Contract assumed with the playbooks and roles (see README.md in this folder):
 - `site.yml --skip-tags loki,alloy,grafana` builds everything else from bare hosts; a second run
@@ -17,6 +19,8 @@ Contract assumed with the playbooks and roles (see README.md in this folder):
   and the database endpoints as haproxy-db.service on every app host.
 - database hosts: Patroni (patroni.service) with its REST API on mes_ports.patroni; `psql` as the OS
   user postgres reaches the local node.
+- load balancers: group lb with mes_vip on it; haproxy.service and keepalived.service on each lb host
+  (keepalived logs "Entering <STATE> STATE"), HAProxy's runtime API at /var/lib/haproxy/admin.sock.
 - `deploy.yml` rolls the app servers one at a time (takes `mes_app_release` to force a new release);
   `switchover.yml -e switchover_target=<node>` is a planned switchover; `backup.yml -e backup_type=diff`
   backs up on the repository's host (group backup); `restore.yml -e restore_host=rest1 -e restore_target=..`
@@ -25,10 +29,12 @@ Contract assumed with the playbooks and roles (see README.md in this folder):
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
 import signal
+from collections import Counter
 from contextlib import contextmanager
 import subprocess
 import sys
@@ -41,7 +47,7 @@ import pytest
 import yaml
 
 from . import containers, network
-from .cluster import ANSIBLE_DIR, REPO, Cluster, Settings
+from .cluster import ANSIBLE_DIR, CLIENT2_IP, REPO, SUBNET, Cluster, Settings, group_hosts, group_var
 from .network import CTL_NS
 from .util import log, run, wait_until
 from .wheelhouse import ensure_patroni_wheelhouse, ensure_wheelhouse
@@ -53,6 +59,9 @@ APP_ENV = "/etc/mes/{pool}.env"        # mes_app_config_dir/<pool>.env
 APP_VENV = "/opt/mes/current/venv"     # mes_app_root/current/venv
 PORTS = yaml.safe_load((ANSIBLE_DIR / "group_vars" / "all" / "topology.yml").read_text())["mes_ports"]
 GROUP_VARS = yaml.safe_load((ANSIBLE_DIR / "group_vars" / "all" / "main.yml").read_text())
+LB_HOSTS = group_hosts("lb")           # HAProxy on each; keepalived keeps the virtual address on one
+VIP = group_var("lb", "mes_vip")       # what every client of the test uses
+HAPROXY_SOCKET = "/var/lib/haproxy/admin.sock"   # mes_topology.haproxy.dir on VMs, admin.sock
 PASSED: set[str] = set()               # names of the steps that passed, for the tests that need them
 
 
@@ -109,8 +118,11 @@ def address(cluster: Cluster, group: str) -> str:
 
 
 def url(cluster: Cluster, port_name: str, path: str, group: str = "lb") -> str:
-    scheme = "https" if port_name in ("public", "operator") else "http"  # HAProxy's TLS frontends
-    return f"{scheme}://{address(cluster, group)}:{PORTS[port_name]}{path}"
+    """A URL of the group's first host; of the load balancers' virtual address for group lb. HAProxy's
+    public and operator frontends speak TLS."""
+    host = VIP if group == "lb" else address(cluster, group)
+    scheme = "https" if port_name in ("public", "operator") else "http"
+    return f"{scheme}://{host}:{PORTS[port_name]}{path}"
 
 
 def ns_client(cluster: Cluster, *args: str, timeout: float = 60) -> dict:
@@ -295,8 +307,7 @@ def lose_host(cluster: Cluster, host: str) -> None:
 
 def boot_host(cluster: Cluster, host: str) -> None:
     """Start a lost host's container again (same root, same network namespace) and wait for its sshd."""
-    pid = containers.start(host, cluster.root_of(host), network.netns(host),
-                           cluster.logs / f"console-{host}-again.log")
+    pid = cluster.start_container(host, f"console-{host}-again.log")
     cluster._save(nspawn={**cluster.state["nspawn"], host: pid})
     wait_until(lambda: cluster.ssh(host, "true", check=False, timeout=10, quiet=True).returncode == 0, 90,
                interval=0.5, what=f"sshd on {host} again")
@@ -311,10 +322,12 @@ def write_through_haproxy(cluster: Cluster, key: str, reference: str) -> int:
 
 
 @contextmanager
-def steady_traffic(cluster: Cluster, what: str, writes_per_second: float = 2, reads: bool = True):
+def steady_traffic(cluster: Cluster, what: str, writes_per_second: float = 2, reads: bool = True,
+                   open_loop: bool = False):
     """Requests on both pools through HAProxy from the controller namespace while the block runs; yields
     a dict that holds the generator's summary (total, lost, by_target, acked: every acknowledged create)
-    once the block has ended. reads=False: only the creates."""
+    once the block has ended. reads=False: only the creates. open_loop: every request leaves on time on
+    a fresh connection, whatever the ones before do, and the summary has each one's timeline."""
     key, writer_key = new_client(cluster), new_client(cluster)
     summary: dict = {}
     with tempfile.TemporaryDirectory(prefix="mes-deploy-traffic-") as tmp:
@@ -326,6 +339,8 @@ def steady_traffic(cluster: Cluster, what: str, writes_per_second: float = 2, re
                         f"operator,GET,{url(cluster, 'operator', '/operator/login')},5"]
         argv = ["ip", "netns", "exec", CTL_NS, sys.executable, "-m", "tests.deploy.nsclient", "traffic",
                 "--out", str(out), "--stop-file", str(stop), "--max-seconds", "1500"]
+        if open_loop:
+            argv.append("--open-loop")
         for t in targets:
             argv += ["--target", t]
         log(f"traffic starts (in the controller namespace) for {what}")
@@ -506,6 +521,8 @@ def test_prometheus_has_every_target_up(cluster):
             "node"} <= jobs, jobs
     nodes = [t for t in targets if t["labels"]["job"] == "node"]
     assert len(nodes) == len(cluster.site_hosts), [t["scrapeUrl"] for t in nodes]
+    balancers = [t for t in targets if t["labels"]["job"] == "haproxy"]
+    assert len(balancers) == len(LB_HOSTS), [t["scrapeUrl"] for t in balancers]   # every lb host, not the VIP
 
 
 def test_the_monitoring_plane_answers_the_monitoring_user_only(cluster):
@@ -549,6 +566,149 @@ def test_rolling_deploy_loses_no_request(cluster, extra_vars):
     check_run(cluster, result, "deploy.yml")
     assert summary["total"] >= 100, summary
     assert summary["lost"] == 0, summary
+
+
+# --- the load balancers ---------------------------------------------------------------------------------------
+
+def holds_vip(host: str) -> bool:
+    """Whether the host's interface has the virtual address (read in its network namespace, which outlives
+    its container: fast, and also right for a host whose processes are gone)."""
+    r = run(["ip", "-n", network.netns(host), "-4", "-o", "addr", "show", "to", VIP], check=False, quiet=True)
+    return bool(r.stdout.strip())
+
+
+def vip_holder() -> str | None:
+    holders = [h for h in LB_HOSTS if holds_vip(h)]
+    return holders[0] if len(holders) == 1 else None
+
+
+def keepalived_state(cluster: Cluster, host: str) -> str:
+    """The VRRP state keepalived entered last on the host (MASTER, BACKUP, FAULT), from its journal."""
+    r = cluster.ssh(host, "journalctl -u keepalived -b -o cat --no-pager | grep -oE 'Entering [A-Z]+ STATE' | tail -1",
+                    check=False, quiet=True)
+    return r.stdout.split()[1] if r.stdout.strip() else ""
+
+
+def key_rate(cluster: Cluster, host: str, key: str) -> int:
+    """The API key's http_req_rate in the host's HAProxy (st_public_key holds the SHA-256 of keys); 0: none."""
+    table = cluster.ssh(host, f"echo 'show table st_public_key' | socat stdio unix-connect:{HAPROXY_SOCKET}",
+                        check=False, quiet=True).stdout
+    found = re.search(rf"key={hashlib.sha256(key.encode()).hexdigest().upper()} .*http_req_rate\(\d+\)=(\d+)", table)
+    return int(found.group(1)) if found else 0
+
+
+def peer_connected(cluster: Cluster, host: str, other: str) -> bool:
+    """The host's HAProxy shares its stick tables with the other's (show peers: the session is established)."""
+    peers = cluster.ssh(host, f"echo 'show peers' | socat stdio unix-connect:{HAPROXY_SOCKET}", check=False,
+                        quiet=True).stdout
+    return bool(re.search(rf"id={other}\(remote,[a-z]+\) addr=\S+ last_status=ESTA", peers))
+
+
+def lose_lb_host(cluster: Cluster, host: str) -> float:
+    """The host is gone at once, as on a power cut: its cable pulled (it sends nothing more), then every
+    process of its container SIGKILLed. Returns when the cable was pulled (epoch seconds)."""
+    network.cable(host, connected=False)
+    at = time.time()
+    lose_host(cluster, host)
+    return at
+
+
+def bring_back_lb_host(cluster: Cluster, host: str) -> None:
+    """Boot the host again as a reboot would: the virtual address that its killed keepalived left on the
+    interface is gone, the cable is back."""
+    prefix = SUBNET.split("/")[1]
+    run(["ip", "-n", network.netns(host), "addr", "del", f"{VIP}/{prefix}", "dev", "eth0"], check=False, quiet=True)
+    network.cable(host, connected=True)
+    boot_host(cluster, host)
+
+
+def answered(row: list) -> bool:
+    return row[3].isdigit() and int(row[3]) < 400
+
+
+def outage(summary: dict, event: float, until: float = float("inf")) -> dict:
+    """What an event (epoch seconds) cost the open-loop traffic, among the requests that ended after it
+    (and before `until`): those that failed, those in flight at the event, those that failed although
+    sent more than 0.5 s after it, and the longest time without any answer (traffic stood still)."""
+    at, end = event - summary["started_at"], until - summary["started_at"]
+    rows = [r for r in summary["timeline"] if at <= r[2] < end]
+    failed = [r for r in rows if not answered(r)]
+    answers = sorted(r[2] for r in summary["timeline"] if answered(r) and at - 1 <= r[2] < end)
+    return {"failed": len(failed), "in_flight": sum(1 for r in rows if r[1] < at),
+            "failed_sent_later": [r for r in failed if r[1] > at + 0.5],
+            "no_answer_for_s": round(max((y - x for x, y in zip(answers, answers[1:])), default=0), 2),
+            "failures": dict(Counter(r[3] for r in failed))}
+
+
+def test_loss_of_the_active_load_balancer_moves_the_virtual_address(cluster):
+    """Under open-loop traffic through the virtual address: (1) HAProxy stops on the lb host that holds
+    it (the host lives on): keepalived's check fails there and the address moves; HAProxy starts again
+    there, which makes that host a backup. (2) An API key is flooded over its limit on the new holder,
+    which is then lost outright (cable pulled, every process killed): the address moves back, only the
+    requests in flight on the lost host fail, and the key is still refused by the other host (the stick
+    tables are shared as peers). The lost host boots again and rejoins as a backup, with the tables."""
+    need("api")
+    assert VIP and len(LB_HOSTS) >= 2, (VIP, LB_HOSTS)
+    first = wait_until(vip_holder, 30, what="one lb host to hold the virtual address")
+    second = next(h for h in LB_HOSTS if h != first)
+    flood_key, calm_key = new_client(cluster), new_client(cluster)
+    # Far over the key's limit (its rate decays once the flood ends), below the source-address limit of the
+    # flood's own address (CLIENT2_IP: the traffic's address keeps its own counters).
+    flood_count = GROUP_VARS["haproxy_src_rate_limit"] - 100
+    assert flood_count > 2 * GROUP_VARS["haproxy_key_rate_limit"]
+    with steady_traffic(cluster, "the loss of a load balancer", open_loop=True) as summary:
+        stopped = time.time()
+        cluster.ssh(first, "systemctl stop haproxy")
+        wait_until(lambda: holds_vip(second) and not holds_vip(first), 30, interval=0.05,
+                   what=f"the virtual address to move from {first} to {second}")
+        moved = time.time() - stopped
+        log(f"HAProxy stopped on {first}: the virtual address is on {second} {moved:.1f} s later")
+        cluster.ssh(first, "systemctl start haproxy")
+        wait_until(lambda: keepalived_state(cluster, first) == "BACKUP", 60, interval=0.5,
+                   what=f"{first} to be a backup again")
+        wait_until(lambda: peer_connected(cluster, first, second), 30, interval=0.5,
+                   what=f"{first}'s HAProxy to share the stick tables with {second}'s")
+
+        flood = ns_client(cluster, "flood", url(cluster, "public", "/not-an-api-path"), "--count", str(flood_count),
+                          "--threads", "8", "--source", CLIENT2_IP, "--header", f"Authorization:Bearer {flood_key}",
+                          timeout=180)
+        lost_at = lose_lb_host(cluster, second)
+        wait_until(lambda: holds_vip(first), 30, interval=0.05, what=f"the virtual address to move to {first}")
+        moved_back = time.time() - lost_at
+        log(f"{second} lost: the virtual address is on {first} {moved_back:.1f} s later")
+        refused = api(cluster, "GET", "/orders?limit=1", flood_key)
+        calm = api(cluster, "GET", "/orders?limit=1", calm_key)
+        rate_there = key_rate(cluster, first, flood_key)
+        time.sleep(5)
+
+    stop_cost, loss_cost = outage(summary, stopped, until=lost_at), outage(summary, lost_at)
+    log(f"HAProxy stopped on {first}: {stop_cost}")
+    log(f"host {second} lost: {loss_cost}; the flood ({flood}) left its key at {rate_there} requests/10 s on {first}")
+    assert moved < 10 and stop_cost["no_answer_for_s"] < 10, stop_cost
+    # Only requests sent to the stopped HAProxy before the address moved away from it fail.
+    assert not [r for r in summary["timeline"] if not answered(r) and stopped - summary["started_at"] + moved + 1
+                < r[1] < lost_at - summary["started_at"]], stop_cost
+    assert moved_back < 15 and loss_cost["no_answer_for_s"] < 15, loss_cost
+    # The goal: the loss of a load balancer costs the requests in flight on it, nothing sent afterwards.
+    assert not loss_cost["failed_sent_later"], loss_cost
+    assert loss_cost["failed"] <= loss_cost["in_flight"], loss_cost
+    # The key over its limit on the lost host is refused by the new holder, by HAProxy (not the app).
+    assert flood["statuses"].get("429", 0) > 0, flood
+    assert refused["status"] == 429 and "key-rate" in refused["json"]["detail"], (refused, rate_there)
+    assert "RateLimit-Limit" not in refused["headers"], refused
+    assert calm["status"] == 200, calm
+
+    api(cluster, "GET", "/orders?limit=1", flood_key)      # the key's entry lives 60 s from now on
+    bring_back_lb_host(cluster, second)
+    booted_at = time.monotonic()
+    wait_until(lambda: keepalived_state(cluster, second) == "BACKUP", 90, interval=1,
+               what=f"{second} to rejoin as a backup")
+    assert holds_vip(first) and not holds_vip(second)        # no second move: nopreempt
+    learnt = wait_until(lambda: key_rate(cluster, second, flood_key), 30, interval=1,
+                        what=f"{second}'s HAProxy to learn the stick tables from {first}")
+    log(f"{second} is a backup again {time.monotonic() - booted_at:.1f} s after it booted; "
+        f"its HAProxy learnt the flooded key ({learnt} requests/10 s) from {first}")
+    PASSED.add("lb")
 
 
 def test_loss_of_the_primary_host_loses_no_acknowledged_order_and_it_rejoins(cluster):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from .cluster import CTL_IP, INVENTORY, SUBNET, parse_changed_tasks, parse_recap, read_inventory
+from .cluster import (CLIENT2_IP, CTL_IP, INVENTORY, SUBNET, group_hosts, group_var, parse_changed_tasks,
+                      parse_recap, read_inventory)
 from .relay import Relay, apt_conf
 from .rootfs import _deb822_stanzas, _one_line_sources, debian_sources, AptSource
 
@@ -33,7 +34,15 @@ def test_the_test_inventory_stays_in_the_blackholed_subnet():
     assert {"lb1", "op1", "pub1", "db1", "db2", "pool1", "mon1", "db3"} <= set(hosts)
     assert "db3" not in read_inventory(INVENTORY)      # the spare: only add_replica.yml builds it
     net = ipaddress.ip_network(SUBNET)
-    assert all(ipaddress.ip_address(a) in net and a != CTL_IP for a in hosts.values())
+    assert all(ipaddress.ip_address(a) in net and a not in (CTL_IP, CLIENT2_IP) for a in hosts.values())
+
+
+def test_the_virtual_address_is_in_the_subnet_and_nobody_elses():
+    """Two load balancers share mes_vip: an address of the test subnet that no host and no client has."""
+    vip = group_var("lb", "mes_vip")
+    assert len(group_hosts("lb")) >= 2
+    assert ipaddress.ip_address(vip) in ipaddress.ip_network(SUBNET)
+    assert vip not in {*read_inventory().values(), CTL_IP, CLIENT2_IP}
 
 
 def test_apt_sources_of_both_formats():
