@@ -10,6 +10,7 @@ import http.client
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import time
 
@@ -29,6 +30,8 @@ class Running:
     def __init__(self, folder, ports: dict):
         self.socket = str(folder / "admin.sock")
         self.public = ports["public"]
+        # The public frontend speaks TLS: verified against the CA the stack made beside it.
+        self.tls = ssl.create_default_context(cafile=str(folder.parent / "pki" / "ca.crt"))
         self.master = subprocess.Popen(["haproxy", "-W", "-db", "-f", str(folder / "haproxy.cfg")], cwd=folder,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -61,7 +64,7 @@ class Running:
         return int(found.group(1)) if found else 0
 
     def get(self, key: str, path: str = "/not-an-api-path") -> tuple[int, str]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.public, timeout=10)
+        conn = http.client.HTTPSConnection("127.0.0.1", self.public, timeout=10, context=self.tls)
         try:
             conn.request("GET", path, headers={"Authorization": f"Bearer {key}"})
             response = conn.getresponse()
@@ -70,7 +73,7 @@ class Running:
             conn.close()
 
     def flood(self, key: str, count: int) -> list[int]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.public, timeout=10)
+        conn = http.client.HTTPSConnection("127.0.0.1", self.public, timeout=10, context=self.tls)
         statuses = []
         try:
             for _ in range(count):
