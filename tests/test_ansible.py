@@ -129,7 +129,8 @@ EXTRA_INVENTORY = {"all": {"children": {"lb": {"hosts": {"lb2": {"ansible_host":
                                          "crm_db": {"hosts": {"crmdb1": {"ansible_host": "10.213.0.70"}}}}}}
 # target host -> (source host, port, let in?): the flows of the topology, and some it must not have.
 FLOWS = {
-    "op1": [("lb1", 8000, True), ("mon1", 8000, True), ("mon1", 9100, True), ("mon1", 8405, True), ("ctl", 22, True),
+    "op1": [("lb1", 8000, True), ("mon1", 8000, True), ("mon1", 9100, True), ("mon1", 8405, True), ("ctl", 8405, True),
+            ("ctl", 22, True),
             ("lb1", 5432, False), ("lb1", 22, False), ("stranger", 8000, False), ("pub1", 8000, False),
             ("db1", 8000, False), ("op2", 9999, False)],
     "pool1": [("op1", 6379, True), ("pub2", 6379, True), ("mon1", 9121, True),
