@@ -105,3 +105,39 @@ def test_vagrantfile_validates(tmp_path):
     r = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300, env={**os.environ, "VAGRANT_HOME": str(tmp_path)})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def adhoc(hosts: str, module: str, args: str, *extra: str) -> subprocess.CompletedProcess:
+    """An ad-hoc module run on this machine for inventory hosts of the vagrant inventory (group_vars loaded)."""
+    return run(str(BIN / "ansible"), "-i", "inventories/vagrant/hosts.yml", hosts, "-c", "local", "-m", module,
+               "-a", args, "-e", "ansible_become=false", *extra)
+
+
+def test_the_public_pool_can_never_fill_pgpools_client_slots(tmp_path):
+    """Per Pgpool-II, the operator pool and its scheduler fit in pgpool_operator_reserve and the public
+    pool in the slots left: as the role pgpool's assert computes it for the inventory (one Pgpool-II per
+    app host), and as `make up` checks it (one for all instances). A public pool that could take the
+    reserve is refused by both."""
+    r = adhoc("op1", "ansible.builtin.debug", "var=pgpool_budget_errors", "-e", "@roles/pgpool/vars/main.yml")
+    assert r.returncode == 0 and json.loads(r.stdout.split("=>", 1)[1])["pgpool_budget_errors"] == [], r.stdout
+    r = adhoc("op1", "ansible.builtin.debug", "msg={{ mes_topology | mes_pgpool_clients(mes_pools) }}")
+    clients = json.loads(r.stdout.split("=>", 1)[1])["msg"]
+    assert clients["192.168.56.21"] == {"operator": 3 * 2 + 2, "public": 0}  # 3 workers x (1 + 1), the scheduler
+    assert clients["192.168.56.31"] == {"operator": 0, "public": 3 * 1}
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        from stack import dbtier
+        from stack.base import StackError
+        from stack.topology import make_ctx
+    finally:
+        sys.path.remove(str(ROOT))
+    ctx = make_ctx("split", {"MES_STACK_DIR": str(tmp_path)})
+    dbtier.check_client_slots(ctx)
+    flood = {**ctx.vars["mes_pools"], "public": {**ctx.vars["mes_pools"]["public"], "workers": 12}}
+    ctx.vars["mes_pools"] = flood
+    with pytest.raises(StackError, match="the public pool can hold 24 Pgpool-II clients"):
+        dbtier.check_client_slots(ctx)
+    r = adhoc("op1", "ansible.builtin.debug", "var=pgpool_budget_errors", "-e", "@roles/pgpool/vars/main.yml",
+              "-e", json.dumps({"mes_pools": {**flood, "public": {**flood["public"], "workers": 40}}}))
+    assert "the public pool can hold 40 Pgpool-II clients" in r.stdout, r.stdout
