@@ -122,7 +122,9 @@ def remove(ctx: Ctx) -> None:
 
 
 def _rmdir(group: Path) -> bool:
-    """True once `group` is gone; False while it is busy."""
+    """True once `group` is gone (or never was); False while it is busy."""
+    if not group.is_dir():
+        return True
     try:
         group.rmdir()
     except FileNotFoundError:
