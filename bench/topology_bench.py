@@ -505,7 +505,9 @@ def component_roots(stack: Stack) -> dict[str, list[int]]:
              "single pool": [a["name"] for a in t["app_single"]]}
     roots = {name: [stack.pid(n) for n in members] for name, members in pools.items() if members}
     roots["haproxy"] = [stack.pid("haproxy")]
-    roots["postgresql"] = [dbtier.PostgresNode(n).postmaster_pid() for n in t["pg_nodes"]]
+    # Patroni starts each postmaster detached (its parent is init): both are counted.
+    roots["postgresql"] = [dbtier.PatroniNode(n).postmaster_pid() for n in t["pg_nodes"]]
+    roots["patroni, etcd"] = [stack.pid(n["name"]) for n in t["pg_nodes"]] + [stack.pid(m["name"]) for m in t["etcd"]]
     if stack.split:
         roots["pgpool"] = [stack.pid("pgpool")]
         roots["redis"] = [stack.pid("redis")]

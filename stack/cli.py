@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from . import backup, dbtier, monauth, pki, services
+from . import backup, dbtier, monauth, pki, priority, services
 from .base import Ctx, StackError
 from .services import AppInstance, HAProxy, NodeExporter, Prometheus, Redis, RedisExporter, Scheduler
 from .topology import make_ctx, wipe
@@ -72,6 +72,7 @@ def down(ctx: Ctx) -> None:
     for component in reversed(components(ctx)):
         component.down(ctx)
         print(f"  {component.name:<16} stopped")
+    priority.remove(ctx)  # the app pools' cgroups, once empty
 
 
 def status(ctx: Ctx) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -590,6 +591,21 @@ def _pool_nodes_or_empty(ctx: Ctx) -> list[dict]:
         return []
 
 
+def check_client_slots(ctx: Ctx) -> None:
+    """Refuse settings that would let the public pool fill Pgpool-II's client slots: the operator pool
+    keeps pgpool_operator_reserve of them (the role pgpool asserts the same, by the same code)."""
+    spec = importlib.util.spec_from_file_location("mes_pools_budget", ROOT / "ansible" / "filter_plugins"
+                                                  / "mes_pools.py")
+    budget = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(budget)
+    v = ctx.vars
+    errors = budget.pgpool_budget_errors(v["mes_topology"], v["mes_pools"], v["pgpool_num_init_children"],
+                                         v["pgpool_reserved_connections"], v["pgpool_operator_reserve"])
+    if errors:
+        raise StackError("the app pools' database connections do not fit Pgpool-II's client slots:\n  "
+                         + "\n  ".join(errors))
+
+
 class Pgpool(Daemon):
     """Pgpool-II in the foreground as the postgres user; its backends are the two endpoints."""
 
@@ -605,6 +621,7 @@ class Pgpool(Daemon):
 
     def prepare(self, ctx) -> bool:
         """Render every file pgpool reads; True if any changed."""
+        check_client_slots(ctx)
         f = self._files(ctx)
         ctx.ensure_dir(pgpool_dir(ctx), owner=PG_USER, mode=0o700)
         ctx.ensure_dir(pgpool_dir(ctx) / "oiddir", owner=PG_USER, mode=0o700)

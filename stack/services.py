@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
-from . import monauth, pki
+from . import monauth, pki, priority
 from .base import ROOT, Ctx, StackError, wait_until
 
 
@@ -150,6 +150,8 @@ class AppInstance(Daemon):
         ctx.render("src/mes/gunicorn/instance.env.j2", self.folder(ctx) / "instance.env", mode=0o600,
                    extra={"pool": self.pool, "instance": self.instance, "database_url": self.database_url,
                           "redis_url": self.redis_url, "metrics_dir": str(metrics)})
+        if self.pool in ctx.vars["mes_pools"]:
+            priority.ensure(ctx)  # operators first: the pools' cgroups (stack/priority.py)
 
     def env(self, ctx):
         lines = (self.folder(ctx) / "instance.env").read_text().splitlines()
@@ -158,7 +160,8 @@ class AppInstance(Daemon):
         return {**env, "PYTHONPATH": str(ROOT / "src")}  # this checkout's code, installed or not
 
     def argv(self, ctx):
-        return [sys.executable, "-m", "gunicorn", "-c", f"python:mes.gunicorn.{self.pool}"]
+        return [*priority.launcher(ctx, self.pool), sys.executable, "-m", "gunicorn", "-c",
+                f"python:mes.gunicorn.{self.pool}"]
 
     def url(self) -> str:
         return f"http://{self.instance['host']}:{self.instance['port']}"

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -87,6 +88,7 @@ def running_stack():
     # Every HTTPS request of the tests verifies the frontends' certificates against the stack's own CA.
     bundle = os.environ.get("REQUESTS_CA_BUNDLE")
     os.environ["REQUESTS_CA_BUNDLE"] = str(state / "pki" / "ca.crt")
+    cgroups = app_cgroups(env)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         yield Stack(env, state)
@@ -98,6 +100,14 @@ def running_stack():
         stopped = stack_cli(env, "down")
         subprocess.run(["rm", "-rf", str(state)], check=False)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert cgroups is None or not cgroups.exists(), f"`down` left the app pools' cgroups: {cgroups}"
+
+
+def app_cgroups(env: dict) -> Path | None:
+    """The stack's parent cgroup of the app pools (stack/priority.py), where the machine has a cpu hierarchy."""
+    from stack import priority
+    found = priority.cpu_hierarchy()
+    return priority.parent(make_ctx(None, env), found[1]) if found else None
 
 
 def api(stack: Stack, method: str, path: str, headers: dict, **kwargs) -> requests.Response:
@@ -109,3 +119,25 @@ def create(stack: Stack, headers: dict, reference: str) -> dict:
                                                                                          "reference": reference})
     assert r.status_code == 201, r.text
     return r.json()
+
+
+def gunicorn_processes(master: int, workers: int) -> list[int]:
+    """A gunicorn master and its workers, once all of them are forked."""
+    children = Path(f"/proc/{master}/task/{master}/children")
+    deadline = time.monotonic() + 30
+    while len(children.read_text().split()) < workers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [master, *map(int, children.read_text().split())]
+
+
+def cpu_cgroup(pid: int, version: int) -> str:
+    """The process's cgroup in the hierarchy that has the cpu controller (from /proc/<pid>/cgroup)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _id, controllers, path = line.split(":", 2)
+        if (version == 2 and controllers == "") or (version == 1 and "cpu" in controllers.split(",")):
+            return path
+    raise AssertionError(f"no cpu cgroup for {pid}")
+
+
+def nice_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])

@@ -323,3 +323,54 @@ def test_the_throwaway_vault_runs_only_where_the_inventory_allows_it(tmp_path):
     for allowed in ("test", "vagrant"):
         r = run(str(BIN / "ansible-playbook"), "-i", f"inventories/{allowed}/hosts.yml", *VAULT, "vault_check.yml")
         assert r.returncode == 0 and "failed=0" in r.stdout, r.stdout[-3000:]
+
+
+def adhoc(hosts: str, module: str, args: str, *extra: str) -> subprocess.CompletedProcess:
+    """An ad-hoc module run on this machine for inventory hosts of the vagrant inventory (group_vars loaded)."""
+    return run(str(BIN / "ansible"), "-i", "inventories/vagrant/hosts.yml", hosts, "-c", "local", "-m", module,
+               "-a", args, "-e", "ansible_become=false", *VAULT, *extra)
+
+
+def test_each_pool_runs_in_its_slice_with_its_cpu_weight(tmp_path):
+    """The role mes_app's slice and unit as Ansible renders them for an operator and a public host:
+    mes-<pool>.slice (under mes.slice) with the pool's cpu_weight from group_vars, the unit in it."""
+    for template in ("mes.slice", "mes.service"):
+        r = adhoc("op1,pub1", "ansible.builtin.template",
+                  f"src=roles/mes_app/templates/{template}.j2 dest={tmp_path}/{{{{ inventory_hostname }}}}.{template}",
+                  "-e", "@roles/mes_app/defaults/main.yml")
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    pools = yaml.safe_load((ANSIBLE / "group_vars" / "all" / "main.yml").read_text())["mes_pools"]
+    assert pools["operator"]["cpu_weight"] > pools["public"]["cpu_weight"]
+    for host, pool in (("op1", "operator"), ("pub1", "public")):
+        assert f"\nCPUWeight={pools[pool]['cpu_weight']}\n" in (tmp_path / f"{host}.mes.slice").read_text()
+        assert f"\nSlice=mes-{pool}.slice\n" in (tmp_path / f"{host}.mes.service").read_text()
+
+
+def test_the_public_pool_can_never_fill_pgpools_client_slots(tmp_path):
+    """Per Pgpool-II, the operator pool and its scheduler fit in pgpool_operator_reserve and the public
+    pool in the slots left: as the role pgpool's assert computes it for the inventory (one Pgpool-II per
+    app host), and as `make up` checks it (one for all instances). A public pool that could take the
+    reserve is refused by both."""
+    r = adhoc("op1", "ansible.builtin.debug", "var=pgpool_budget_errors", "-e", "@roles/pgpool/vars/main.yml")
+    assert r.returncode == 0 and json.loads(r.stdout.split("=>", 1)[1])["pgpool_budget_errors"] == [], r.stdout
+    r = adhoc("op1", "ansible.builtin.debug", "msg={{ mes_topology | mes_pgpool_clients(mes_pools) }}")
+    clients = json.loads(r.stdout.split("=>", 1)[1])["msg"]
+    assert clients["192.168.56.21"] == {"operator": 3 * 2 + 2, "public": 0}  # 3 workers x (1 + 1), the scheduler
+    assert clients["192.168.56.31"] == {"operator": 0, "public": 3 * 1}
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        from stack import dbtier
+        from stack.base import StackError
+        from stack.topology import make_ctx
+    finally:
+        sys.path.remove(str(ROOT))
+    ctx = make_ctx("split", {"MES_STACK_DIR": str(tmp_path)})
+    dbtier.check_client_slots(ctx)
+    flood = {**ctx.vars["mes_pools"], "public": {**ctx.vars["mes_pools"]["public"], "workers": 12}}
+    ctx.vars["mes_pools"] = flood
+    with pytest.raises(StackError, match="the public pool can hold 24 Pgpool-II clients"):
+        dbtier.check_client_slots(ctx)
+    r = adhoc("op1", "ansible.builtin.debug", "var=pgpool_budget_errors", "-e", "@roles/pgpool/vars/main.yml",
+              "-e", json.dumps({"mes_pools": {**flood, "public": {**flood["public"], "workers": 40}}}))
+    assert "the public pool can hold 40 Pgpool-II clients" in r.stdout, r.stdout

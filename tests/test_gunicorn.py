@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import NEW_ORDER, auth
+from stackutil import cpu_cgroup, gunicorn_processes, nice_of
 
 from mes.testing.postgres import free_port
 
 
 class Gunicorn:
-    def __init__(self, pool: str, backend, tmp: Path, workers: int = 3):
+    def __init__(self, pool: str, backend, tmp: Path, workers: int = 3, launcher: tuple[str, ...] = ()):
+        """`launcher`: an argv prefix the command runs under (the local stack's priority, stack/priority.py)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"{pool}.log"
@@ -26,8 +28,9 @@ class Gunicorn:
                "GUNICORN_BIND": f"127.0.0.1:{self.port}", "GUNICORN_WORKERS": str(workers),
                "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"{pool}-metrics"), "MES_RATE_LIMIT_STANDARD": "100000/minute",
                "PYTHONPATH": os.pathsep.join(sys.path)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", f"python:mes.gunicorn.{pool}"],
-                                     env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*launcher, sys.executable, "-m", "gunicorn", "-c", f"python:mes.gunicorn.{pool}"],
+                                     env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+                                     start_new_session=bool(launcher))  # as the stack starts it: a session of its own
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
@@ -149,3 +152,52 @@ def test_health_probes_that_pass_are_not_logged(public_pool):
     time.sleep(0.5)
     raw = public_pool.log.read_text()
     assert "healthz" not in raw, raw[-3000:]
+
+
+@pytest.mark.postgresql_only
+def test_the_local_stack_runs_public_workers_at_a_lower_cpu_priority_than_operator_workers(app, backend, tmp_path):
+    """stack/priority.py as `make up` uses it, with real gunicorn pools. Where the cpu controller's
+    hierarchy can be written, each pool with every worker is in its cgroup under the stack's parent, with
+    the pool's weight from group_vars, and the cgroups go once the pools are gone; without them (here:
+    before they are made) the public pool and its session's autogroup are niced by the same ratio."""
+    from stack import priority
+    from stack.topology import make_ctx
+    ctx = make_ctx("split", {"MES_STACK_DIR": str(tmp_path / "stack")})
+    weights = {pool: ctx.vars["mes_pools"][pool]["cpu_weight"] for pool in ("operator", "public")}
+    assert weights["operator"] > weights["public"]
+    expected_nice = priority.nice(ctx, "public")
+    assert expected_nice > 0 and priority.nice(ctx, "operator") == 0
+
+    (tmp_path / "niced").mkdir()
+    niced = Gunicorn("public", backend, tmp_path / "niced", launcher=tuple(priority.launcher(ctx, "public")))
+    try:
+        for pid in gunicorn_processes(niced.proc.pid, 3):
+            assert nice_of(pid) - os.nice(0) == expected_nice
+            if Path(f"/proc/{pid}/autogroup").exists():  # autogroups on: the session's group is niced too
+                assert Path(f"/proc/{pid}/autogroup").read_text().split()[-1] == str(expected_nice)
+    finally:
+        niced.stop()
+
+    found = priority.cpu_hierarchy()
+    top = priority.ensure(ctx)
+    assert (top is not None) == (found is not None and os.access(found[1], os.W_OK))
+    if top is None:
+        return  # no writable cgroups here: the pools are niced, as above
+    version, mount = found
+    servers: dict[str, Gunicorn] = {}
+    try:
+        for pool in ("operator", "public"):
+            servers[pool] = Gunicorn(pool, backend, tmp_path, launcher=tuple(priority.launcher(ctx, pool)))
+        for pool, server in servers.items():
+            group = top / pool
+            weight = (group / ("cpu.weight" if version == 2 else "cpu.shares")).read_text().strip()
+            assert weight == str(weights[pool] if version == 2 else weights[pool] * 1024 // 100)
+            for pid in gunicorn_processes(server.proc.pid, 3):
+                assert cpu_cgroup(pid, version) == "/" + str(group.relative_to(mount)), pool
+        priority.remove(ctx)  # busy: nothing is removed
+        assert all((top / pool).is_dir() for pool in servers)
+    finally:
+        for server in servers.values():
+            server.stop()
+    priority.remove(ctx)
+    assert not top.exists()

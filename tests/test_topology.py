@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 from stack.base import wait_until
-from stackutil import GROUP_VARS, ROOT, Stack, api, create, late_reason, running_stack, stack_cli
+from stackutil import (GROUP_VARS, ROOT, Stack, api, cpu_cgroup, create, gunicorn_processes, late_reason, nice_of,
+                       running_stack, stack_cli)
 
 pytestmark = pytest.mark.topology
 
@@ -1065,3 +1066,25 @@ def test_pgpool_refuses_a_backend_whose_certificate_its_ca_did_not_sign(stack):
         assert "certificate verify failed" in (folder / "log").read_text()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_public_instances_run_at_a_lower_cpu_priority_than_operator_instances(stack):
+    """Operators first (stack/priority.py): every process of an instance is in its pool's cgroup under
+    the stack's own parent, whose weight is the pool's cpu_weight; where cgroups cannot be written, the
+    public instances are niced instead."""
+    from stack import priority
+    found = priority.cpu_hierarchy()
+    top = priority.parent(stack.ctx, found[1]) if found else None
+    for pool, instances in (("operator", stack.ctx.vars["mes_topology"]["app_operator"]),
+                            ("public", stack.ctx.vars["mes_topology"]["app_public"])):
+        weight = GROUP_VARS["mes_pools"][pool]["cpu_weight"]
+        for instance in instances:
+            processes = gunicorn_processes(stack.pid(instance["name"]), GROUP_VARS["mes_pools"][pool]["workers"])
+            if top is not None and top.is_dir():
+                version, mount = found
+                assert {cpu_cgroup(pid, version) for pid in processes} == {f"/{(top / pool).relative_to(mount)}"}
+                shares = (top / pool / ("cpu.weight" if version == 2 else "cpu.shares")).read_text().strip()
+                assert shares == str(weight if version == 2 else weight * 1024 // 100)
+            else:
+                assert {nice_of(pid) for pid in processes} == {priority.nice(stack.ctx, pool)}
+    assert (top is not None and top.is_dir()) == (found is not None and os.access(found[1], os.W_OK))

@@ -53,6 +53,9 @@ class Settings:
     monitor_db_role: str | None = None
     db_application_name: str | None = None
     db_pool_size: int = 5
+    # Connections a process may open beyond db_pool_size (None: as many again). Pool size + overflow is
+    # the most a process ever holds: what the Pgpool-II reserve for operators is sized from.
+    db_max_overflow: int | None = None
     redis_url: str | None = None
     # A hung or unreachable Redis costs a request at most this long (connect, or one reply) ...
     redis_timeout: float = 0.25
@@ -126,6 +129,7 @@ class Settings:
             monitor_db_role=_env("MES_MONITOR_DB_ROLE"),
             db_application_name=_env("MES_DB_APPLICATION_NAME"),
             db_pool_size=int(_env("MES_DB_POOL_SIZE", "5")),
+            db_max_overflow=None if _env("MES_DB_MAX_OVERFLOW") is None else int(_env("MES_DB_MAX_OVERFLOW")),
             redis_url=_env("REDIS_URL"),
             redis_timeout=float(_env("MES_REDIS_TIMEOUT", str(defaults.redis_timeout))),
             redis_cooldown=float(_env("MES_REDIS_COOLDOWN", str(defaults.redis_cooldown))),

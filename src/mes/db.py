@@ -11,8 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 T = TypeVar("T")
 
 
-def make_engine(url: str, *, application_name: str | None = None, pool_size: int = 5) -> Engine:
-    """Engine tuned per backend: SQLite waits for the writer lock, PostgreSQL pools."""
+def make_engine(url: str, *, application_name: str | None = None, pool_size: int = 5,
+                max_overflow: int | None = None) -> Engine:
+    """Engine tuned per backend: SQLite waits for the writer lock, PostgreSQL pools (at most pool_size +
+    max_overflow connections, max_overflow defaulting to pool_size)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
@@ -35,8 +37,8 @@ def make_engine(url: str, *, application_name: str | None = None, pool_size: int
         return engine
     connect_args = {"application_name": application_name} if application_name else {}
     engine = create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-        pool_recycle=1800, connect_args=connect_args,
+        url, pool_size=pool_size, max_overflow=pool_size if max_overflow is None else max_overflow,
+        pool_pre_ping=True, pool_recycle=1800, connect_args=connect_args,
     )
 
     @event.listens_for(engine, "before_cursor_execute", retval=True)

@@ -19,7 +19,7 @@ def settings() -> Settings:
 def init_db(app: Flask, cfg: Settings, pool: str) -> None:
     """One engine per process; a session per request, closed when the request ends."""
     engine = make_engine(cfg.database_url, application_name=cfg.db_application_name or f"mes-{pool}",
-                         pool_size=cfg.db_pool_size)
+                         pool_size=cfg.db_pool_size, max_overflow=cfg.db_max_overflow)
     app.extensions["mes_engine"] = engine
     app.extensions["mes_sessionmaker"] = make_sessionmaker(engine, info={"promise_policy": cfg.promise_policy})
 
