@@ -570,6 +570,33 @@ def test_the_monitoring_plane_answers_the_monitoring_user_only(cluster):
     assert answer.get("status") in (401, -1), answer
 
 
+# The packet filter (role firewall), tried from the hosts themselves: a TCP connect that must succeed or
+# be dropped (a drop times out; a refusal would mean the port was reachable).
+CONNECT = ("python3 -c 'import socket, sys\n"
+           "try:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close(); print(\"open\")\n"
+           "except socket.timeout: print(\"dropped\")\n"
+           "except OSError as e: print(\"refused\" if e.errno == 111 else repr(e))' {host} {port}")
+
+
+def test_the_firewall_lets_in_only_the_topologys_flows(cluster):
+    """The load balancer cannot reach PostgreSQL or Redis; an app host can. Every host's table drops
+    what it does not let in, and sshd takes keys only."""
+    need("site.yml")
+    db, redis, lb = address(cluster, "db_primary"), address(cluster, "redis"), first(cluster, "lb")
+    cases = {(lb, db, PORTS["postgresql"]): "dropped", (lb, redis, PORTS["redis"]): "dropped",
+             (first(cluster, "app_public"), db, PORTS["postgresql"]): "open",
+             (first(cluster, "app_public"), redis, PORTS["redis"]): "open"}
+    for (source, host, port), expected in cases.items():
+        result = cluster.adhoc(source, "ansible.builtin.shell", CONNECT.format(host=host, port=port))[source]
+        assert result.get("stdout") == expected, (source, host, port, result)
+    tables = cluster.adhoc("all", "ansible.builtin.command", "nft list chain inet mes_firewall input")
+    assert len(tables) >= 10, sorted(tables)          # every host site.yml set up
+    for host, result in tables.items():
+        assert "policy drop" in result.get("stdout", ""), (host, result)
+    sshd = cluster.adhoc("db1", "ansible.builtin.command", "sshd -T")["db1"]
+    assert "passwordauthentication no" in sshd["stdout"], sshd
+
+
 # --- operations ----------------------------------------------------------------------------------------------
 
 def test_rolling_deploy_loses_no_request(cluster, extra_vars):
