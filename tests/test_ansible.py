@@ -144,7 +144,7 @@ FLOWS = {
              ("stranger", 9090, False), ("op1", 9090, False), ("op1", 3000, False), ("stranger", 3100, False),
              ("op1", 8432, False), ("op1", 2379, False)],
     "lb1": [("stranger", 80, True), ("stranger", 443, True), ("stranger", 8443, True), ("stranger", 8081, False), ("mon1", 8404, True), ("ctl", 8404, True),
-            ("lb2", 10000, True), ("ctl", 22, True),
+            ("lb2", 10000, True), ("lb2", 8404, True), ("ctl", 22, True),
             ("stranger", 8404, False), ("stranger", 10000, False), ("lb2", 22, False), ("stranger", 22, False),
             ("op1", 8404, False)],
     "crmdb1": [("op1", 5432, True), ("pub2", 5432, True), ("mon1", 9187, True),
