@@ -47,7 +47,7 @@ import pytest
 import yaml
 
 from . import containers, network
-from .cluster import ANSIBLE_DIR, CLIENT2_IP, REPO, SUBNET, Cluster, Settings, group_hosts, group_var
+from .cluster import ANSIBLE_DIR, CLIENT2_IP, REPO, SUBNET, VAULT_ARGS, Cluster, Settings, group_hosts, group_var
 from .network import CTL_NS
 from .util import log, run, wait_until
 from .wheelhouse import ensure_patroni_wheelhouse, ensure_wheelhouse
@@ -125,9 +125,15 @@ def url(cluster: Cluster, port_name: str, path: str, group: str = "lb") -> str:
     return f"{scheme}://{host}:{PORTS[port_name]}{path}"
 
 
+def ca_bundle(cluster: Cluster) -> str:
+    """The internal CA of this run (mes_pki_dir): the clients verify HAProxy's certificates with it."""
+    return str(cluster.work / "pki" / "ca.crt")
+
+
 def ns_client(cluster: Cluster, *args: str, timeout: float = 60) -> dict:
     """One nsclient command inside the controller namespace; its JSON answer."""
-    r = cluster.in_ctl([sys.executable, "-m", "tests.deploy.nsclient", *args], cwd=REPO, timeout=timeout,
+    r = cluster.in_ctl(["env", f"REQUESTS_CA_BUNDLE={ca_bundle(cluster)}", sys.executable, "-m",
+                        "tests.deploy.nsclient", *args], cwd=REPO, timeout=timeout,
                        quiet=True)
     return json.loads(r.stdout)
 
@@ -142,7 +148,7 @@ def mes_cli(cluster: Cluster, host: str, pool: str, arguments: str) -> str:
 
 def monitoring_credentials(cluster: Cluster) -> tuple[str, str]:
     """The monitoring user (group_vars) and its password, from the vault this test deploys with."""
-    vault = run([str(cluster.settings.ansible_bin / "ansible-vault"), "view", "group_vars/all/vault.yml"],
+    vault = run([str(cluster.settings.ansible_bin / "ansible-vault"), "view", *VAULT_ARGS, "group_vars/all/vault.yml"],
                 cwd=ANSIBLE_DIR, env=cluster.ansible_env(), quiet=True).stdout
     return GROUP_VARS["monitoring_user"], yaml.safe_load(vault)["vault_monitoring_password"]
 
@@ -344,7 +350,8 @@ def steady_traffic(cluster: Cluster, what: str, writes_per_second: float = 2, re
         for t in targets:
             argv += ["--target", t]
         log(f"traffic starts (in the controller namespace) for {what}")
-        traffic = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        traffic = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "REQUESTS_CA_BUNDLE": ca_bundle(cluster)})
         try:
             time.sleep(5)
             yield summary
