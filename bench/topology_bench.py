@@ -886,6 +886,19 @@ def read_offload(stack: Stack, wrk: Wrk, timing: Timing) -> dict:
 
 
 # ============================================================================================ report
+def cpu_priority(stack: Stack) -> dict[str, dict]:
+    """Where each app instance's gunicorn master runs (stack/priority.py): its cgroups and its nice value."""
+    out = {}
+    t = stack.ctx.vars["mes_topology"]
+    for instance in t["app_operator"] + t["app_public"] + t["app_single"]:
+        pid = stack.pid(instance["name"])
+        cgroups = Path(f"/proc/{pid}/cgroup").read_text().split()
+        nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        cpu = [c for c in cgroups if c.split(":")[1] in ("", "cpu") or "cpu" in c.split(":")[1].split(",")]
+        out[instance["name"]] = {"cgroups": cpu, "nice": nice}  # v2's line and v1's cpu controller
+    return out
+
+
 def environment() -> dict:
     def first_line(argv: list[str]) -> str | None:
         try:
@@ -1071,7 +1084,8 @@ def run(args: argparse.Namespace, cleanup: ExitStack) -> dict:
         stack.up()
         prepare(stack)
         stacks.append(stack)
-        report["topologies"][topology] = {"topology": topology, "orders": stack.max_order_id}
+        report["topologies"][topology] = {"topology": topology, "orders": stack.max_order_id,
+                                          "cpu_priority": cpu_priority(stack)}
     try:
         for i, phase in enumerate(args.phases):
             order = stacks if i % 2 == 0 else stacks[::-1]  # alternate who goes first

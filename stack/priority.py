@@ -1,15 +1,19 @@
 """Operators first on this machine: the app pools' CPU priority, from the same group_vars as the VMs'
 systemd slices (`mes_pools.<pool>.cpu_weight`, role mes_app).
 
-Where the kernel's cpu controller is mounted and we may write to it, each pool gets a cgroup
-<mount>/mes-<hash of the state folder>/<pool> with its weight (cgroup v2 `cpu.weight`; on a v1 hierarchy
-`cpu.shares`, 1024 per 100, as systemd converts it). The parent keeps the default weight, like mes.slice
-on the VMs: the pools together weigh like any other service, and inside it the operator pool comes first.
+A weight counts against an ordinary service (100, the kernel's and systemd's default): the operator pool
+(1000) wins a busy CPU over everything else on the machine, HAProxy and the database tier included, and
+the public pool (100) shares like any other service. Where the kernel's cpu controller is mounted and we
+may write to it, each pool gets a cgroup of its own at the top of that hierarchy, named after the stack's
+state folder (mes-<hash>-<pool>), with its weight (cgroup v2 `cpu.weight`; on a v1 hierarchy `cpu.shares`,
+1024 per 100, as systemd converts it). They are siblings, not children of one parent: under a common
+parent the operator pool could never have more than the parent's share (measured: BENCHMARKS.md).
 An instance starts inside its cgroup: a shell writes its own pid into the group and execs gunicorn, so
 the master and every worker it forks are in it from their first instruction (moving the master after the
 spawn would race with its first forks). Where cgroups cannot be written (a container without access),
-the lower-weight pool runs niced instead, by the nice value of the same ratio (1.25x per step), and so
-does its session's autogroup: with autogroups on, nice alone only ranks threads within one session.
+each pool runs at the nice value of its weight (1.25x per step: 1000 is -10) and so does its session's
+autogroup (with autogroups on, nice alone only ranks threads within one session); without the right to
+lower a nice value, every pool is shifted up by the same steps, the operator pool to 0.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from pathlib import Path
 from .base import Ctx, StackError, wait_until
 
 MOUNTS = Path("/proc/self/mounts")
+DEFAULT_WEIGHT = 100
+CAP_SYS_NICE = 23
 # What creating or filling a cgroup answers where we may not: then the pools are niced instead.
 NOT_HERE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EBUSY, errno.ENOENT, errno.EOPNOTSUPP, errno.ENOTSUP}
 
@@ -45,9 +51,10 @@ def _read(path: Path) -> str:
         return ""
 
 
-def parent(ctx: Ctx, mount: Path) -> Path:
-    """This stack's cgroup: named after its state folder, so that two stacks never share one."""
-    return mount / f"mes-{hashlib.sha256(str(ctx.state).encode()).hexdigest()[:12]}"
+def groups(ctx: Ctx, mount: Path) -> dict[str, Path]:
+    """Each pool's cgroup: named after the stack's state folder, so that two stacks never share one."""
+    stem = f"mes-{hashlib.sha256(str(ctx.state).encode()).hexdigest()[:12]}"
+    return {pool: mount / f"{stem}-{pool}" for pool in ctx.vars["mes_pools"]}
 
 
 def weights(ctx: Ctx) -> dict[str, int]:
@@ -55,53 +62,54 @@ def weights(ctx: Ctx) -> dict[str, int]:
 
 
 def nice(ctx: Ctx, pool: str) -> int:
-    """The nice value that puts `pool` about its weight's ratio below the heaviest pool."""
-    w = weights(ctx)
-    return min(19, max(0, round(math.log(max(w.values()) / w[pool], 1.25))))
+    """The nice value of the pool's weight; shifted so that none is below 0 where we may not lower one."""
+    steps = {name: -round(math.log(w / DEFAULT_WEIGHT, 1.25)) for name, w in weights(ctx).items()}
+    if not _may_lower_nice():
+        floor = min(steps.values())
+        steps = {name: s - min(floor, 0) for name, s in steps.items()}
+    return min(19, max(-20, steps[pool]))
 
 
-def _enable_cpu(group: Path) -> None:
-    """cgroup v2: let the children of `group` have a cpu weight."""
-    if "cpu" not in _read(group / "cgroup.subtree_control").split():
-        (group / "cgroup.subtree_control").write_text("+cpu\n")
+def _may_lower_nice() -> bool:
+    """CAP_SYS_NICE in our effective capabilities (root has it, a container's root often not)."""
+    for line in _read(Path("/proc/self/status")).splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_SYS_NICE & 1)
+    return False
 
 
-def _make(version: int, top: Path, pools: dict[str, int]) -> None:
-    if version == 2:
-        _enable_cpu(top.parent)
-    top.mkdir(exist_ok=True)
-    if version == 2:
-        _enable_cpu(top)
-    for pool, weight in pools.items():
-        (top / pool).mkdir(exist_ok=True)
-        name, value = ("cpu.weight", weight) if version == 2 else ("cpu.shares", weight * 1024 // 100)
-        (top / pool / name).write_text(f"{value}\n")
+def _make(version: int, mount: Path, pools: dict[str, Path], weight: dict[str, int]) -> None:
+    if version == 2 and "cpu" not in _read(mount / "cgroup.subtree_control").split():
+        (mount / "cgroup.subtree_control").write_text("+cpu\n")  # the groups at the top get a cpu weight
+    for pool, group in pools.items():
+        group.mkdir(exist_ok=True)
+        name, value = ("cpu.weight", weight[pool]) if version == 2 else ("cpu.shares", weight[pool] * 1024 // 100)
+        (group / name).write_text(f"{value}\n")
 
 
-def ensure(ctx: Ctx) -> Path | None:
-    """Make (or update the weights of) the pools' cgroups; their parent, or None where we cannot."""
+def ensure(ctx: Ctx) -> bool:
+    """Make (or update the weights of) the pools' cgroups; False where we cannot."""
     found = cpu_hierarchy()
     if found is None:
-        return None
+        return False
     version, mount = found
-    top = parent(ctx, mount)
     try:
-        _make(version, top, weights(ctx))
+        _make(version, mount, groups(ctx, mount), weights(ctx))
     except OSError as err:
         if err.errno not in NOT_HERE:
-            raise StackError(f"cannot give the app pools their cpu weights in {top}: {err}") from err
+            raise StackError(f"cannot give the app pools their cpu weights in {mount}: {err}") from err
         remove(ctx)
-        return None
-    return top
+        return False
+    return True
 
 
 def launcher(ctx: Ctx, pool: str) -> list[str]:
     """The argv prefix that starts a process of `pool` at its priority (after `ensure`); empty for the
-    single pool and for the heaviest pool where it is niced."""
+    single pool and where the pool's nice value is 0."""
     if pool not in ctx.vars["mes_pools"]:
         return []
     found = cpu_hierarchy()
-    group = parent(ctx, found[1]) / pool if found else None
+    group = groups(ctx, found[1])[pool] if found else None
     if group is not None and group.is_dir():
         return ["sh", "-c", 'echo 0 > "$0" && exec "$@"', str(group / "cgroup.procs")]
     steps = nice(ctx, pool)
@@ -116,8 +124,7 @@ def remove(ctx: Ctx) -> None:
     found = cpu_hierarchy()
     if found is None:
         return
-    top = parent(ctx, found[1])
-    for group in [*(top / pool for pool in ctx.vars["mes_pools"]), top]:
+    for group in groups(ctx, found[1]).values():
         wait_until(lambda g=group: _rmdir(g), 2)
 
 
@@ -134,4 +141,3 @@ def _rmdir(group: Path) -> bool:
             return False
         raise
     return True
-

@@ -100,14 +100,14 @@ def running_stack():
         stopped = stack_cli(env, "down")
         subprocess.run(["rm", "-rf", str(state)], check=False)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-        assert cgroups is None or not cgroups.exists(), f"`down` left the app pools' cgroups: {cgroups}"
+        assert not [g for g in cgroups if g.exists()], f"`down` left the app pools' cgroups: {cgroups}"
 
 
-def app_cgroups(env: dict) -> Path | None:
-    """The stack's parent cgroup of the app pools (stack/priority.py), where the machine has a cpu hierarchy."""
+def app_cgroups(env: dict) -> list[Path]:
+    """The stack's cgroups of the app pools (stack/priority.py), where the machine has a cpu hierarchy."""
     from stack import priority
     found = priority.cpu_hierarchy()
-    return priority.parent(make_ctx(None, env), found[1]) if found else None
+    return list(priority.groups(make_ctx(None, env), found[1]).values()) if found else []
 
 
 def api(stack: Stack, method: str, path: str, headers: dict, **kwargs) -> requests.Response:

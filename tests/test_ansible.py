@@ -333,7 +333,7 @@ def adhoc(hosts: str, module: str, args: str, *extra: str) -> subprocess.Complet
 
 def test_each_pool_runs_in_its_slice_with_its_cpu_weight(tmp_path):
     """The role mes_app's slice and unit as Ansible renders them for an operator and a public host:
-    mes-<pool>.slice (under mes.slice) with the pool's cpu_weight from group_vars, the unit in it."""
+    mes_<pool>.slice (top-level) with the pool's cpu_weight from group_vars, the unit in it."""
     for template in ("mes.slice", "mes.service"):
         r = adhoc("op1,pub1", "ansible.builtin.template",
                   f"src=roles/mes_app/templates/{template}.j2 dest={tmp_path}/{{{{ inventory_hostname }}}}.{template}",
@@ -343,7 +343,7 @@ def test_each_pool_runs_in_its_slice_with_its_cpu_weight(tmp_path):
     assert pools["operator"]["cpu_weight"] > pools["public"]["cpu_weight"]
     for host, pool in (("op1", "operator"), ("pub1", "public")):
         assert f"\nCPUWeight={pools[pool]['cpu_weight']}\n" in (tmp_path / f"{host}.mes.slice").read_text()
-        assert f"\nSlice=mes-{pool}.slice\n" in (tmp_path / f"{host}.mes.service").read_text()
+        assert f"\nSlice=mes_{pool}.slice\n" in (tmp_path / f"{host}.mes.service").read_text()
 
 
 def test_the_public_pool_can_never_fill_pgpools_client_slots(tmp_path):

@@ -155,49 +155,49 @@ def test_health_probes_that_pass_are_not_logged(public_pool):
 
 
 @pytest.mark.postgresql_only
-def test_the_local_stack_runs_public_workers_at_a_lower_cpu_priority_than_operator_workers(app, backend, tmp_path):
+def test_the_local_stack_runs_operator_workers_at_a_higher_cpu_priority_than_public_workers(app, backend, tmp_path):
     """stack/priority.py as `make up` uses it, with real gunicorn pools. Where the cpu controller's
-    hierarchy can be written, each pool with every worker is in its cgroup under the stack's parent, with
-    the pool's weight from group_vars, and the cgroups go once the pools are gone; without them (here:
-    before they are made) the public pool and its session's autogroup are niced by the same ratio."""
+    hierarchy can be written, each pool with every worker is in its own cgroup with the pool's weight from
+    group_vars, and the cgroups go once the pools are gone; without them (here: before they are made)
+    each pool and its session's autogroup run at the nice value of its weight."""
     from stack import priority
     from stack.topology import make_ctx
     ctx = make_ctx("split", {"MES_STACK_DIR": str(tmp_path / "stack")})
     weights = {pool: ctx.vars["mes_pools"][pool]["cpu_weight"] for pool in ("operator", "public")}
     assert weights["operator"] > weights["public"]
-    expected_nice = priority.nice(ctx, "public")
-    assert expected_nice > 0 and priority.nice(ctx, "operator") == 0
+    assert priority.nice(ctx, "operator") < priority.nice(ctx, "public")
 
-    (tmp_path / "niced").mkdir()
-    niced = Gunicorn("public", backend, tmp_path / "niced", launcher=tuple(priority.launcher(ctx, "public")))
-    try:
-        for pid in gunicorn_processes(niced.proc.pid, 3):
-            assert nice_of(pid) - os.nice(0) == expected_nice
-            if Path(f"/proc/{pid}/autogroup").exists():  # autogroups on: the session's group is niced too
-                assert Path(f"/proc/{pid}/autogroup").read_text().split()[-1] == str(expected_nice)
-    finally:
-        niced.stop()
+    for pool in ("operator", "public"):
+        (tmp_path / pool).mkdir()
+        niced = Gunicorn(pool, backend, tmp_path / pool, launcher=tuple(priority.launcher(ctx, pool)))
+        try:
+            for pid in gunicorn_processes(niced.proc.pid, 3):
+                assert nice_of(pid) == os.nice(0) + priority.nice(ctx, pool), pool
+                if Path(f"/proc/{pid}/autogroup").exists():  # autogroups on: the session's group is niced too
+                    assert Path(f"/proc/{pid}/autogroup").read_text().split()[-1] == str(priority.nice(ctx, pool))
+        finally:
+            niced.stop()
 
     found = priority.cpu_hierarchy()
-    top = priority.ensure(ctx)
-    assert (top is not None) == (found is not None and os.access(found[1], os.W_OK))
-    if top is None:
+    made = priority.ensure(ctx)
+    assert made == (found is not None and os.access(found[1], os.W_OK))
+    if not made:
         return  # no writable cgroups here: the pools are niced, as above
     version, mount = found
+    groups = priority.groups(ctx, mount)
     servers: dict[str, Gunicorn] = {}
     try:
         for pool in ("operator", "public"):
             servers[pool] = Gunicorn(pool, backend, tmp_path, launcher=tuple(priority.launcher(ctx, pool)))
         for pool, server in servers.items():
-            group = top / pool
-            weight = (group / ("cpu.weight" if version == 2 else "cpu.shares")).read_text().strip()
+            weight = (groups[pool] / ("cpu.weight" if version == 2 else "cpu.shares")).read_text().strip()
             assert weight == str(weights[pool] if version == 2 else weights[pool] * 1024 // 100)
             for pid in gunicorn_processes(server.proc.pid, 3):
-                assert cpu_cgroup(pid, version) == "/" + str(group.relative_to(mount)), pool
+                assert cpu_cgroup(pid, version) == "/" + str(groups[pool].relative_to(mount)), pool
         priority.remove(ctx)  # busy: nothing is removed
-        assert all((top / pool).is_dir() for pool in servers)
+        assert all(group.is_dir() for group in groups.values())
     finally:
         for server in servers.values():
             server.stop()
     priority.remove(ctx)
-    assert not top.exists()
+    assert not any(group.exists() for group in groups.values())

@@ -1068,23 +1068,23 @@ def test_pgpool_refuses_a_backend_whose_certificate_its_ca_did_not_sign(stack):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_public_instances_run_at_a_lower_cpu_priority_than_operator_instances(stack):
-    """Operators first (stack/priority.py): every process of an instance is in its pool's cgroup under
-    the stack's own parent, whose weight is the pool's cpu_weight; where cgroups cannot be written, the
-    public instances are niced instead."""
+def test_operator_instances_run_at_a_higher_cpu_priority_than_public_instances(stack):
+    """Operators first (stack/priority.py): every process of an instance is in its pool's cgroup, whose
+    weight is the pool's cpu_weight; where cgroups cannot be written, each runs at its pool's nice value."""
     from stack import priority
     found = priority.cpu_hierarchy()
-    top = priority.parent(stack.ctx, found[1]) if found else None
+    groups = priority.groups(stack.ctx, found[1]) if found else {}
+    placed = bool(groups) and all(g.is_dir() for g in groups.values())
     for pool, instances in (("operator", stack.ctx.vars["mes_topology"]["app_operator"]),
                             ("public", stack.ctx.vars["mes_topology"]["app_public"])):
         weight = GROUP_VARS["mes_pools"][pool]["cpu_weight"]
         for instance in instances:
             processes = gunicorn_processes(stack.pid(instance["name"]), GROUP_VARS["mes_pools"][pool]["workers"])
-            if top is not None and top.is_dir():
+            if placed:
                 version, mount = found
-                assert {cpu_cgroup(pid, version) for pid in processes} == {f"/{(top / pool).relative_to(mount)}"}
-                shares = (top / pool / ("cpu.weight" if version == 2 else "cpu.shares")).read_text().strip()
+                assert {cpu_cgroup(pid, version) for pid in processes} == {f"/{groups[pool].relative_to(mount)}"}
+                shares = (groups[pool] / ("cpu.weight" if version == 2 else "cpu.shares")).read_text().strip()
                 assert shares == str(weight if version == 2 else weight * 1024 // 100)
             else:
                 assert {nice_of(pid) for pid in processes} == {priority.nice(stack.ctx, pool)}
-    assert (top is not None and top.is_dir()) == (found is not None and os.access(found[1], os.W_OK))
+    assert placed == (found is not None and os.access(found[1], os.W_OK))

@@ -404,17 +404,17 @@ def test_second_run_changes_nothing(cluster, extra_vars):
 
 
 def test_each_pool_runs_in_its_slice_with_its_cpu_weight(cluster):
-    """Operators first (role mes_app): every app host's pool runs in mes-<pool>.slice under mes.slice, whose
+    """Operators first (role mes_app): every app host's pool runs in the top-level mes_<pool>.slice, whose
     CPUWeight is the pool's cpu_weight from group_vars, and its gunicorn master is in that cgroup."""
     need("site.yml")
     for group, pool in (("app_operator", "operator"), ("app_public", "public")):
         for host in app_hosts(group):
             shown = cluster.ssh(host, f"systemctl show -p Slice --value mes-{pool}.service && "
-                                      f"systemctl show -p CPUWeight --value mes-{pool}.slice", quiet=True).stdout
-            assert shown.split() == [f"mes-{pool}.slice", str(GROUP_VARS["mes_pools"][pool]["cpu_weight"])], shown
+                                      f"systemctl show -p CPUWeight --value mes_{pool}.slice", quiet=True).stdout
+            assert shown.split() == [f"mes_{pool}.slice", str(GROUP_VARS["mes_pools"][pool]["cpu_weight"])], shown
             pid = service_pid(cluster, host, f"mes-{pool}.service")
             cgroup = cluster.ssh(host, f"cat /proc/{pid}/cgroup", quiet=True).stdout
-            assert f"/mes.slice/mes-{pool}.slice/mes-{pool}.service" in cgroup, (host, cgroup)
+            assert f"/mes_{pool}.slice/mes-{pool}.service" in cgroup, (host, cgroup)
 
 
 # --- the app through HAProxy -----------------------------------------------------------------------------------
