@@ -87,6 +87,9 @@ def make_ctx(topology: str | None = None, environ: Mapping[str, str] = os.enviro
         raise SystemExit(f"The stack in {state} is the {remembered.read_text().strip()!r} topology; "
                          f"run `make down` and `make reset` before switching to {topology!r}.")
     settings = yaml.safe_load(GROUP_VARS.read_text())
+    # Tracing to a collector of one's own (group_vars: mes_otlp_endpoint, mes_trace_sample_ratio).
+    settings["mes_otlp_endpoint"] = environ.get("MES_OTLP_ENDPOINT", settings["mes_otlp_endpoint"])
+    settings["mes_trace_sample_ratio"] = float(environ.get("MES_TRACE_SAMPLE_RATIO", settings["mes_trace_sample_ratio"]))
     state.mkdir(parents=True, exist_ok=True)
     state.chmod(0o755)
     if not remembered.exists():  # so that down/status later act on the topology that was started

@@ -78,11 +78,12 @@ class Stack:
 
 
 @contextmanager
-def running_stack():
-    """`python -m stack up` in a fresh folder on free ports; `down` and the folder removed afterwards."""
+def running_stack(extra_env: dict | None = None):
+    """`python -m stack up` in a fresh folder on free ports (and `extra_env`, e.g. MES_OTLP_ENDPOINT);
+    `down` and the folder removed afterwards."""
     state = Path(tempfile.mkdtemp(prefix="mes-stack-"))
     state.chmod(0o755)
-    env = {**os.environ, "MES_STACK_DIR": str(state)}
+    env = {**os.environ, "MES_STACK_DIR": str(state), **(extra_env or {})}
     env.update({f"MES_PORT_{name.upper()}": str(free_port()) for name in LAYOUT["ports"]})
     started = stack_cli(env, "up")
     # Every HTTPS request of the tests verifies the frontends' certificates against the stack's own CA.

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 from stack.base import wait_until
+from otlp_receiver import OtlpReceiver
 from stackutil import (GROUP_VARS, ROOT, Stack, api, cpu_cgroup, create, gunicorn_processes, late_reason, nice_of,
                        running_stack, stack_cli)
 
@@ -27,8 +28,15 @@ pytestmark = pytest.mark.topology
 
 
 @pytest.fixture(scope="module")
-def stack():
-    with running_stack() as running:
+def traces():
+    """The OTLP receiver that the stack's app instances export their spans to."""
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def stack(traces):
+    with running_stack({"MES_OTLP_ENDPOINT": traces.endpoint}) as running:
         yield running
 
 
@@ -1088,3 +1096,112 @@ def test_operator_instances_run_at_a_higher_cpu_priority_than_public_instances(s
             else:
                 assert {nice_of(pid) for pid in processes} == {priority.nice(stack.ctx, pool)}
     assert placed == (found is not None and os.access(found[1], os.W_OK))
+
+
+# --- one trace through every hop (haproxy/haproxy.cfg.j2, mes.tracing) -------------------------------
+
+SERVER_SPAN, CLIENT_SPAN = 2, 3  # OTLP span kinds
+
+
+def app_log_lines(stack: Stack, pool: str = "public") -> dict[str, dict]:
+    """The app's request lines of every instance of `pool`, by request id."""
+    lines = {}
+    for instance in stack.ctx.vars["mes_topology"][f"app_{pool}"]:
+        for raw in stack.ctx.logfile(instance["name"]).read_text(errors="replace").splitlines():
+            if raw.startswith("{") and '"message": "request"' in raw:
+                line = json.loads(raw)
+                lines[line["request_id"]] = line
+    return lines
+
+
+def haproxy_trace_ids(stack: Stack) -> dict[str, str]:
+    """HAProxy's trace id of every request it logged, by request id."""
+    import re
+    found = re.findall(r" id=(\S+) trace=(\S+) ", stack.ctx.logfile("haproxy").read_text(errors="replace"))
+    return dict(found)
+
+
+def test_a_clients_traceparent_is_one_trace_through_haproxy_the_app_redis_and_postgresql(stack, traces):
+    import secrets
+    crm = stack.new_key("trace-crm", tier="crm", scope="crm")
+    order = create(stack, stack.new_key("trace-partner"), "TRACE-1")
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    r = api(stack, "GET", f"/orders/{order['id']}/status", {**crm, "traceparent": f"00-{trace_id}-{parent}-01"})
+    assert r.status_code == 200, r.text
+    request_id = r.headers["X-Request-ID"]
+
+    spans = traces.wait_for_trace(trace_id, lambda s: any(x.kind == SERVER_SPAN for x in s))
+    server = [s for s in spans if s.kind == SERVER_SPAN]
+    assert len(server) == 1 and server[0].parent_id == parent, spans
+    server = server[0]
+    assert server.service == "mes-public" and server.attributes["http.route"] == "/api/v1/orders/<id:order_id>/status"
+    assert server.attributes["mes.request_id"] == request_id and server.attributes["mes.client_id"] > 0
+    children = [s for s in spans if s.parent_id == server.span_id]
+    systems = {s.attributes.get("db.system") or s.attributes.get("db.system.name") for s in children}
+    assert {"postgresql", "redis"} <= systems, [(s.name, s.attributes) for s in children]
+    assert all(s.kind == CLIENT_SPAN for s in children)
+
+    assert wait_until(lambda: haproxy_trace_ids(stack).get(request_id) == trace_id, 10), request_id
+    line = app_log_lines(stack)[request_id]
+    assert (line["trace_id"], line["span_id"]) == (trace_id, server.span_id)
+
+
+def test_haproxy_starts_a_trace_where_none_or_a_malformed_one_comes_in_and_records_its_share(stack, traces):
+    """No traceparent or a malformed one: HAProxy starts a new trace each time, logs it and
+    passes it on; it marks mes_trace_sample_ratio of them sampled, and the app records exactly those."""
+    crm = stack.new_key("trace-start", tier="crm", scope="crm")
+    bad = ["00-xyz-01", f"00-{'0' * 32}-{'1' * 16}-01", f"01-{'a' * 32}-{'b' * 16}-01", f"00-{'A' * 32}-{'b' * 16}-01"]
+    sent = {}
+    session = requests.Session()
+    for n in range(400):
+        headers = dict(crm)
+        if n % 4 == 1:
+            headers["traceparent"] = bad[n // 4 % len(bad)]
+        r = session.get(f"{stack.public}/api/v1/orders?limit=1", headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+        sent[r.headers["X-Request-ID"]] = headers.get("traceparent")
+    time.sleep(8)  # the exporters' batches (every 5 s)
+    logged_by_haproxy, logged_by_app = haproxy_trace_ids(stack), app_log_lines(stack)
+    started = {rid: logged_by_haproxy[rid] for rid in sent}
+    assert len(set(started.values())) == len(sent)
+    for rid, incoming in sent.items():
+        assert len(started[rid]) == 32 and started[rid] != "0" * 32 and started[rid] not in (incoming or "")
+        assert logged_by_app[rid]["trace_id"] == started[rid]
+    recorded = {rid for rid, trace_id in started.items() if traces.trace(trace_id)}
+    ratio = GROUP_VARS["mes_trace_sample_ratio"]
+    # Binomial(400, 0.1): 40 expected; outside 15..70 once in millions of runs.
+    assert 15 <= len(recorded) <= 70 if ratio == 0.1 else abs(len(recorded) / 400 - ratio) < 0.1, len(recorded)
+
+
+def test_a_slow_statement_in_postgresqls_log_names_the_request_that_sent_it(stack):
+    """A cancel waits on a row lock longer than pg_log_min_duration_statement: PostgreSQL logs the
+    statement, and its sqlcommenter comment names the trace, the handler and the route."""
+    import re
+    import secrets
+    from stack import dbtier
+    partner = stack.new_key("trace-slow")
+    order = create(stack, partner, "TRACE-SLOW")
+    trace_id = secrets.token_hex(16)
+    log = stack.ctx.logfile(dbtier.primary_node(stack.ctx)["name"])
+    offset = log.stat().st_size
+    lock = HeldRowLock(stack, "received")
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            cancel = pool.submit(api, stack, "POST", f"/orders/{order['id']}/cancel",
+                                 {**partner, "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-00"},
+                                 json={"reason": "trace test"})
+            time.sleep(GROUP_VARS["pg_log_min_duration_statement"] / 1000 + 0.7)
+        finally:
+            lock.release()
+        assert cancel.result(30).status_code == 200
+
+    def slow_record() -> str | None:
+        with log.open(errors="replace") as fh:
+            fh.seek(offset)
+            records = re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", fh.read())
+        return next((r for r in records if "duration:" in r and f"traceparent='00-{trace_id}-" in r), None)
+
+    assert wait_until(lambda: slow_record() is not None, 10)
+    record = slow_record()
+    assert "app=mes-public" in record and "controller='api.cancel_order'" in record, record
+    assert "route='/api/v1/orders/<id:order_id>/cancel'" in record, record

@@ -18,6 +18,7 @@ from .metrics import init_metrics
 from .redis_client import Breaker, guarded_pool, make_redis
 from .stale_status import CacheSettler, trace_status_writes
 from .status_cache import StatusCache
+from .tracing import init_tracing
 from .reconnect import ReconnectingFlask
 from .security_headers import init_security_headers
 from .web import RowIdConverter, init_db
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
     init_db(app, cfg, pool)
     init_caches(app, cfg)
     init_request_logging(app, pool)  # first, so that every later hook and error has a request id
+    init_tracing(app, app.extensions["mes_engine"], pool)
     # Before the blueprints: the latency histogram must also time requests that auth or limits refuse.
     app.extensions["mes_metrics"] = init_metrics(app, pool)
     register_blueprints(app, cfg.pools)  # before the limiter: the API authenticates first

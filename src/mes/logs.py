@@ -1,4 +1,5 @@
-"""JSON logs on stdout: one line per request, with a request id that travels in X-Request-ID.
+"""JSON logs on stdout: one line per request, with a request id that travels in X-Request-ID, and
+on every line written during a request its trace id and span id (mes.tracing).
 
 Every line goes through `RedactingJsonFormatter`, so no secret reaches a log whatever logger wrote it
 (ours, gunicorn's, werkzeug's, a traceback). Health probes and metric scrapes are logged only when they
@@ -17,6 +18,7 @@ from flask import Flask, Response, g, request
 from pythonjsonlogger.json import JsonFormatter
 
 from .redact import redact_query, redact_value
+from .tracing import current_ids
 
 log = logging.getLogger("mes.request")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -28,6 +30,14 @@ FORMAT = {"fmt": "{asctime}{levelname}{name}{message}", "style": "{",
 
 class RedactingJsonFormatter(JsonFormatter):
     """python-json-logger's formatter, with every field (message, extras, exc_info) redacted."""
+
+    def add_fields(self, log_data, record, message_dict):
+        super().add_fields(log_data, record, message_dict)
+        # The trace of the request in progress (mes.tracing): a log line, the request's spans and its
+        # SQL statements share one trace id, and HAProxy's line names it too.
+        ids = current_ids()
+        if ids is not None:
+            log_data["trace_id"], log_data["span_id"] = ids
 
     def process_log_record(self, log_data):
         return {key: redact_value(value) for key, value in log_data.items()}
