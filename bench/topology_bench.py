@@ -1072,6 +1072,18 @@ def run(args: argparse.Namespace, cleanup: ExitStack) -> dict:
                                                     "haproxy_src_conn_limit", "haproxy_public_timeout_queue",
                                                     "mes_pools", "mes_single_pool", "mes_rate_limits")},
               "topologies": {}}
+    if args.export_traces:
+        # Spans go to a receiver in this process (on VMs, Tempo on the monitoring host): what exporting
+        # costs the app, at the deployment's sampling ratio.
+        from mes.testing.otlp import OtlpReceiver
+        receiver = cleanup.enter_context(OtlpReceiver())
+        os.environ["MES_OTLP_ENDPOINT"] = receiver.endpoint
+        cleanup.callback(lambda: report.__setitem__("tracing", {
+            "exported": True, "sample_ratio": SETTINGS["mes_trace_sample_ratio"],
+            "export_requests": receiver.requests, "spans_received": len(receiver.spans)}))
+    else:
+        os.environ.pop("MES_OTLP_ENDPOINT", None)
+        report["tracing"] = {"exported": False}
     workdir = Path(tempfile.mkdtemp(prefix="topology-bench-"))
     cleanup.callback(shutil.rmtree, workdir, True)
     wrk = Wrk(workdir)
@@ -1138,6 +1150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retries", type=int, default=2,
                         help="repeat a phase (both topologies) this many times at most when other work "
                              "disturbed it (default: 2)")
+    parser.add_argument("--export-traces", action="store_true",
+                        help="the app instances export their spans over OTLP to a receiver in this process, "
+                             "sampled at mes_trace_sample_ratio (default: ids only, nothing exported)")
     return parser.parse_args(argv)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 from stack.base import wait_until
-from otlp_receiver import OtlpReceiver
+from mes.testing.otlp import OtlpReceiver
 from stackutil import (GROUP_VARS, ROOT, Stack, api, cpu_cgroup, create, gunicorn_processes, late_reason, nice_of,
                        running_stack, stack_cli)
 

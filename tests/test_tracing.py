@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mes.tracing import sql_comment
-from otlp_receiver import OtlpReceiver
+from mes.testing.otlp import OtlpReceiver
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SERVER, CLIENT = 2, 3  # OTLP span kinds
