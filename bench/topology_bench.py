@@ -573,6 +573,7 @@ class HaproxyLog:
                 if not m:
                     continue
                 frontend, tw, tr, ta, status, why = m.groups()
+                frontend = frontend.rstrip("~")  # HAProxy marks a TLS frontend's name with ~
                 kind = status + ("" if why == "-" else f" {why}")
                 waits, responses, totals = timers.setdefault((frontend, kind), ([], [], []))
                 totals.append(int(ta))
