@@ -15,7 +15,7 @@ from werkzeug.serving import make_server
 
 from mes import create_app
 from mes.config import Settings
-from mes.domain.reason_codes import DEFAULT_HOLD_REASONS, DEFAULT_LATE_REASONS
+from mes.domain.reason_codes import DEFAULT_DEFECT_CODES, DEFAULT_HOLD_REASONS, DEFAULT_LATE_REASONS
 from mes.extensions import limiter
 from mes.migrate import upgrade
 from mes.services import accounts
@@ -28,7 +28,7 @@ BACKENDS = [b for b in os.environ.get("MES_TEST_BACKENDS", "sqlite,postgresql").
 hypothesis.settings.register_profile("dev", deadline=None)
 hypothesis.settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True)
 hypothesis.settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
-TABLES = ["stale_status", "order_events", "idempotency_keys", "orders", "api_clients", "operators", "partners",
+TABLES = ["production_records", "work_actions", "piece_rates", "stale_status", "order_events", "idempotency_keys", "orders", "api_clients", "operators", "partners",
           "reason_codes", "stage_norms", "stage_flow", "job_leases",
           "forecast_checks"]
 TEST_LIMITS = {"standard": "100000/minute", "bulk": "100000/minute", "crm": "100000/minute", "tiny": "3/minute"}
@@ -63,6 +63,7 @@ def seed_reason_codes(conn) -> None:
     """The hold and late reasons a fresh database has, back as the migrations left them (hold ids 1 to 7)."""
     seeds = [("hold", i, seed) for i, seed in enumerate(DEFAULT_HOLD_REASONS)]
     seeds += [("late", i, seed) for i, seed in enumerate(DEFAULT_LATE_REASONS)]
+    seeds += [("defect", i, seed) for i, seed in enumerate(DEFAULT_DEFECT_CODES)]
     rows = [{"id": n + 1, "kind": kind, "code": seed.code, "label": seed.label, "requires_note": seed.requires_note,
              "sort_order": (i + 1) * 10} for n, (kind, i, seed) in enumerate(seeds)]
     conn.execute(text("INSERT INTO reason_codes (id, kind, code, label, requires_note, active, sort_order, created_at) "

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
+from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger, Boolean, CheckConstraint, Date, DateTime, FetchedValue, Float, ForeignKey, Index, Integer, MetaData,
-    SmallInteger, String, Text, TypeDecorator, UniqueConstraint, text,
+    Numeric, SmallInteger, String, Text, TypeDecorator, UniqueConstraint, text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -308,3 +309,50 @@ class StaleStatus(Base):
     __tablename__ = "stale_status"
     order_id: Mapped[int] = mapped_column(BigId, primary_key=True)
     status_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class ProductionRecord(Base):
+    """What one operator made of an order in one stage (mes.domain.production): good and scrapped
+    pieces, the defect of the scrap, the time worked since their previous record on the order, a note
+    for the floor. A rework is a quality check sending `good` pieces of the record `reworks_id` back."""
+
+    __tablename__ = "production_records"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    operator_id: Mapped[int] = mapped_column(ForeignKey("operators.id"))
+    kind: Mapped[str] = mapped_column(String(8))
+    stage: Mapped[str] = mapped_column(String(16))
+    good: Mapped[int] = mapped_column(Integer)
+    scrap: Mapped[int] = mapped_column(Integer)
+    defect_code_id: Mapped[int | None] = mapped_column(ForeignKey("reason_codes.id"))
+    worked_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    note: Mapped[str | None] = mapped_column(Text)
+    reworks_id: Mapped[int | None] = mapped_column(ForeignKey("production_records.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    operator: Mapped[Operator] = relationship(lazy="joined")
+    defect_code: Mapped[ReasonCode | None] = relationship(lazy="joined")
+
+
+class WorkAction(Base):
+    """An operator starting, pausing, resuming or finishing their work on an order."""
+
+    __tablename__ = "work_actions"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    operator_id: Mapped[int] = mapped_column(ForeignKey("operators.id"))
+    action: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class PieceRate(Base):
+    """The pay for one good piece of a product family in a stage, from `valid_from` until the next rate
+    of the same family and stage. Rates are never changed or deleted: a new one is added."""
+
+    __tablename__ = "piece_rates"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    family: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[str] = mapped_column(String(16))
+    per_piece: Mapped[Decimal] = mapped_column(Numeric(12, 4))
+    valid_from: Mapped[datetime] = mapped_column(UTCDateTime())
+    set_by_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -72,9 +72,11 @@ def init_tracing(app: Flask, engine: Engine, pool: str) -> None:
 
     provider = tracer_provider(f"mes-{pool}")
     FlaskInstrumentor().instrument_app(app, tracer_provider=provider, excluded_urls=EXCLUDED_URLS)
-    # Its declared range stops below SQLAlchemy 2.1, whose engine events it uses are unchanged
-    # (tests/test_tracing.py checks the statement spans).
-    SQLAlchemyInstrumentor().instrument(engine=engine, tracer_provider=provider, skip_dep_check=True)
+    if not SQLAlchemyInstrumentor().is_instrumented_by_opentelemetry:
+        # Its declared range stops below SQLAlchemy 2.1, whose engine events it uses are unchanged
+        # (tests/test_tracing.py checks the statement spans). Once instrumented, every engine made
+        # later in the process is traced too (it wraps create_engine).
+        SQLAlchemyInstrumentor().instrument(engine=engine, tracer_provider=provider, skip_dep_check=True)
     if not RedisInstrumentor().is_instrumented_by_opentelemetry:
         RedisInstrumentor().instrument(tracer_provider=provider)
     comment_statements(engine)

@@ -50,6 +50,17 @@ DEFAULT_LATE_REASONS: tuple[Seed, ...] = DEFAULT_HOLD_REASONS[:-1] + (
 )
 
 
+#: What scrap and rework are recorded with (the migration inserts the same rows).
+DEFAULT_DEFECT_CODES: tuple[Seed, ...] = (
+    Seed("burr", "Burr"),
+    Seed("crack", "Crack"),
+    Seed("dimension", "Dimension out of tolerance"),
+    Seed("surface", "Surface damage"),
+    Seed("wrong_material", "Wrong material"),
+    Seed("other", "Other", requires_note=True),
+)
+
+
 def _invalid(field: str, message: str) -> ValidationFailed:
     return ValidationFailed(f"The {field} {message}.", errors=[{"field": field, "message": message}])
 

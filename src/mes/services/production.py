@@ -1,0 +1,192 @@
+"""Production records, work actions and piece rates in the database (rules: mes.domain.production and
+mes.domain.pay). Operators record on the shop floor; partners and the CRM never write these."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timezone
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..db import begin_write
+from ..domain import actors, pay, production
+from ..domain.actors import Actor
+from ..domain.errors import Forbidden, NotFound
+from ..domain.forecast import family_of
+from ..domain.lifecycle import Status, parse_status
+from ..domain.production import Quantities, Record, RecordKind, WorkAction as Action, WorkSpell
+from ..domain.reason_codes import Kind
+from ..models import Order, PieceRate, ProductionRecord, ReasonCode, WorkAction, utcnow
+from .orders import get_order
+
+
+def _require_floor(actor: Actor) -> None:
+    if actor.kind != "operator":
+        raise Forbidden("Production is recorded on the shop floor.")
+
+
+def as_record(row: ProductionRecord) -> Record:
+    return Record(RecordKind(row.kind), Status(row.stage), row.operator_id, row.good, row.scrap, row.created_at,
+                  row.worked_seconds, row.defect_code.code if row.defect_code else None, row.reworks_id)
+
+
+def records_of(session: Session, order_id: int) -> list[ProductionRecord]:
+    return list(session.scalars(select(ProductionRecord).where(ProductionRecord.order_id == order_id)
+                                .order_by(ProductionRecord.id)))
+
+
+def quantities_of(session: Session, order: Order) -> Quantities:
+    return production.quantities(order.quantity, [as_record(r) for r in records_of(session, order.id)])
+
+
+def _defect_codes(session: Session) -> dict[str, ReasonCode]:
+    return {c.code: c for c in session.scalars(select(ReasonCode).where(ReasonCode.kind == Kind.DEFECT.value,
+                                                                      ReasonCode.active.is_(True)))}
+
+
+def _spell(session: Session, order_id: int, operator_id: int, now: datetime) -> WorkSpell:
+    rows = session.execute(select(WorkAction.action, WorkAction.created_at)
+                           .where(WorkAction.order_id == order_id, WorkAction.operator_id == operator_id)
+                           .order_by(WorkAction.id)).all()
+    return production.replay([(Action(a), at) for a, at in rows], now)
+
+
+def _unrecorded_seconds(session: Session, order_id: int, operator_id: int, now: datetime) -> int:
+    """Time the operator worked on the order that no record of theirs has counted yet."""
+    counted = session.scalar(select(func.coalesce(func.sum(ProductionRecord.worked_seconds), 0))
+                             .where(ProductionRecord.order_id == order_id,
+                                    ProductionRecord.operator_id == operator_id)) or 0
+    return max(_spell(session, order_id, operator_id, now).worked_seconds - int(counted), 0)
+
+
+def act(session: Session, actor: Actor, order_id: int, action: str) -> WorkSpell:
+    """Start, pause, resume or finish the actor's own work on an open order."""
+    _require_floor(actor)
+    try:
+        wanted = Action(action)
+    except ValueError:
+        raise NotFound(f"No work action {action!r}.") from None
+    begin_write(session)
+    try:
+        order = get_order(session, actor, order_id, for_update=True)
+        now = utcnow()
+        spell = _spell(session, order.id, actor.id, now)
+        production.next_state(spell.state, wanted)
+        session.add(WorkAction(order_id=order.id, operator_id=actor.id, action=wanted.value, created_at=now))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return _spell(session, order_id, actor.id, now)
+
+
+@dataclass
+class Recorded:
+    record: ProductionRecord
+    quantities: Quantities
+
+
+def record_output(session: Session, actor: Actor, order_id: int, good: object, scrap: object = 0,
+                  defect_code: str | None = None, note: str | None = None) -> Recorded:
+    """Good and scrapped pieces the actor made (or judged, in quality check) of the order, now, with
+    the time they worked on it since their previous record."""
+    _require_floor(actor)
+    begin_write(session)
+    try:
+        order = get_order(session, actor, order_id, for_update=True)
+        so_far = quantities_of(session, order)
+        codes = _defect_codes(session)
+        text = (note or "").strip() or None
+        g, s = production.check_output(Status(order.status), so_far, good, scrap, defect_code or None, list(codes), text)
+        now = utcnow()
+        row = ProductionRecord(order_id=order.id, operator_id=actor.id, kind=RecordKind.OUTPUT.value,
+                               stage=order.status, good=g, scrap=s, defect_code=codes.get(defect_code or ""),
+                               worked_seconds=_unrecorded_seconds(session, order.id, actor.id, now), note=text,
+                               created_at=now)
+        session.add(row)
+        session.flush()
+        after = quantities_of(session, order)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return Recorded(row, after)
+
+
+def record_rework(session: Session, actor: Actor, order_id: int, reworks_id: int, quantity: object,
+                  defect_code: str | None, note: str | None = None) -> Recorded:
+    """A quality check sends pieces of one production record back to be made again."""
+    _require_floor(actor)
+    begin_write(session)
+    try:
+        order = get_order(session, actor, order_id, for_update=True)
+        so_far = quantities_of(session, order)
+        target = session.get(ProductionRecord, reworks_id)
+        if target is not None and target.order_id != order.id:
+            target = None
+        codes = _defect_codes(session)
+        q = production.check_rework(so_far, as_record(target) if target else None, quantity, defect_code or None,
+                                    list(codes))
+        now = utcnow()
+        row = ProductionRecord(order_id=order.id, operator_id=actor.id, kind=RecordKind.REWORK.value,
+                               stage=order.status, good=q, scrap=0, defect_code=codes[defect_code],
+                               worked_seconds=_unrecorded_seconds(session, order.id, actor.id, now),
+                               note=(note or "").strip() or None, reworks_id=target.id, created_at=now)
+        session.add(row)
+        session.flush()
+        after = quantities_of(session, order)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return Recorded(row, after)
+
+
+# --- rates and the ledger ---------------------------------------------------------------------------
+
+def set_rate(session: Session, actor: Actor, family: str, stage: str, per_piece: object,
+             valid_from: datetime | None = None) -> PieceRate:
+    """A new rate for a family and stage from `valid_from` (now by default); earlier rates stay."""
+    actors.require_supervisor(actor, "set piece rates")
+    amount = pay.check_rate(per_piece)
+    status = parse_status(stage)
+    begin_write(session)
+    try:
+        rate = PieceRate(family=family.strip().upper()[:32], stage=status.value, per_piece=amount,
+                         valid_from=valid_from or utcnow(), set_by_id=actor.id, created_at=utcnow())
+        session.add(rate)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return rate
+
+
+def rate_table(session: Session) -> pay.RateTable:
+    return pay.RateTable(pay.Rate(r.family, Status(r.stage), r.per_piece, r.valid_from)
+                         for r in session.scalars(select(PieceRate)))
+
+
+def works(session: Session, start: date, end: date, operator_id: int | None = None) -> list[pay.Work]:
+    """Records finished from `start` up to (not including) `end` (UTC days), with their orders' families."""
+    since = datetime.combine(start, time(), tzinfo=timezone.utc)
+    until = datetime.combine(end, time(), tzinfo=timezone.utc)
+    stmt = (select(ProductionRecord, Order.product).join(Order, Order.id == ProductionRecord.order_id)
+            .where(ProductionRecord.created_at >= since, ProductionRecord.created_at < until)
+            .order_by(ProductionRecord.created_at))
+    if operator_id is not None:
+        stmt = stmt.where(ProductionRecord.operator_id == operator_id)
+    return [pay.Work(as_record(row), row.order_id, family_of(product), row.created_at.astimezone(timezone.utc).date())
+            for row, product in session.execute(stmt)]
+
+
+def ledger(session: Session, actor: Actor, start: date, end: date, *, operator_id: int | None = None,
+           period: pay.PeriodRule | None = None) -> dict[tuple[int, object], pay.Line]:
+    """Lines by (operator, day), or by (operator, pay period) with `period`. An operator sees their own;
+    a supervisor anyone's."""
+    _require_floor(actor)
+    if operator_id != actor.id and not actor.is_supervisor:
+        raise Forbidden("Only a supervisor may see another operator's ledger.")
+    key = (lambda w: period.period(w.day)) if period else (lambda w: w.day)
+    return pay.ledger(works(session, start, end, operator_id), rate_table(session), key=key)
+

@@ -1,0 +1,113 @@
+"""Production records, work actions, rates and the ledger through mes.services.production, on both
+backends: what the shop floor records is what pay is computed from."""
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from conftest import create_order
+
+from mes.domain.errors import Conflict, Forbidden, ValidationFailed
+from mes.domain.lifecycle import Status
+from mes.domain.pay import PeriodKind, PeriodRule
+from mes.domain.production import WorkState
+from mes.models import ProductionRecord, utcnow
+from mes.services import orders as svc
+from mes.services import production
+from mes.services.accounts import client_actor, operator_actor
+
+
+@pytest.fixture
+def floor(accounts_):
+    """Two operators and their supervisor."""
+    return (operator_actor(accounts_.operator("olga")), operator_actor(accounts_.operator("ivan")),
+            operator_actor(accounts_.operator("chief", role="supervisor")))
+
+
+def in_production(client, db, accounts_, holder, quantity: int = 500, product: str = "BRKT-200") -> int:
+    order_id = create_order(client, accounts_.partner(), quantity=quantity, product=product).get_json()["id"]
+    svc.claim(db, holder, order_id)
+    svc.change_status(db, holder, order_id, Status.QUEUED)
+    svc.change_status(db, holder, order_id, Status.IN_PRODUCTION)
+    return order_id
+
+
+def test_two_operators_make_one_order_in_several_records(client, db, accounts_, floor):
+    olga, ivan, _ = floor
+    order_id = in_production(client, db, accounts_, olga)
+    first = production.record_output(db, olga, order_id, 200)
+    second = production.record_output(db, ivan, order_id, "150", "5", "burr", "die worn")
+    assert (first.quantities.produced, second.quantities.produced, second.quantities.scrapped) == (200, 350, 5)
+    assert second.quantities.remaining == 150
+    assert second.record.defect_code.code == "burr" and second.record.note == "die worn"
+    with pytest.raises(ValidationFailed) as refused:
+        production.record_output(db, olga, order_id, 151)
+    assert refused.value.extensions["errors"][0]["message"] == "only 150 more good pieces are needed"
+    with pytest.raises(ValidationFailed):
+        production.record_output(db, olga, order_id, 0, 3)  # scrap without a defect code
+    assert len(production.records_of(db, order_id)) == 2  # the refused ones left nothing
+
+
+def test_quality_check_sends_pieces_back_and_they_are_made_again(client, db, accounts_, floor):
+    olga, ivan, _ = floor
+    order_id = in_production(client, db, accounts_, olga, quantity=100)
+    made = production.record_output(db, olga, order_id, 100).record
+    svc.change_status(db, olga, order_id, Status.QUALITY_CHECK)
+    sent_back = production.record_rework(db, ivan, order_id, made.id, 12, "dimension")
+    assert sent_back.record.reworks_id == made.id and sent_back.quantities.remaining == 12
+    with pytest.raises(ValidationFailed):
+        production.record_rework(db, ivan, order_id, made.id, 5, None)
+    svc.change_status(db, olga, order_id, Status.IN_PRODUCTION, reason="12 out of tolerance")  # rework
+    assert production.record_output(db, olga, order_id, 12).quantities.complete
+
+
+def test_time_worked_is_counted_once_into_the_operators_next_record(client, db, accounts_, floor):
+    olga, ivan, _ = floor
+    order_id = in_production(client, db, accounts_, olga)
+    assert production.act(db, olga, order_id, "start").state is WorkState.RUNNING
+    with pytest.raises(Conflict):
+        production.act(db, olga, order_id, "resume")
+    assert production.act(db, olga, order_id, "pause").state is WorkState.PAUSED
+    production.act(db, ivan, order_id, "start")  # Ivan's work is his own
+    # Move the actions back in time: 40 minutes worked, then a pause.
+    from mes.models import WorkAction
+    rows = db.query(WorkAction).filter_by(order_id=order_id, operator_id=olga.id).order_by(WorkAction.id).all()
+    rows[0].created_at, rows[1].created_at = utcnow() - timedelta(minutes=70), utcnow() - timedelta(minutes=30)
+    db.commit()
+    first = production.record_output(db, olga, order_id, 10).record
+    assert 40 * 60 - 5 <= first.worked_seconds <= 40 * 60 + 5
+    assert production.record_output(db, olga, order_id, 10).record.worked_seconds == 0  # paused: nothing new
+    with pytest.raises(Forbidden):
+        production.act(db, client_actor_of(db, accounts_), order_id, "start")
+
+
+def client_actor_of(db, accounts_):
+    from mes.models import ApiClient
+    headers = accounts_.partner("another")
+    return client_actor(db.get(ApiClient, headers["_client_id"]))
+
+
+def test_the_ledger_pays_each_piece_at_the_rate_valid_when_it_was_made(client, db, accounts_, floor):
+    olga, ivan, chief = floor
+    with pytest.raises(Forbidden):
+        production.set_rate(db, olga, "BRKT", "in_production", "9.99")
+    now = utcnow()
+    production.set_rate(db, chief, "brkt", "in_production", "0.40", valid_from=now - timedelta(days=1))
+    order_id = in_production(client, db, accounts_, olga)
+    production.record_output(db, olga, order_id, 100)
+    production.set_rate(db, chief, "BRKT", "in_production", "0.50", valid_from=utcnow())
+    production.record_output(db, olga, order_id, 50)
+    production.record_output(db, ivan, order_id, 20, 2, "crack")
+    today, tomorrow = now.date(), now.date() + timedelta(days=1)
+    mine = production.ledger(db, olga, today, tomorrow, operator_id=olga.id)
+    assert list(mine) == [(olga.id, today)]
+    line = mine[(olga.id, today)]
+    assert (line.steps, line.good, line.pay) == (2, 150, Decimal("0.40") * 100 + Decimal("0.50") * 50)
+    with pytest.raises(Forbidden):
+        production.ledger(db, olga, today, tomorrow, operator_id=ivan.id)
+    everyone = production.ledger(db, chief, today, tomorrow, period=PeriodRule(PeriodKind.MONTHLY))
+    assert {op for op, _ in everyone} == {olga.id, ivan.id}
+    assert everyone[(ivan.id, (today.replace(day=1), PeriodRule(PeriodKind.MONTHLY).period(today)[1]))].pay == 10
+    with pytest.raises(ValidationFailed):
+        production.set_rate(db, chief, "BRKT", "in_production", "-1")
