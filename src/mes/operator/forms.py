@@ -98,3 +98,19 @@ class NewReasonCodeForm(Form):
 
 class RelabelForm(Form):
     label = StringField("Label", validators=[DataRequired(), Length(max=80)])
+
+
+class OutputForm(Form):
+    """Quantities as typed or scanned: the counts are checked by mes.domain.production, which names
+    every wrong field."""
+    good = StringField("Good", validators=[Optional(), Length(max=12)])
+    scrap = StringField("Scrap", validators=[Optional(), Length(max=12)])
+    defect_code = StringField("Defect", validators=[Optional(), Length(max=32)])
+    note = TextAreaField("Note", validators=[Optional(), Length(max=1000)])
+
+
+class ReworkForm(Form):
+    reworks = VersionField("Record")
+    quantity = StringField("Pieces back", validators=[DataRequired(), Length(max=12)])
+    defect_code = StringField("Defect", validators=[DataRequired(), Length(max=32)])
+    note = TextAreaField("Note", validators=[Optional(), Length(max=1000)])

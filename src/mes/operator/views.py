@@ -20,10 +20,11 @@ from ..models import utcnow
 from ..services import forecast as forecast_svc
 from ..services import holds as hold_svc
 from ..services import orders as svc
+from ..services import production as production_svc
 from ..services import reason_codes
 from ..web import db_session, today
 from . import bp
-from .forms import ActionForm, HoldForm, ReleaseHoldForm, StatusForm
+from .forms import ActionForm, HoldForm, OutputForm, ReleaseHoldForm, StatusForm
 
 PAGE_SIZE = 50
 SEARCH_MAX_LENGTH = 64  # an order id or a reference, which is at most 64 characters
@@ -101,7 +102,7 @@ def order(order_id: int):
 
 
 def order_page(order_id: int, status_form: StatusForm | None = None, code: int = 200,
-                hold_form: HoldForm | None = None):
+               hold_form: HoldForm | None = None, output_form: OutputForm | None = None):
     """The order page; after a refused form, with its errors and what the operator typed."""
     session = db_session()
     o = svc.get_order(session, g.actor, order_id)
@@ -123,7 +124,9 @@ def order_page(order_id: int, status_form: StatusForm | None = None, code: int =
         hold_form=hold_form or HoldForm(formdata=None), release_form=ReleaseHoldForm(formdata=None),
         can_claim=actors.may_claim(g.actor, facts), can_release=actors.may_release(g.actor, facts),
         overdue=is_overdue(facts.status, o.promised_date, today()), action_form=ActionForm(),
-        status_form=StatusForm(formdata=None, version=o.status_version), reason_draft=draft)
+        status_form=StatusForm(formdata=None, version=o.status_version), reason_draft=draft,
+        production=production_svc.order_view(session, g.actor, o, now),
+        output_form=output_form or OutputForm(formdata=None))
     return html, code
 
 

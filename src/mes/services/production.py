@@ -190,3 +190,27 @@ def ledger(session: Session, actor: Actor, start: date, end: date, *, operator_i
     key = (lambda w: period.period(w.day)) if period else (lambda w: w.day)
     return pay.ledger(works(session, start, end, operator_id), rate_table(session), key=key)
 
+
+
+@dataclass
+class OrderView:
+    """What the order page shows of production: counts, records, and the viewer's own work."""
+
+    quantities: Quantities
+    records: list[ProductionRecord]
+    spell: WorkSpell | None          # the viewer's work on the order (operators only)
+    actions: list[Action]            # what the viewer may do with it now
+    recording: bool                  # quantities can be recorded in the order's status
+    reworking: bool                  # a quality check may send pieces back
+    defect_codes: list[ReasonCode]
+
+
+def order_view(session: Session, actor: Actor, order: Order, now: datetime) -> OrderView:
+    rows = records_of(session, order.id)
+    quantities = production.quantities(order.quantity, [as_record(r) for r in rows])
+    status = Status(order.status)
+    recording = status in production.RECORDING_STAGES and actor.kind == "operator"
+    spell = _spell(session, order.id, actor.id, now) if actor.kind == "operator" else None
+    actions = [a for (s, a) in production.NEXT_STATE if spell is not None and s is spell.state] if recording else []
+    return OrderView(quantities, rows, spell, actions, recording, recording and status is production.CHECKING_STAGE,
+                     list(_defect_codes(session).values()) if recording else [])
