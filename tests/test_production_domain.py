@@ -144,6 +144,11 @@ def test_pieces_without_a_rate_are_flagged_not_paid_as_zero():
     assert line.pay == 0 and line.unpriced_pieces == 15
 
 
+def test_rates_read_as_money_with_more_decimals_only_where_set():
+    from mes.domain.pay import format_rate
+    assert [format_rate(Decimal(v)) for v in ("0.3500", "2", "0.125", "10.10")] == ["0.35", "2.00", "0.125", "10.10"]
+
+
 def test_rates_from_user_input():
     assert check_rate(" 0.35 ") == Decimal("0.35") and check_rate("2") == Decimal(2)
     for bad in ("-1", "abc", "0.00001", "NaN", "Infinity", "", "1e9"):

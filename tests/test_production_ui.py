@@ -67,3 +67,60 @@ def test_a_partners_order_page_is_not_the_floors_and_a_stale_form_changes_nothin
     assert r.status_code in (400, 422)
     r = ui.post(f"/operator/orders/{order_id}/work/dance", f"/operator/orders/{order_id}")
     assert "No work action" in r.get_data(as_text=True)
+
+
+def test_my_work_and_the_supervisors_ledger_come_from_the_records(client, accounts_, db):
+    from datetime import timedelta
+
+    from mes.models import utcnow
+    from mes.services import production
+
+    ui, olga = logged_in(client, accounts_, "olga")
+    chief = operator_actor(accounts_.operator("chief", "secret-pass", role="supervisor", display_name="The Chief"))
+    production.set_rate(db, chief, "BRKT", "in_production", "0.25", valid_from=utcnow() - timedelta(days=1))
+    order_id = create_order(client, accounts_.partner(), quantity=40, product="BRKT-9").get_json()["id"]
+    svc.claim(db, olga, order_id)
+    svc.change_status(db, olga, order_id, Status.QUEUED)
+    svc.change_status(db, olga, order_id, Status.IN_PRODUCTION)
+    production.record_output(db, olga, order_id, 30, 2, "burr")
+    production.record_output(db, olga, order_id, 10)
+
+    html = client.get("/operator/my-work").get_data(as_text=True)
+    spans = re.findall(r'<strong class="good">(\d+)</strong>.*?<strong class="pay">([\d.]+)</strong>', html, re.S)
+    assert spans == [("40", "10.00")] * 3, spans  # today, this week, this pay period
+
+    assert client.get("/operator/ledger").status_code == 403  # operators see their own only
+    boss = Browserless(client)
+    client.post("/operator/logout", data={"csrf_token": re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)})
+    assert boss.login("chief", "secret-pass").status_code == 302
+    html = client.get("/operator/ledger").get_data(as_text=True)
+    row = html.split('data-operator="olga"')[1].split("</tr>")[0]
+    assert '<td class="pay">10.00</td>' in row and 'id="total-pay">10.00<' in html
+    exported = client.get("/operator/ledger?format=csv")
+    assert exported.mimetype == "text/csv" and "attachment" in exported.headers["Content-Disposition"]
+    lines = exported.get_data(as_text=True).splitlines()
+    assert lines[0].startswith("operator_login,operator_name,period_start")
+    assert lines[1].startswith("olga,") and lines[1].endswith(",2,1,40,2,0.00,10.00,0")
+    assert client.get("/operator/ledger?day=2026-13-01").status_code == 400
+    assert "Nothing recorded" in client.get("/operator/ledger?day=2001-01-01").get_data(as_text=True)
+
+
+def test_a_supervisor_sets_rates_and_keeps_their_history(client, accounts_, db):
+    ui, _ = logged_in(client, accounts_, "chief")
+    db.execute(__import__("sqlalchemy").text("UPDATE operators SET role = 'supervisor' WHERE login = 'chief'"))
+    db.commit()
+    html = ui.post("/operator/rates", "/operator/rates", family="brkt", stage="in_production", per_piece="0.35",
+                   valid_from="2026-01-01").get_data(as_text=True)
+    assert "BRKT in in production: 0.35 per piece from 2026-01-01 00:00 UTC." in html
+    ui.post("/operator/rates", "/operator/rates", family="BRKT", stage="in_production", per_piece="0.40",
+            valid_from="2026-02-01")
+    r = ui.post("/operator/rates", "/operator/rates", family="BRKT", stage="in_production", per_piece="-2")
+    html = r.get_data(as_text=True)
+    assert r.status_code == 422 and "No rate was set" in html and 'value="-2"' in html
+    rows = re.findall(r'<td class="rate">([\d.]+)</td><td>([\d-]+)', client.get("/operator/rates").get_data(as_text=True))
+    assert rows == [("0.40", "2026-02-01"), ("0.35", "2026-01-01")]
+
+
+def test_an_operator_may_not_set_rates(client, accounts_):
+    logged_in(client, accounts_, "olga")
+    assert client.get("/operator/rates").status_code == 403

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from .domain.forecast import Policy
+from .domain.pay import PeriodRule, parse_period_rule
 
 POOLS = ("operator", "public")
 
@@ -38,6 +39,14 @@ def _stage_days(value: str | None, defaults: dict[str, float]) -> dict[str, floa
                 raise RuntimeError(f"MES_STAGE_NORM_DAYS names no stage {stage.strip()!r}; stages: {', '.join(days)}")
             days[stage.strip()] = float(number)
     return days
+
+
+def _pay_period(value: str) -> str:
+    try:
+        parse_period_rule(value)
+    except ValueError as err:
+        raise RuntimeError(f"MES_PAY_PERIOD: {err}") from None
+    return value
 
 
 @dataclass
@@ -93,6 +102,9 @@ class Settings:
     session_idle_minutes: float = 30.0
     session_lifetime_hours: float = 12.0
     session_cookie_secure: bool = False
+    # Pay periods of the piece-rate ledger (mes.domain.pay.parse_period_rule): weekly, weekly:<first day>,
+    # biweekly:<first day>, semimonthly or monthly.
+    pay_period: str = "weekly"
     log_level: str = "INFO"
     # How many proxies (HAProxy) stand in front and set X-Forwarded-For; 0 when clients connect directly.
     trusted_proxies: int = 0
@@ -105,6 +117,10 @@ class Settings:
     @property
     def promise_policy(self) -> Policy:
         return Policy(margin_days=self.promise_margin_days, default_days=dict(self.stage_norm_days))
+
+    @property
+    def pay_period_rule(self) -> PeriodRule:
+        return parse_period_rule(self.pay_period)
 
     @property
     def is_sqlite(self) -> bool:
@@ -153,6 +169,7 @@ class Settings:
             session_idle_minutes=float(_env("MES_SESSION_IDLE_MINUTES", str(defaults.session_idle_minutes))),
             session_lifetime_hours=float(_env("MES_SESSION_LIFETIME_HOURS", str(defaults.session_lifetime_hours))),
             session_cookie_secure=_env("MES_SECURE_COOKIES", "0") == "1",
+            pay_period=_pay_period(_env("MES_PAY_PERIOD", defaults.pay_period)),
             log_level=_env("LOG_LEVEL", "INFO"),
             trusted_proxies=int(_env("MES_TRUSTED_PROXIES", "0")),
         )

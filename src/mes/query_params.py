@@ -6,7 +6,7 @@ reaches a query.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from flask import request
 
@@ -37,6 +37,20 @@ def instant(name: str) -> datetime | None:
         return inputs.parse_instant(raw, clamp=True)
     except ValueError as err:
         raise bad_query(name, str(err)) from None
+
+
+def day(name: str) -> date | None:
+    """A calendar day, YYYY-MM-DD, between the years 2000 and 2999."""
+    raw = request.args.get(name)
+    if not raw:
+        return None
+    try:
+        value = date.fromisoformat(raw) if len(raw) == 10 and raw.isascii() else None
+    except ValueError:
+        value = None
+    if value is None or not 2000 <= value.year <= 2999:
+        raise bad_query(name, "must be a day as YYYY-MM-DD")
+    return value
 
 
 def choice(name: str, values: list[str]) -> str | None:

@@ -164,3 +164,9 @@ def totals(lines: Sequence[Line]) -> Line:
         total.pay += line.pay
         total.unpriced_pieces += line.unpriced_pieces
     return total
+
+
+def format_rate(value: Decimal) -> str:
+    """A rate as people read it: cents always, more decimals only where set (0.35, 0.125)."""
+    amount = Decimal(value).normalize()
+    return str(amount.quantize(CENT) if amount.as_tuple().exponent > -2 else amount)

@@ -114,3 +114,10 @@ class ReworkForm(Form):
     quantity = StringField("Pieces back", validators=[DataRequired(), Length(max=12)])
     defect_code = StringField("Defect", validators=[DataRequired(), Length(max=32)])
     note = TextAreaField("Note", validators=[Optional(), Length(max=1000)])
+
+
+class RateForm(Form):
+    family = StringField("Product family", validators=[DataRequired(), Length(max=32)])
+    stage = StringField("Stage", validators=[DataRequired(), Length(max=16)])
+    per_piece = StringField("Per piece", validators=[DataRequired(), Length(max=16)])
+    valid_from = StringField("Valid from", validators=[Optional(), Length(max=10)])

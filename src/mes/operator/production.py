@@ -2,15 +2,22 @@
 scrapped pieces, send pieces back from quality check."""
 from __future__ import annotations
 
-from flask import flash, g, redirect, url_for
+import csv
+import io
+from datetime import date, datetime, time, timedelta, timezone
+
+from flask import Response, current_app, flash, g, redirect, render_template, request, url_for
 from flask_login import login_required
 
-from ..domain.errors import DomainError
-from ..domain.production import WorkAction
+from ..domain import actors
+from ..domain.pay import format_rate
+from ..domain.errors import DomainError, ValidationFailed
+from ..domain.production import RECORDING_STAGES, WorkAction
 from ..services import production as svc
-from ..web import db_session
+from .. import query_params
+from ..web import db_session, today
 from . import bp
-from .forms import ActionForm, OutputForm, ReworkForm
+from .forms import ActionForm, OutputForm, RateForm, ReworkForm
 from .views import act, order_page
 
 DONE = {WorkAction.START: "Work started", WorkAction.PAUSE: "Work paused", WorkAction.RESUME: "Work resumed",
@@ -67,3 +74,70 @@ def rework(order_id: int):
         return f"{done.record.good} pieces go back to production; {done.quantities.remaining} to make."
 
     return act(order_id, send_back)
+
+
+@bp.get("/ledger")
+@login_required
+def ledger():
+    """Every operator's output and pay for one pay period (supervisors); ?format=csv to export it."""
+    rule = current_app.extensions["mes_settings"].pay_period_rule
+    day = query_params.day("day") or today()
+    (start, end), rows, total = svc.period_ledger(db_session(), g.actor, day, rule)
+    if request.args.get("format") == "csv":
+        return csv_export(start, end, rows)
+    return render_template("operator/ledger.html", start=start, end=end, last=end - timedelta(days=1), rows=rows,
+                           total=total, previous=start - timedelta(days=1), next=end)
+
+
+def csv_export(start, end, rows) -> Response:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["operator_login", "operator_name", "period_start", "period_end", "steps", "orders", "good",
+                     "scrap", "worked_hours", "pay", "unpriced_pieces"])
+    for op, line in rows:
+        writer.writerow([op.login, op.display_name, start.isoformat(), (end - timedelta(days=1)).isoformat(),
+                         line.steps, len(line.orders), line.good, line.scrap, f"{line.worked_seconds / 3600:.2f}",
+                         f"{line.pay_cents}", line.unpriced_pieces])
+    name = f"ledger-{start.isoformat()}.csv"
+    return Response(out.getvalue(), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
+
+
+@bp.route("/rates", methods=["GET", "POST"])
+@login_required
+def rates():
+    """Piece rates by product family and stage (supervisors): a new rate starts at a day, earlier ones stay."""
+    actors.require_supervisor(g.actor, "manage piece rates")
+    form, code = RateForm(), 200
+    if request.method == "POST":
+        try:
+            if not form.validate():
+                raise ValidationFailed(form.problems())
+            start = _day(form.valid_from.data)
+            rate = svc.set_rate(db_session(), g.actor, form.family.data, form.stage.data, form.per_piece.data,
+                                valid_from=start)
+            flash(f"{rate.family} in {rate.stage.replace('_', ' ')}: {format_rate(rate.per_piece)} per piece from "
+                  f"{rate.valid_from.strftime('%Y-%m-%d %H:%M')} UTC.", "success")
+            return redirect(url_for("operator.rates"))
+        except DomainError as err:
+            problems = "; ".join(f"{e['field']}: {e['message']}" for e in err.extensions.get("errors", []))
+            flash(f"No rate was set. {err.detail} {problems}".strip(), "error")
+            code = err.status
+    return render_template("operator/rates.html", rates=svc.rates(db_session()), form=form,
+                           stages=RECORDING_STAGES, today=today()), code
+
+
+def _day(raw: str | None):
+    """A rate's first day, 00:00 UTC; none: now."""
+    if not raw:
+        return None
+    try:
+        return datetime.combine(date.fromisoformat(raw), time(), tzinfo=timezone.utc)
+    except ValueError:
+        raise ValidationFailed("Invalid day.", errors=[{"field": "valid_from", "message": "a day as YYYY-MM-DD"}]) \
+            from None
+
+
+@bp.app_template_filter("rate")
+def _rate(value) -> str:
+    return format_rate(value)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from flask import flash, g, redirect, render_template, request, url_for
+from flask import current_app, flash, g, redirect, render_template, request, url_for
 from flask_login import login_required
 
 from .. import query_params
@@ -187,6 +187,9 @@ def change_status(order_id: int):
 @bp.get("/my-work")
 @login_required
 def my_work():
-    work = svc.my_work(db_session(), g.actor.id, svc.day_start())
+    session = db_session()
+    work = svc.my_work(session, g.actor.id, svc.day_start())
+    rule = current_app.extensions["mes_settings"].pay_period_rule
     return render_template("operator/my_work.html", work=work, today=today(),
+                           summaries=production_svc.summaries(session, g.actor, today(), rule),
                            is_overdue=lambda o: is_overdue(Status(o.status), o.promised_date, today()))

@@ -3,7 +3,7 @@ mes.domain.pay). Operators record on the shop floor; partners and the CRM never 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -16,7 +16,7 @@ from ..domain.forecast import family_of
 from ..domain.lifecycle import Status, parse_status
 from ..domain.production import Quantities, Record, RecordKind, WorkAction as Action, WorkSpell
 from ..domain.reason_codes import Kind
-from ..models import Order, PieceRate, ProductionRecord, ReasonCode, WorkAction, utcnow
+from ..models import Operator, Order, PieceRate, ProductionRecord, ReasonCode, WorkAction, utcnow
 from .orders import get_order
 
 
@@ -214,3 +214,45 @@ def order_view(session: Session, actor: Actor, order: Order, now: datetime) -> O
     actions = [a for (s, a) in production.NEXT_STATE if spell is not None and s is spell.state] if recording else []
     return OrderView(quantities, rows, spell, actions, recording, recording and status is production.CHECKING_STAGE,
                      list(_defect_codes(session).values()) if recording else [])
+
+
+@dataclass
+class Summary:
+    """One operator's figures over a stretch of days [start, end)."""
+
+    name: str
+    start: date
+    end: date
+    line: pay.Line
+
+
+def summaries(session: Session, actor: Actor, today: date, rule: pay.PeriodRule) -> list[Summary]:
+    """The actor's today, this week (from Monday) and current pay period, from one read of their records."""
+    spans = [("Today", today, today + timedelta(days=1)),
+             ("This week", *pay.PeriodRule(pay.PeriodKind.WEEKLY).period(today)),
+             ("Pay period", *rule.period(today))]
+    first, last = min(s for _, s, _ in spans), max(e for _, _, e in spans)
+    done = works(session, first, last, actor.id)
+    rates = rate_table(session)
+    out = []
+    for name, start, end in spans:
+        lines = pay.ledger([w for w in done if start <= w.day < end], rates, key=lambda w: None)
+        out.append(Summary(name, start, end, lines.get((actor.id, None), pay.Line())))
+    return out
+
+
+def period_ledger(session: Session, actor: Actor, day: date, rule: pay.PeriodRule
+                  ) -> tuple[tuple[date, date], list[tuple[Operator, pay.Line]], pay.Line]:
+    """Every operator's line for the pay period holding `day` (supervisors), and the total."""
+    actors.require_supervisor(actor, "see every operator's ledger")
+    start, end = rule.period(day)
+    lines = pay.ledger(works(session, start, end), rate_table(session), key=lambda w: None)
+    people = {o.id: o for o in session.scalars(select(Operator).where(Operator.id.in_([op for op, _ in lines])))}
+    rows = sorted(((people[op], line) for (op, _), line in lines.items()), key=lambda row: row[0].display_name)
+    return (start, end), rows, pay.totals([line for _, line in rows])
+
+
+def rates(session: Session) -> list[PieceRate]:
+    """Every rate ever set, newest first within each family and stage."""
+    return list(session.scalars(select(PieceRate).order_by(PieceRate.family, PieceRate.stage,
+                                                           PieceRate.valid_from.desc())))
