@@ -1,9 +1,13 @@
 """The orders queue, the order page and "my work"."""
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 
-from flask import current_app, flash, g, redirect, render_template, request, url_for
+from barcode import Code128
+from barcode.writer import SVGWriter
+
+from flask import Response, current_app, flash, g, redirect, render_template, request, url_for
 from flask_login import login_required
 
 from .. import query_params
@@ -16,6 +20,7 @@ from ..domain.priority import Priority
 from ..domain.promises import is_overdue
 from ..effects import holder_changed, status_changed
 from ..domain.reason_codes import Kind
+from ..domain.scan import barcode_value, parse_scan
 from ..models import utcnow
 from ..services import forecast as forecast_svc
 from ..services import holds as hold_svc
@@ -193,3 +198,37 @@ def my_work():
     return render_template("operator/my_work.html", work=work, today=today(),
                            summaries=production_svc.summaries(session, g.actor, today(), rule),
                            is_overdue=lambda o: is_overdue(Status(o.status), o.promised_date, today()))
+
+
+@bp.get("/scan")
+@login_required
+def scan():
+    """The terminal's one field: an exact hit opens the order, otherwise the matches are listed."""
+    try:
+        term = parse_scan(request.args.get("q"))
+    except ValidationFailed as err:
+        flash(err.detail, "error")
+        return render_template("operator/scan.html", term=request.args.get("q", "")[:64], matches=[]), 400
+    found = svc.find_by_scan(db_session(), g.actor, term)
+    if found.exact is not None:
+        return redirect(url_for("operator.order", order_id=found.exact.id))
+    return render_template("operator/scan.html", term=term.term, matches=found.matches,
+                           is_overdue=lambda o: is_overdue(Status(o.status), o.promised_date, today()))
+
+
+@bp.get("/orders/<id:order_id>/barcode.svg")
+@login_required
+def barcode_svg(order_id: int):
+    """The order's Code 128 label barcode (MES-<id>), for the order page and its printed label."""
+    order = svc.get_order(db_session(), g.actor, order_id)
+    out = io.BytesIO()
+    Code128(barcode_value(order.id), writer=SVGWriter()).write(out, options={"module_height": 12, "quiet_zone": 4})
+    return Response(out.getvalue(), mimetype="image/svg+xml", headers={"Cache-Control": "private, max-age=86400"})
+
+
+@bp.get("/orders/<id:order_id>/label")
+@login_required
+def label(order_id: int):
+    """A label to print and stick on the order's parts: barcode, order, reference, product, quantity."""
+    return render_template("operator/label.html", order=svc.get_order(db_session(), g.actor, order_id),
+                           value=barcode_value(order_id))

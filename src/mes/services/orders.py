@@ -17,6 +17,7 @@ from ..domain.errors import AlreadyClaimed, Conflict, Forbidden, NotFound, Refer
 from ..domain.forecast import check_late_reason, promise_of
 from ..domain.holds import EventKind, HoldState, check_move_while_held, closed
 from ..domain.reason_codes import Kind
+from ..domain.scan import Scan, like_prefix
 from ..domain.idempotency import check_replay
 from ..domain.lifecycle import OPEN_STATUSES, Status, check_transition
 from ..domain.priority import Priority
@@ -396,3 +397,28 @@ def list_orders(session: Session, actor: Actor, *, status: Status | None, update
 def day_start(now: datetime | None = None) -> datetime:
     now = now or utcnow()
     return datetime(now.year, now.month, now.day, tzinfo=timezone.utc)
+
+
+@dataclass
+class ScanResult:
+    exact: Order | None    # the one order the term names
+    matches: list[Order]   # otherwise: orders whose reference starts with it (any case)
+
+
+def find_by_scan(session: Session, actor: Actor, scan: Scan, limit: int = 20) -> ScanResult:
+    """The order a scanned label, an order number or a reference names; else the references it begins."""
+    by_id = session.get(Order, scan.order_id) if scan.order_id is not None else None
+    if by_id is not None and not actors.sees_order(actor, facts(by_id)):
+        by_id = None
+    if scan.only_an_order:
+        return ScanResult(by_id, [])
+    named = list(session.scalars(select(Order).where(Order.reference == scan.term).order_by(Order.id).limit(limit)))
+    named = [o for o in named if actors.sees_order(actor, facts(o))]
+    hits = ([by_id] if by_id is not None else []) + [o for o in named if o is not by_id]
+    if len(hits) == 1:
+        return ScanResult(hits[0], [])
+    if hits:
+        return ScanResult(None, hits)
+    prefix = session.scalars(select(Order).where(func.lower(Order.reference).like(like_prefix(scan.term), escape="\\"))
+                             .order_by(func.lower(Order.reference), Order.id).limit(limit))
+    return ScanResult(None, [o for o in prefix if actors.sees_order(actor, facts(o))])

@@ -1,6 +1,6 @@
 """production records (output and rework per operator and stage), operators' work actions on orders
 (start, pause, resume, finish), piece rates by product family and stage with their history; defect
-codes seeded
+codes seeded; orders found by a prefix of their reference in any case (the terminal's scan field)
 
 Revision ID: 0009
 Revises: 0008
@@ -86,6 +86,12 @@ def upgrade() -> None:
     op.create_index("ix_work_actions_order_id_operator_id_id", "work_actions", ["order_id", "operator_id", "id"])
     op.create_index("ix_work_actions_operator_id_id", "work_actions", ["operator_id", "id"])
 
+    # lower(reference) LIKE 'abc%': text_pattern_ops serves LIKE prefixes whatever the collation.
+    if sqlite:
+        op.execute("CREATE INDEX ix_orders_reference_lower ON orders (lower(reference))")
+    else:
+        op.execute("CREATE INDEX ix_orders_reference_lower ON orders (lower(reference) text_pattern_ops)")
+
     op.create_table(
         "piece_rates",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -103,6 +109,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("piece_rates")
+    op.drop_index("ix_orders_reference_lower", table_name="orders")
     op.drop_index("ix_work_actions_operator_id_id", table_name="work_actions")
     op.drop_index("ix_work_actions_order_id_operator_id_id", table_name="work_actions")
     op.drop_table("work_actions")
