@@ -43,7 +43,7 @@ def test_an_operator_works_and_records_quantities_from_the_order_page(client, ac
     r = ui.post(f"{page}/output", page, good="11", scrap="", note="second batch")
     html = r.get_data(as_text=True)
     assert r.status_code == 422 and "Nothing was recorded" in html and "only 10 more good pieces are needed" in html
-    assert 'name="good" inputmode="numeric" pattern="[0-9]*" maxlength="12" value="11"' in html  # kept
+    assert re.search(r'<input name="good"[^>]* value="11"', html)  # kept
     assert "second batch" in html and counts(html) == (30, 2, 10)
     r = ui.post(f"{page}/output", page, good="", scrap="3")
     assert r.status_code == 422 and "scrap needs a defect code" in r.get_data(as_text=True)
