@@ -138,21 +138,57 @@ def test_queue_filters_status_overdue_and_search(ui, client, accounts_, db):
     assert client.get("/operator/?after=junk").status_code == 400
 
 
-def test_queue_keyset_pages_cover_every_order_once(ui, client, accounts_):
+def link(html: str, rel: str) -> str | None:
+    found = re.search(rf'<a rel="{rel}"[^>]* href="([^"]+)"', html)
+    return found.group(1).replace("&amp;", "&") if found else None
+
+
+@pytest.mark.parametrize("sort", ["promised", "urgent", "projected"])
+def test_queue_keyset_pages_cover_every_order_once_forward_and_back(ui, client, accounts_, sort):
     from mes.operator import views
     partner = accounts_.partner()
-    ids = {create_order(client, partner, key=f"k{i}", reference=f"R-{i}").get_json()["id"] for i in range(7)}
+    ids = {create_order(client, partner, key=f"k{i}", reference=f"R-{i}",
+                        priority=["urgent", "high", "normal", "low"][i % 4]).get_json()["id"] for i in range(7)}
     views.PAGE_SIZE, old = 3, views.PAGE_SIZE
     try:
-        seen, url = [], "/operator/"
+        pages, url = [], f"/operator/?sort={sort}"
         while url:
             html = client.get(url).get_data(as_text=True)
-            seen += [int(x) for x in re.findall(r'data-order-id="(\d+)"', html)]
-            nxt = re.search(r'<a rel="next" href="([^"]+)"', html)
-            url = nxt.group(1).replace("&amp;", "&") if nxt else None
-        assert sorted(seen) == sorted(ids) and len(seen) == len(ids)
+            pages.append([int(x) for x in re.findall(r'data-order-id="(\d+)"', html)])
+            url = link(html, "next")
+        seen = [i for page in pages for i in page]
+        assert sorted(seen) == sorted(ids) and len(seen) == len(ids) and len(pages) == 3
+        back = []
+        while True:  # from the last page back to the first, by the previous links
+            back.append([int(x) for x in re.findall(r'data-order-id="(\d+)"', html)])
+            url = link(html, "prev")
+            if url is None:
+                break
+            html = client.get(url).get_data(as_text=True)
+        assert back == pages[::-1], (back, pages)
     finally:
         views.PAGE_SIZE = old
+
+
+def test_queue_urgent_first_and_who_holds_what(ui, client, accounts_, db):
+    from mes.models import Operator
+    from mes.services.accounts import operator_actor
+    partner = accounts_.partner()
+    low = create_order(client, partner, key="a", reference="LOW", priority="low").get_json()["id"]
+    urgent = create_order(client, partner, key="b", reference="URG", priority="urgent").get_json()["id"]
+    other = create_order(client, partner, key="c", reference="OTH").get_json()["id"]
+    olga = operator_actor(db.query(Operator).filter_by(login="olga").one())
+    ivan = operator_actor(accounts_.operator("ivan", display_name="Ivan P."))
+    svc.claim(db, olga, low)
+    svc.claim(db, ivan, other)
+    rows = lambda q: [int(x) for x in re.findall(r'data-order-id="(\d+)"', client.get(f"/operator/?{q}").get_data(as_text=True))]  # noqa: E731
+    assert rows("sort=urgent")[0] == urgent
+    assert rows("holder=mine") == [low] and rows("holder=unclaimed") == [urgent]
+    html = client.get("/operator/").get_data(as_text=True)
+    row = html.split(f'data-order-id="{other}"')[1].split("</tr>")[0]
+    assert '<td class="holder">Ivan P.</td>' in row
+    assert client.get("/operator/?holder=theirs").status_code == 400
+    assert client.get("/operator/?sort=random").status_code == 400
 
 
 def test_order_page_claim_and_move_through_production(ui, client, accounts_):

@@ -162,6 +162,9 @@ class Order(Base):
         # The operator queue: open orders by promised date, then priority (keyset pages).
         Index("ix_orders_open_queue", "promised_date", "priority", "id",
               postgresql_where=text(f"status IN ({_open})"), sqlite_where=text(f"status IN ({_open})")),
+        # Urgent first (the queue's other sort).
+        Index("ix_orders_urgent_queue", "priority", "promised_date", "id",
+              postgresql_where=text(f"status IN ({_open})"), sqlite_where=text(f"status IN ({_open})")),
         Index("ix_orders_status_queue", "status", "promised_date", "priority", "id"),
         Index("ix_orders_promised_queue", "promised_date", "priority", "id"),
         # The API's listings: by last change, per partner and for the CRM.

@@ -69,9 +69,9 @@ def queue():
     if reason is not None and reason not in {c.code for c in hold_codes}:
         raise query_params.bad_query("reason", "must be one of " + ", ".join(c.code for c in hold_codes))
     reason_id = next((c.id for c in hold_codes if c.code == reason), None)
-    sort = request.args.get("sort") or svc.SORT_PROMISED
-    if sort not in (svc.SORT_PROMISED, svc.SORT_PROJECTED):
-        raise query_params.bad_query("sort", f"must be {svc.SORT_PROMISED} or {svc.SORT_PROJECTED}")
+    sort = query_params.choice("sort", list(svc.QUEUE_ORDERS)) or svc.SORT_PROMISED
+    holder = query_params.choice("holder", [svc.HOLDER_UNCLAIMED, svc.HOLDER_MINE]) if request.args.get("holder") \
+        else None
     promise = request.args.get("promise") or None
     if promise is not None and promise not in {p.value for p in OPEN_PROMISES}:
         raise query_params.bad_query("promise", "must be one of " + ", ".join(p.value for p in OPEN_PROMISES))
@@ -79,7 +79,8 @@ def queue():
                            on_hold_only=request.args.get("hold") == "1" or reason_id is not None,
                            hold_reason_id=reason_id, promise=promise, sort=sort,
                            search=query_params.text("q", max_length=SEARCH_MAX_LENGTH),
-                           after=request.args.get("after") or None, limit=PAGE_SIZE)
+                           after=request.args.get("after") or None, before=request.args.get("before") or None,
+                           holder=holder, holder_id=g.actor.id, limit=PAGE_SIZE)
     day = today()
     page = svc.operator_queue(session, query, day)
     cap = 1000

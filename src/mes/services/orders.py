@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 
 from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from ..db import begin_write
 from ..domain import actors, inputs
@@ -244,7 +244,8 @@ def history(session: Session, order_id: int) -> list[OrderEvent]:
 # ----------------------------------------------------------------------------------------------- queue
 QUEUE_OPEN = "open"
 QUEUE_ALL = "all"
-SORT_PROMISED, SORT_PROJECTED = "promised", "projected"
+SORT_PROMISED, SORT_URGENT, SORT_PROJECTED = "promised", "urgent", "projected"
+HOLDER_UNCLAIMED, HOLDER_MINE = "unclaimed", "mine"
 
 
 @dataclass
@@ -254,9 +255,12 @@ class QueueQuery:
     on_hold_only: bool = False
     hold_reason_id: int | None = None  # held for this reason (implies on hold)
     promise: str | None = None  # open orders with this promise status (mes.domain.forecast.OPEN_PROMISES)
-    sort: str = "promised"  # or "projected": open orders by projected finish, the latest first
+    sort: str = "promised"  # "urgent": priority first; "projected": open orders by projected finish, latest first
     search: str | None = None
-    after: str | None = None  # cursor of the last row seen
+    after: str | None = None  # cursor of the last row seen (the next page)
+    before: str | None = None  # cursor of the first row seen (the previous page)
+    holder: str | None = None  # "unclaimed", or "mine" (held by holder_id)
+    holder_id: int | None = None
     limit: int = 50
 
 
@@ -272,6 +276,56 @@ def _as_order_id(term: str) -> int | None:
 class Page:
     items: list
     next_cursor: str | None
+    previous_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class Keyset:
+    """A queue order: its columns (all one direction), how its cursor is read and written."""
+
+    columns: tuple
+    descending: bool
+    fields: tuple
+    key: Callable[[Order], tuple]
+
+
+QUEUE_ORDERS = {
+    # ix_orders_open_queue / ix_orders_status_queue / ix_orders_promised_queue
+    SORT_PROMISED: Keyset((Order.promised_date, Order.priority, Order.id), False,
+                          (cursors.day, cursors.priority, cursors.row_id),
+                          lambda o: (o.promised_date.isoformat(), o.priority, o.id)),
+    # ix_orders_urgent_queue: urgent first, then by promised date
+    SORT_URGENT: Keyset((Order.priority, Order.promised_date, Order.id), False,
+                        (cursors.priority, cursors.day, cursors.row_id),
+                        lambda o: (o.priority, o.promised_date.isoformat(), o.id)),
+    # ix_orders_projected_queue: the orders furthest behind on top
+    SORT_PROJECTED: Keyset((Order.projected_finish, Order.id), True, (cursors.instant, cursors.row_id),
+                           lambda o: (o.projected_finish.isoformat(), o.id)),
+}
+
+
+def keyset_page(session: Session, stmt, keyset: Keyset, after: str | None, before: str | None, limit: int) -> Page:
+    """One page after a cursor (or before one, for the previous page): one index range, no OFFSET."""
+    key = tuple_(*keyset.columns)
+    forward = before is None
+    if after:
+        mark = tuple_(*cursors.decode(after, *keyset.fields))
+        stmt = stmt.where(key < mark if keyset.descending else key > mark)
+    if before:
+        mark = tuple_(*cursors.decode(before, *keyset.fields))
+        stmt = stmt.where(key > mark if keyset.descending else key < mark)
+    descending = keyset.descending == forward  # read away from the cursor
+    rows = list(session.scalars(stmt.order_by(*(c.desc() if descending else c.asc() for c in keyset.columns))
+                                .limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if not forward:
+        rows.reverse()
+    if not rows:
+        return Page([], None, None)
+    has_next, has_previous = (more, after is not None) if forward else (True, more)
+    return Page(rows, cursors.encode(*keyset.key(rows[-1])) if has_next else None,
+                cursors.encode(*keyset.key(rows[0])) if has_previous else None)
 
 
 def operator_queue(session: Session, q: QueueQuery, today: date) -> Page:
@@ -297,31 +351,15 @@ def operator_queue(session: Session, q: QueueQuery, today: date) -> Page:
         if order_id is not None:
             cond = cond | (Order.id == order_id)
         stmt = stmt.where(cond)
+    if q.holder == HOLDER_UNCLAIMED:
+        stmt = stmt.where(Order.holder_id.is_(None))
+    elif q.holder == HOLDER_MINE:
+        stmt = stmt.where(Order.holder_id == q.holder_id)
     if q.sort == SORT_PROJECTED:
-        return _by_projection(session, stmt, q)
-    if q.after:
-        d, prio, oid = cursors.decode(q.after, cursors.day, cursors.priority, cursors.row_id)
-        stmt = stmt.where(tuple_(Order.promised_date, Order.priority, Order.id) > tuple_(d, prio, oid))
-    rows = list(session.scalars(
-        stmt.order_by(Order.promised_date, Order.priority, Order.id).limit(q.limit + 1)))
-    more = len(rows) > q.limit
-    rows = rows[: q.limit]
-    nxt = cursors.encode(rows[-1].promised_date.isoformat(), rows[-1].priority, rows[-1].id) if more else None
-    return Page(rows, nxt)
-
-
-def _by_projection(session: Session, stmt, q: QueueQuery) -> Page:
-    """Open orders by projected finish, the latest first (the ones furthest behind on top): one range of
-    ix_orders_projected_queue. An order not projected yet (just after an upgrade) is not listed."""
-    stmt = stmt.where(Order.status.in_([s.value for s in OPEN_STATUSES]), Order.projected_finish.is_not(None))
-    if q.after:
-        at, oid = cursors.decode(q.after, cursors.instant, cursors.row_id)
-        stmt = stmt.where(tuple_(Order.projected_finish, Order.id) < tuple_(at, oid))
-    rows = list(session.scalars(stmt.order_by(Order.projected_finish.desc(), Order.id.desc()).limit(q.limit + 1)))
-    more = len(rows) > q.limit
-    rows = rows[: q.limit]
-    nxt = cursors.encode(rows[-1].projected_finish.isoformat(), rows[-1].id) if more else None
-    return Page(rows, nxt)
+        # An order not projected yet (just after an upgrade) is not listed.
+        stmt = stmt.where(Order.status.in_([s.value for s in OPEN_STATUSES]), Order.projected_finish.is_not(None))
+    stmt = stmt.options(joinedload(Order.holder))  # the holder's name in each row, in the same query
+    return keyset_page(session, stmt, QUEUE_ORDERS[q.sort], q.after, q.before, q.limit)
 
 
 def status_counts(session: Session) -> dict[str, int]:

@@ -1,6 +1,7 @@
 """production records (output and rework per operator and stage), operators' work actions on orders
 (start, pause, resume, finish), piece rates by product family and stage with their history; defect
-codes seeded; orders found by a prefix of their reference in any case (the terminal's scan field)
+codes seeded; orders found by a prefix of their reference in any case (the terminal's scan field); the
+queue's urgent-first order
 
 Revision ID: 0009
 Revises: 0008
@@ -92,6 +93,10 @@ def upgrade() -> None:
     else:
         op.execute("CREATE INDEX ix_orders_reference_lower ON orders (lower(reference) text_pattern_ops)")
 
+    open_ = sa.text("status IN ('received', 'queued', 'in_production', 'quality_check', 'packed')")
+    op.create_index("ix_orders_urgent_queue", "orders", ["priority", "promised_date", "id"],
+                    postgresql_where=open_, sqlite_where=open_)
+
     op.create_table(
         "piece_rates",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -110,6 +115,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("piece_rates")
     op.drop_index("ix_orders_reference_lower", table_name="orders")
+    op.drop_index("ix_orders_urgent_queue", table_name="orders")
     op.drop_index("ix_work_actions_operator_id_id", table_name="work_actions")
     op.drop_index("ix_work_actions_order_id_operator_id_id", table_name="work_actions")
     op.drop_table("work_actions")
