@@ -6,18 +6,24 @@ which this machine does not reach, and PyPI has none of them; Debian's `loki` is
 settings (schema v13, structured metadata). On the hosts each role checks its file with the program before it
 replaces the old one (`loki -verify-config`, `alloy fmt`, `tempo -config.verify`) and proves the service
 answers. What is checked here is what those programs cannot know: that the files agree with each other, with
-the inventory's ports and with the log lines the app and HAProxy really write.
+the inventory's ports and with the log lines the app and HAProxy really write. Tempo's validation tasks run
+against a stand-in of its endpoints that decodes their span with OpenTelemetry's own OTLP messages.
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
+import threading
 import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jinja2
 import pytest
 import yaml
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import TracerProvider
 
 from mes.logs import FORMAT, RedactingJsonFormatter
@@ -115,6 +121,79 @@ def test_tempo_receives_where_the_app_sends_and_answers_where_grafana_asks(rende
         yaml.safe_load((ANSIBLE / "roles" / "tempo" / "defaults" / "main.yml").read_text())["tempo_retention"]
     # Tempo 3 refuses the 2.x-only blocks (it parses strictly); the file must suit both.
     assert not {"compactor", "ingester"} & set(config), sorted(config)
+
+
+class TempoStandIn:
+    """Tempo's three endpoints that the role's validation uses, on a free loopback port: /ready, the OTLP/HTTP
+    receiver (JSON only, decoded into OpenTelemetry's own protobuf message by OTLP/JSON's rules: unknown
+    fields refused, ids in hex) and /api/traces/<trace id>, which answers what was received."""
+
+    def __init__(self):
+        self.spans: dict[str, list] = {}     # trace id -> OTLP spans
+        self.reads: list[str] = []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def reply(self, status: int, body: dict | None = None):
+                data = json.dumps(body or {}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if self.path == "/ready":
+                    return self.reply(200)
+                trace_id = self.path.removeprefix("/api/traces/")
+                stand_in.reads.append(trace_id)
+                if trace_id in stand_in.spans:
+                    return self.reply(200, {"batches": [{"scopeSpans": [{"spans": stand_in.spans[trace_id]}]}]})
+                return self.reply(404)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path != "/v1/traces" or self.headers["Content-Type"] != "application/json":
+                    return self.reply(415)
+                as_proto3 = json.loads(json.dumps(body))   # proto3's JSON has bytes in base64, OTLP's in hex
+                for resource in as_proto3["resourceSpans"]:
+                    for scope in resource["scopeSpans"]:
+                        for span in scope["spans"]:
+                            for key in ("traceId", "spanId"):
+                                span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
+                request = json_format.Parse(json.dumps(as_proto3), ExportTraceServiceRequest())
+                for resource, raw in zip(request.resource_spans, body["resourceSpans"]):
+                    for scope, raw_scope in zip(resource.scope_spans, raw["scopeSpans"]):
+                        for span, raw_span in zip(scope.spans, raw_scope["spans"]):
+                            assert len(span.trace_id) == 16 and len(span.span_id) == 8
+                            stand_in.spans.setdefault(span.trace_id.hex(), []).append(raw_span)
+                return self.reply(200)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_tempo_s_validation_pushes_one_otlp_json_span_and_reads_it_back_by_its_trace_id():
+    """The role's validate.yml, run by Ansible (its templating, the uri module) against TempoStandIn: the span
+    it pushes is a well-formed OTLP export request, and it asks for that span's trace id until it is there."""
+    tempo = TempoStandIn()
+    try:
+        r = adhoc("mon1", "ansible.builtin.include_role", "name=tempo tasks_from=validate.yml", "--playbook-dir", ".",
+                  "-e", json.dumps({"tempo_url": tempo.url, "tempo_otlp_url": tempo.url, "tempo_ready_retries": 2}))
+    finally:
+        tempo.close()
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    [(trace_id, [span])] = tempo.spans.items()
+    assert re.fullmatch(r"[0-9a-f]{32}", trace_id) and tempo.reads == [trace_id]
+    assert span["name"].startswith("ansible validate ") and int(span["endTimeUnixNano"]) > int(span["startTimeUnixNano"])
 
 
 def test_the_firewall_lets_the_app_hosts_reach_tempo_s_receiver():
