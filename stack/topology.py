@@ -87,8 +87,10 @@ def make_ctx(topology: str | None = None, environ: Mapping[str, str] = os.enviro
         raise SystemExit(f"The stack in {state} is the {remembered.read_text().strip()!r} topology; "
                          f"run `make down` and `make reset` before switching to {topology!r}.")
     settings = yaml.safe_load(GROUP_VARS.read_text())
-    # Tracing to a collector of one's own (group_vars: mes_otlp_endpoint, mes_trace_sample_ratio).
-    settings["mes_otlp_endpoint"] = environ.get("MES_OTLP_ENDPOINT", settings["mes_otlp_endpoint"])
+    # Tracing to a collector of one's own (group_vars: mes_trace_sample_ratio). No Tempo runs here, so
+    # group_vars' mes_otlp_endpoint (Tempo on the VMs' monitoring host, a Jinja expression) does not
+    # apply: nothing is exported unless MES_OTLP_ENDPOINT names a receiver.
+    settings["mes_otlp_endpoint"] = environ.get("MES_OTLP_ENDPOINT", "")
     settings["mes_trace_sample_ratio"] = float(environ.get("MES_TRACE_SAMPLE_RATIO", settings["mes_trace_sample_ratio"]))
     state.mkdir(parents=True, exist_ok=True)
     state.chmod(0o755)

@@ -4,7 +4,7 @@
                                        twice (the second changes nothing), timings; tear down; check that
                                        nothing is left
   python -m tests.deploy up            build the hosts and leave them running (then `down`)
-  python -m tests.deploy playbook site.yml --skip-tags loki,alloy,grafana
+  python -m tests.deploy playbook site.yml --skip-tags loki,tempo,alloy,grafana
   python -m tests.deploy ansible all -m ansible.builtin.ping
   python -m tests.deploy ssh db1 'systemctl status postgresql'
   python -m tests.deploy down          remove everything `up` made

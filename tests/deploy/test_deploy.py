@@ -12,7 +12,7 @@ prerequisite failed is skipped with the reason. Every client runs in the control
 reaches HAProxy through the load balancers' virtual address (keepalived), as partners would.
 
 Contract assumed with the playbooks and roles (see README.md in this folder):
-- `site.yml --skip-tags loki,alloy,grafana` builds everything else from bare hosts; a second run
+- `site.yml --skip-tags loki,tempo,alloy,grafana` builds everything else from bare hosts; a second run
   changes nothing; the mes_app role takes `mes_app_wheelhouse` (the hosts reach no package index).
 - app hosts: the pool's environment in /etc/mes/<pool>.env (DATABASE_URL: the host's own Pgpool-II),
   the code in /opt/mes/current/venv (`mes` CLI, python with SQLAlchemy); Pgpool-II as pgpool2.service
@@ -54,7 +54,7 @@ from .wheelhouse import ensure_patroni_wheelhouse, ensure_wheelhouse
 
 pytestmark = pytest.mark.deploy
 
-SKIP_TAGS = "loki,alloy,grafana"       # Grafana, Loki and Alloy are not in Debian: not installable here
+SKIP_TAGS = "loki,tempo,alloy,grafana"   # Grafana, Loki, Tempo and Alloy are not in Debian: not installable here
 APP_ENV = "/etc/mes/{pool}.env"        # mes_app_config_dir/<pool>.env
 APP_VENV = "/opt/mes/current/venv"     # mes_app_root/current/venv
 PORTS = yaml.safe_load((ANSIBLE_DIR / "group_vars" / "all" / "topology.yml").read_text())["mes_ports"]
@@ -96,7 +96,8 @@ def cluster():
 def extra_vars(cluster) -> dict:
     return {"mes_app_wheelhouse": str(ensure_wheelhouse(REPO, cluster.settings.cache_dir)),
             "patroni_wheelhouse": str(ensure_patroni_wheelhouse(REPO, cluster.settings.cache_dir)),
-            "mes_pki_dir": str(cluster.work / "pki")}      # the internal CA of this run
+            "mes_pki_dir": str(cluster.work / "pki"),      # the internal CA of this run
+            "mes_otlp_endpoint": ""}                       # no Tempo (SKIP_TAGS): the app exports no spans
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
