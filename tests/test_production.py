@@ -71,8 +71,9 @@ def test_time_worked_is_counted_once_into_the_operators_next_record(client, db, 
     assert production.act(db, olga, order_id, "pause").state is WorkState.PAUSED
     production.act(db, ivan, order_id, "start")  # Ivan's work is his own
     # Move the actions back in time: 40 minutes worked, then a pause.
-    from mes.models import WorkAction
-    rows = db.query(WorkAction).filter_by(order_id=order_id, operator_id=olga.id).order_by(WorkAction.id).all()
+    from mes.models import FloorEvent
+    rows = (db.query(FloorEvent).filter_by(order_id=order_id, operator_id=olga.id)
+            .filter(FloorEvent.action.in_(["start", "pause"])).order_by(FloorEvent.id).all())
     rows[0].created_at, rows[1].created_at = utcnow() - timedelta(minutes=70), utcnow() - timedelta(minutes=30)
     db.commit()
     first = production.record_output(db, olga, order_id, 10).record

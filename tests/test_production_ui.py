@@ -124,3 +124,30 @@ def test_a_supervisor_sets_rates_and_keeps_their_history(client, accounts_, db):
 def test_an_operator_may_not_set_rates(client, accounts_):
     logged_in(client, accounts_, "olga")
     assert client.get("/operator/rates").status_code == 403
+
+
+def test_a_supervisor_reassigns_and_the_floor_history_has_every_hand(client, accounts_, db):
+    chief_ui, _ = logged_in(client, accounts_, "chief")
+    db.execute(__import__("sqlalchemy").text("UPDATE operators SET role = 'supervisor' WHERE login = 'chief'"))
+    db.commit()
+    olga = operator_actor(accounts_.operator("olga", display_name="Olga K."))
+    ivan = accounts_.operator("ivan", display_name="Ivan P.")
+    partner = accounts_.partner()
+    order_id = create_order(client, partner, quantity=5).get_json()["id"]
+    page = f"/operator/orders/{order_id}"
+    svc.claim(db, olga, order_id)
+    html = chief_ui.post(f"{page}/reassign", page, operator=str(ivan.id)).get_data(as_text=True)
+    assert f"Order {order_id} is now held by Ivan P." in html and 'id="holder">Ivan P.<' in html
+    r = chief_ui.post(f"{page}/reassign", page, operator="99999")
+    assert "No active operator" in r.get_data(as_text=True)
+    # A partner's cancel ends the order: its holder is released, and the floor history says so.
+    assert client.post(f"/api/v1/orders/{order_id}/cancel", json={"reason": "no longer needed"},
+                       headers={"Authorization": partner["Authorization"]}).status_code == 200
+    html = client.get(page).get_data(as_text=True)
+    floor = html.split('id="floor"')[1].split("</table>")[0]
+    rows = re.findall(r'<tr class="floor-(\w+)">.*?<td>[^<]*</td>\s*<td>([^<]*)</td><td>([^<]*)</td>', floor, re.S)
+    assert rows == [("claim", "Olga K.", "Olga K."), ("reassign", "Ivan P.", "chief"),
+                    ("release", "Ivan P.", "the order was closed")], rows
+    assert 'id="holder">nobody<' in html and 'id="reassign-form"' not in html
+    # Partners never see the floor's events.
+    assert "Ivan" not in client.get(f"/api/v1/orders/{order_id}", headers={"Authorization": partner["Authorization"]}).get_data(as_text=True)

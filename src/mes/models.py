@@ -336,15 +336,21 @@ class ProductionRecord(Base):
     defect_code: Mapped[ReasonCode | None] = relationship(lazy="joined")
 
 
-class WorkAction(Base):
-    """An operator starting, pausing, resuming or finishing their work on an order."""
+class FloorEvent(Base):
+    """What happened to an order on the shop floor that partners never see: an operator starting,
+    pausing, resuming or finishing their work on it (`operator_id` did it), or the order claimed,
+    released or reassigned (`operator_id` is the holder concerned, `by_id` who did it: none when a partner's
+    cancel released it)."""
 
-    __tablename__ = "work_actions"
+    __tablename__ = "floor_events"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
     operator_id: Mapped[int] = mapped_column(ForeignKey("operators.id"))
+    by_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
     action: Mapped[str] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    operator: Mapped[Operator] = relationship(foreign_keys=[operator_id], lazy="joined")
+    by: Mapped[Operator | None] = relationship(foreign_keys=[by_id], lazy="joined")
 
 
 class PieceRate(Base):

@@ -121,3 +121,7 @@ class RateForm(Form):
     stage = StringField("Stage", validators=[DataRequired(), Length(max=16)])
     per_piece = StringField("Per piece", validators=[DataRequired(), Length(max=16)])
     valid_from = StringField("Valid from", validators=[Optional(), Length(max=10)])
+
+
+class ReassignForm(Form):
+    operator = ReasonCodeField("Operator")  # an operator's id, read with the same integer rule

@@ -22,6 +22,7 @@ from ..effects import holder_changed, status_changed
 from ..domain.reason_codes import Kind
 from ..domain.scan import barcode_value, parse_scan
 from ..models import utcnow
+from ..services import accounts
 from ..services import forecast as forecast_svc
 from ..services import holds as hold_svc
 from ..services import orders as svc
@@ -29,7 +30,7 @@ from ..services import production as production_svc
 from ..services import reason_codes
 from ..web import db_session, today
 from . import bp
-from .forms import ActionForm, HoldForm, OutputForm, ReleaseHoldForm, StatusForm
+from .forms import ActionForm, HoldForm, OutputForm, ReassignForm, ReleaseHoldForm, StatusForm
 
 PAGE_SIZE = 50
 SEARCH_MAX_LENGTH = 64  # an order id or a reference, which is at most 64 characters
@@ -131,7 +132,9 @@ def order_page(order_id: int, status_form: StatusForm | None = None, code: int =
         can_claim=actors.may_claim(g.actor, facts), can_release=actors.may_release(g.actor, facts),
         overdue=is_overdue(facts.status, o.promised_date, today()), action_form=ActionForm(),
         status_form=StatusForm(formdata=None, version=o.status_version), reason_draft=draft,
-        production=production_svc.order_view(session, g.actor, o, now),
+        production=production_svc.order_view(session, g.actor, o, now), floor=svc.floor_history(session, order_id),
+        operators=accounts.active_operators(session) if g.actor.is_supervisor and facts.status not in
+        (Status.DELIVERED, Status.CANCELLED) else [],
         output_form=output_form or OutputForm(formdata=None))
     return html, code
 
@@ -166,6 +169,22 @@ def release(order_id: int):
         return f"Order {order_id} is back in the pool."
 
     return act(order_id, give_back)
+
+
+@bp.post("/orders/<id:order_id>/reassign")
+@login_required
+def reassign(order_id: int):
+    form = ReassignForm()
+    if not form.validate():
+        flash(f"Nobody was assigned. {form.problems()}", "error")
+        return order_page(order_id, code=422)
+
+    def give():
+        order = svc.reassign(db_session(), g.actor, order_id, form.operator.data)
+        holder_changed()
+        return f"Order {order_id} is now held by {order.holder.display_name}."
+
+    return act(order_id, give)
 
 
 @bp.post("/orders/<id:order_id>/status")

@@ -187,3 +187,8 @@ def authenticate_key(session: Session, key: str, *, key_hash: str | None = None)
     if not hmac.compare_digest(client.key_hash, key_hash or hash_key(key)):
         return None
     return KeyHolder(client_id=client.id, rate_tier=client.rate_tier, actor=client_actor(client))
+
+
+def active_operators(session: Session) -> list[Operator]:
+    """Everyone who can be given an order, by name."""
+    return list(session.scalars(select(Operator).where(Operator.active.is_(True)).order_by(Operator.display_name)))

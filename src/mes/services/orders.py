@@ -22,7 +22,7 @@ from ..domain.idempotency import check_replay
 from ..domain.lifecycle import OPEN_STATUSES, Status, check_transition
 from ..domain.priority import Priority
 from ..domain.promises import promised_date
-from ..models import IdempotencyRecord, Operator, Order, OrderEvent, StatusCount, utcnow
+from ..models import FloorEvent, IdempotencyRecord, Operator, Order, OrderEvent, StatusCount, utcnow
 from . import cursors, forecast, reason_codes
 
 
@@ -174,6 +174,10 @@ def change_status(session: Session, actor: Actor, order_id: int, target: Status,
         order.stage_entered_at, order.stage_hold_base = now, order.hold_seconds or 0
         if target is Status.SHIPPED:
             order.shipped_at = now
+        if target in (Status.DELIVERED, Status.CANCELLED) and order.holder_id is not None:
+            # Nothing is left to do on it: it leaves its holder's work.
+            _floor_event(session, order, order.holder_id, actor, "release", now)
+            order.holder_id = None
         move = forecast.refresh(session, order, now)
         session.add(forecast.stamp(OrderEvent(
             order_id=order.id, partner_id=order.partner_id, from_status=current.value, to_status=target.value,
@@ -212,6 +216,8 @@ def claim(session: Session, actor: Actor, order_id: int) -> Order:
         .values(holder_id=actor.id)
         .execution_options(synchronize_session=False)
     ).rowcount == 1
+    if won:
+        _floor_event(session, order, actor.id, actor, "claim", utcnow())
     session.commit()
     session.refresh(order)
     if not won:
@@ -229,12 +235,47 @@ def release(session: Session, actor: Actor, order_id: int) -> Order:
         session.rollback()
         raise Forbidden(f"Only the holder of order {order_id} or a supervisor may release it.")
     stmt = update(Order).where(Order.id == order_id, Order.holder_id == order.holder_id).values(holder_id=None)
+    holder_id = order.holder_id
     done = session.execute(stmt.execution_options(synchronize_session=False)).rowcount == 1
+    if done and holder_id is not None:
+        _floor_event(session, order, holder_id, actor, "release", utcnow())
     session.commit()
     session.refresh(order)
     if not done:
         raise AlreadyClaimed(f"Order {order_id} changed hands meanwhile.")
     return order
+
+
+def reassign(session: Session, actor: Actor, order_id: int, operator_id: int) -> Order:
+    """A supervisor gives an open order to another active operator (whoever held it before)."""
+    actors.require_supervisor(actor, "reassign orders")
+    begin_write(session)
+    try:
+        order = get_order(session, actor, order_id, for_update=True)
+        if Status(order.status) not in OPEN_STATUSES + (Status.SHIPPED,):
+            raise Conflict(f"Order {order_id} is {order.status}: there is nothing left to assign.")
+        target = session.get(Operator, operator_id)
+        if target is None or not target.active:
+            raise NotFound("No active operator has that id.")
+        if order.holder_id == target.id:
+            raise Conflict(f"{target.display_name} holds order {order_id} already.")
+        order.holder_id = target.id
+        _floor_event(session, order, target.id, actor, "reassign", utcnow())
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return order
+
+
+def _floor_event(session: Session, order: Order, operator_id: int, actor: Actor, action: str, now) -> None:
+    """Who holds the order, in its floor history (never in the partners' feed)."""
+    session.add(FloorEvent(order_id=order.id, operator_id=operator_id,
+                           by_id=actor.id if actor.kind == "operator" else None, action=action, created_at=now))
+
+
+def floor_history(session: Session, order_id: int) -> list[FloorEvent]:
+    return list(session.scalars(select(FloorEvent).where(FloorEvent.order_id == order_id).order_by(FloorEvent.id)))
 
 
 def history(session: Session, order_id: int) -> list[OrderEvent]:

@@ -16,7 +16,7 @@ from ..domain.forecast import family_of
 from ..domain.lifecycle import Status, parse_status
 from ..domain.production import Quantities, Record, RecordKind, WorkAction as Action, WorkSpell
 from ..domain.reason_codes import Kind
-from ..models import Operator, Order, PieceRate, ProductionRecord, ReasonCode, WorkAction, utcnow
+from ..models import Operator, Order, PieceRate, ProductionRecord, ReasonCode, FloorEvent, utcnow
 from .orders import get_order
 
 
@@ -45,9 +45,10 @@ def _defect_codes(session: Session) -> dict[str, ReasonCode]:
 
 
 def _spell(session: Session, order_id: int, operator_id: int, now: datetime) -> WorkSpell:
-    rows = session.execute(select(WorkAction.action, WorkAction.created_at)
-                           .where(WorkAction.order_id == order_id, WorkAction.operator_id == operator_id)
-                           .order_by(WorkAction.id)).all()
+    rows = session.execute(select(FloorEvent.action, FloorEvent.created_at)
+                           .where(FloorEvent.order_id == order_id, FloorEvent.operator_id == operator_id,
+                                  FloorEvent.action.in_([a.value for a in Action]))
+                           .order_by(FloorEvent.id)).all()
     return production.replay([(Action(a), at) for a, at in rows], now)
 
 
@@ -72,7 +73,8 @@ def act(session: Session, actor: Actor, order_id: int, action: str) -> WorkSpell
         now = utcnow()
         spell = _spell(session, order.id, actor.id, now)
         production.next_state(spell.state, wanted)
-        session.add(WorkAction(order_id=order.id, operator_id=actor.id, action=wanted.value, created_at=now))
+        session.add(FloorEvent(order_id=order.id, operator_id=actor.id, by_id=actor.id, action=wanted.value,
+                               created_at=now))
         session.commit()
     except BaseException:
         session.rollback()

@@ -1,5 +1,5 @@
-"""production records (output and rework per operator and stage), operators' work actions on orders
-(start, pause, resume, finish), piece rates by product family and stage with their history; defect
+"""production records (output and rework per operator and stage), the floor's events on orders (work
+started, paused, resumed, finished; claimed, released, reassigned), piece rates by product family and stage with their history; defect
 codes seeded; orders found by a prefix of their reference in any case (the terminal's scan field); the
 queue's urgent-first order
 
@@ -73,19 +73,21 @@ def upgrade() -> None:
     op.create_index("ix_production_records_created_at", "production_records", ["created_at"])
 
     op.create_table(
-        "work_actions",
+        "floor_events",
         sa.Column("id", BigId, primary_key=True),
-        sa.Column("order_id", sa.BigInteger(), sa.ForeignKey("orders.id", name=op.f("fk_work_actions_order_id_orders")),
+        sa.Column("order_id", sa.BigInteger(), sa.ForeignKey("orders.id", name=op.f("fk_floor_events_order_id_orders")),
                   nullable=False),
         sa.Column("operator_id", sa.Integer(),
-                  sa.ForeignKey("operators.id", name=op.f("fk_work_actions_operator_id_operators")), nullable=False),
+                  sa.ForeignKey("operators.id", name=op.f("fk_floor_events_operator_id_operators")), nullable=False),
+        sa.Column("by_id", sa.Integer(), sa.ForeignKey("operators.id", name=op.f("fk_floor_events_by_id_operators"))),
         sa.Column("action", sa.String(8), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_work_actions")),
-        sa.CheckConstraint("action IN ('start', 'pause', 'resume', 'finish')", name=op.f("ck_work_actions_action")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_floor_events")),
+        sa.CheckConstraint("action IN ('start', 'pause', 'resume', 'finish', 'claim', 'release', 'reassign')",
+                           name=op.f("ck_floor_events_action")),
     )
-    op.create_index("ix_work_actions_order_id_operator_id_id", "work_actions", ["order_id", "operator_id", "id"])
-    op.create_index("ix_work_actions_operator_id_id", "work_actions", ["operator_id", "id"])
+    op.create_index("ix_floor_events_order_id_operator_id_id", "floor_events", ["order_id", "operator_id", "id"])
+    op.create_index("ix_floor_events_operator_id_id", "floor_events", ["operator_id", "id"])
 
     # lower(reference) LIKE 'abc%': text_pattern_ops serves LIKE prefixes whatever the collation.
     if sqlite:
@@ -116,9 +118,9 @@ def downgrade() -> None:
     op.drop_table("piece_rates")
     op.drop_index("ix_orders_reference_lower", table_name="orders")
     op.drop_index("ix_orders_urgent_queue", table_name="orders")
-    op.drop_index("ix_work_actions_operator_id_id", table_name="work_actions")
-    op.drop_index("ix_work_actions_order_id_operator_id_id", table_name="work_actions")
-    op.drop_table("work_actions")
+    op.drop_index("ix_floor_events_operator_id_id", table_name="floor_events")
+    op.drop_index("ix_floor_events_order_id_operator_id_id", table_name="floor_events")
+    op.drop_table("floor_events")
     op.drop_index("ix_production_records_created_at", table_name="production_records")
     op.drop_index("ix_production_records_operator_id_created_at", table_name="production_records")
     op.drop_index("ix_production_records_order_id_id", table_name="production_records")
