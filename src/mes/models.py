@@ -90,6 +90,8 @@ class Operator(Base):
     login: Mapped[str] = mapped_column(String(64), unique=True)
     display_name: Mapped[str] = mapped_column(String(120))
     password_hash: Mapped[str] = mapped_column(String(256))
+    # A short secret for the shared terminal, beside the password (mes.services.accounts); none: password only.
+    pin_hash: Mapped[str | None] = mapped_column(String(256))
     role: Mapped[str] = mapped_column(String(16), default="operator")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     # Sessions name the generation they were issued under; moving it on ends them all (mes.domain.sessions).
@@ -365,3 +367,16 @@ class PieceRate(Base):
     valid_from: Mapped[datetime] = mapped_column(UTCDateTime())
     set_by_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AuditEntry(Base):
+    """A supervisor's change to people, rates or codes: who, what, on whom or what, when."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id"))
+    action: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(140))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    actor: Mapped[Operator | None] = relationship(lazy="joined")

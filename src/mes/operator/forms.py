@@ -125,3 +125,15 @@ class RateForm(Form):
 
 class ReassignForm(Form):
     operator = ReasonCodeField("Operator")  # an operator's id, read with the same integer rule
+
+
+class NewOperatorForm(Form):
+    login = StringField("Login", filters=[_strip], validators=[DataRequired(), Length(max=64)])
+    display_name = StringField("Name", validators=[DataRequired(), Length(max=120)])
+    role = StringField("Role", validators=[DataRequired(), Length(max=16)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=256)])
+
+
+class SecretForm(Form):
+    """A new password or PIN for an operator (empty PIN: none)."""
+    secret = PasswordField("Secret", validators=[Optional(), Length(max=256)])

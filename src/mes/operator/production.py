@@ -13,6 +13,7 @@ from ..domain import actors
 from ..domain.pay import format_rate
 from ..domain.errors import DomainError, ValidationFailed
 from ..domain.production import RECORDING_STAGES, WorkAction
+from ..services import accounts
 from ..services import production as svc
 from .. import query_params
 from ..web import db_session, today
@@ -116,6 +117,8 @@ def rates():
             start = _day(form.valid_from.data)
             rate = svc.set_rate(db_session(), g.actor, form.family.data, form.stage.data, form.per_piece.data,
                                 valid_from=start)
+            accounts.audit(db_session(), g.actor, "rate set", f"{rate.family} {rate.stage}",
+                           f"{format_rate(rate.per_piece)} from {rate.valid_from.isoformat()}")
             flash(f"{rate.family} in {rate.stage.replace('_', ' ')}: {format_rate(rate.per_piece)} per piece from "
                   f"{rate.valid_from.strftime('%Y-%m-%d %H:%M')} UTC.", "success")
             return redirect(url_for("operator.rates"))

@@ -15,7 +15,7 @@ from ..db import begin_write
 from ..domain.actors import Actor, Role, Scope
 from ..domain.errors import Conflict, NotFound, ValidationFailed
 from ..domain.logins import login_problem, normalize_login
-from ..models import ApiClient, Operator, Partner, utcnow
+from ..models import ApiClient, AuditEntry, Operator, Partner, utcnow
 
 KEY_PREFIX = "mes"
 # What issue_key() hands out; anything else is unknown without asking the database.
@@ -60,15 +60,27 @@ def find_operator(session: Session, login: str) -> Operator | None:
     return session.scalar(select(Operator).where(Operator.login == normalize_login(login)))
 
 
+BADGE_PREFIX = "OP-"
+_PIN = re.compile(r"[0-9]{4,8}")
+
+
+def badge_login(value: str) -> str:
+    """The login on an operator's badge (a Code 128 of `OP-<login>`), or the value as typed."""
+    value = value.strip()
+    return value[len(BADGE_PREFIX):] if value.upper().startswith(BADGE_PREFIX) else value
+
+
 def check_operator_login(session: Session, login: str, password: str) -> Operator | None:
-    """The active operator with these credentials, or None."""
-    op = find_operator(session, login)
+    """The active operator with these credentials, or None. `login` may be a badge's value; the secret
+    is the password or, for an operator who has one, the PIN (4 to 8 digits)."""
+    op = find_operator(session, badge_login(login))
     if op is None:
         check_password_hash(_DUMMY_HASH, password)
         return None
-    if not check_password_hash(op.password_hash, password) or not op.active:
-        return None
-    return op
+    ok = check_password_hash(op.password_hash, password)
+    if not ok and op.pin_hash and _PIN.fullmatch(password):
+        ok = check_password_hash(op.pin_hash, password)
+    return op if ok and op.active else None
 
 
 def end_sessions(session: Session, operator_id: int) -> None:
@@ -104,6 +116,25 @@ def set_operator_password(session: Session, login: str, password: str) -> None:
     """A new password ends every session opened with the old one."""
     _check_password(password)
     _change_operator(session, login, password_hash=generate_password_hash(password))
+
+
+def set_operator_pin(session: Session, login: str, pin: str | None) -> None:
+    """A PIN (4 to 8 digits) for the shared terminal; None removes it. Sessions end, as for a password."""
+    if pin is not None and not _PIN.fullmatch(pin):
+        raise ValidationFailed("A PIN is 4 to 8 digits.", errors=[{"field": "pin", "message": "4 to 8 digits"}])
+    _change_operator(session, login, pin_hash=generate_password_hash(pin) if pin else None)
+
+
+def reactivate_operator(session: Session, login: str) -> None:
+    _change_operator(session, login, active=True)
+
+
+def audit(session: Session, actor: Actor, action: str, subject: str, detail: str | None = None) -> None:
+    """Record a supervisor's change, in a transaction of its own after the change."""
+    begin_write(session)
+    session.add(AuditEntry(actor_id=actor.id if actor.kind == "operator" else None, action=action,
+                           subject=subject[:140], detail=detail, created_at=utcnow()))
+    session.commit()
 
 
 def _check_password(password: str) -> None:

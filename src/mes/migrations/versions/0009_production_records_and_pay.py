@@ -1,7 +1,7 @@
 """production records (output and rework per operator and stage), the floor's events on orders (work
 started, paused, resumed, finished; claimed, released, reassigned), piece rates by product family and stage with their history; defect
 codes seeded; orders found by a prefix of their reference in any case (the terminal's scan field); the
-queue's urgent-first order
+queue's urgent-first order; operators' PINs (a shared terminal); the audit log of supervisors' changes
 
 Revision ID: 0009
 Revises: 0008
@@ -99,6 +99,19 @@ def upgrade() -> None:
     op.create_index("ix_orders_urgent_queue", "orders", ["priority", "promised_date", "id"],
                     postgresql_where=open_, sqlite_where=open_)
 
+    op.add_column("operators", sa.Column("pin_hash", sa.String(256)))
+    op.create_table(
+        "audit_log",
+        sa.Column("id", BigId, primary_key=True),
+        sa.Column("actor_id", sa.Integer(), sa.ForeignKey("operators.id", name=op.f("fk_audit_log_actor_id_operators"))),
+        sa.Column("action", sa.String(32), nullable=False),
+        sa.Column("subject", sa.String(140), nullable=False),
+        sa.Column("detail", sa.Text()),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_log")),
+    )
+    op.create_index("ix_audit_log_created_at", "audit_log", ["created_at"])
+
     op.create_table(
         "piece_rates",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -116,6 +129,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("piece_rates")
+    op.drop_index("ix_audit_log_created_at", table_name="audit_log")
+    op.drop_table("audit_log")
+    with op.batch_alter_table("operators") as batch:
+        batch.drop_column("pin_hash")
     op.drop_index("ix_orders_reference_lower", table_name="orders")
     op.drop_index("ix_orders_urgent_queue", table_name="orders")
     op.drop_index("ix_floor_events_operator_id_id", table_name="floor_events")
