@@ -24,7 +24,8 @@ def pip_download_args(requirements: Path) -> list[str]:
     return ["download", "--quiet", "-r", str(requirements), "setuptools", "wheel", "async-timeout>=4.0.3",
             "--only-binary=:all:",
             "--python-version", PYTHON_VERSION, "--implementation", "cp",
-            "--platform", f"manylinux2014_{platform.machine()}"]
+            # Debian 12 has glibc 2.36: wheels for glibc 2.28 and older (manylinux2014 is 2.17) run there.
+            "--platform", f"manylinux_2_28_{platform.machine()}", "--platform", f"manylinux2014_{platform.machine()}"]
 
 
 def pip_wheel_args(requirements: Path) -> list[str]:
