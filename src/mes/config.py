@@ -105,6 +105,8 @@ class Settings:
     # Pay periods of the piece-rate ledger (mes.domain.pay.parse_period_rule): weekly, weekly:<first day>,
     # biweekly:<first day>, semimonthly or monthly.
     pay_period: str = "weekly"
+    # The operator queue reloads itself this often (0: never), unless someone is typing into it.
+    queue_refresh_seconds: int = 60
     log_level: str = "INFO"
     # How many proxies (HAProxy) stand in front and set X-Forwarded-For; 0 when clients connect directly.
     trusted_proxies: int = 0
@@ -169,6 +171,7 @@ class Settings:
             session_idle_minutes=float(_env("MES_SESSION_IDLE_MINUTES", str(defaults.session_idle_minutes))),
             session_lifetime_hours=float(_env("MES_SESSION_LIFETIME_HOURS", str(defaults.session_lifetime_hours))),
             session_cookie_secure=_env("MES_SECURE_COOKIES", "0") == "1",
+            queue_refresh_seconds=int(_env("MES_QUEUE_REFRESH_SECONDS", str(defaults.queue_refresh_seconds))),
             pay_period=_pay_period(_env("MES_PAY_PERIOD", defaults.pay_period)),
             log_level=_env("LOG_LEVEL", "INFO"),
             trusted_proxies=int(_env("MES_TRUSTED_PROXIES", "0")),

@@ -28,7 +28,7 @@ from ..services import holds as hold_svc
 from ..services import orders as svc
 from ..services import production as production_svc
 from ..services import reason_codes
-from ..web import db_session, today
+from ..web import db_session, settings, today
 from . import bp
 from .forms import ActionForm, HoldForm, OutputForm, ReassignForm, ReleaseHoldForm, StatusForm
 
@@ -90,7 +90,7 @@ def queue():
         overdue=svc.count_overdue(session, day, cap=cap), on_hold=svc.count_on_hold(session, cap=cap),
         at_risk=svc.count_by_promise(session, Promise.AT_RISK.value, cap=cap), promises=OPEN_PROMISES,
         count_cap=cap, statuses=list(Status), open_statuses=OPEN_STATUSES, today=day, hold_codes=hold_codes,
-        reason=reason, hold_age=hold_age_text(utcnow()),
+        reason=reason, hold_age=hold_age_text(utcnow()), refresh_seconds=settings().queue_refresh_seconds,
         is_overdue=lambda o: is_overdue(Status(o.status), o.promised_date, day))
 
 
