@@ -1,6 +1,8 @@
 """The `mes` command: migrate, accounts and keys, demo data."""
 from __future__ import annotations
 
+import re
+
 import subprocess
 import sys
 
@@ -140,5 +142,8 @@ def test_seed_demo_prints_working_accounts_and_gives_the_demo_partner_orders(mes
     key = next(line.split()[-1] for line in out.splitlines() if "partner API key" in line)
     orders = client.get("/api/v1/orders", headers={"Authorization": f"Bearer {key}"}).get_json()["items"]
     assert len(orders) > 0
+    # "My work" and the ledger have figures: records of the last weeks, at rates with a history.
+    records = re.search(r"(\d+) production records of the last 35 days, piece rates for (\d+) families", out)
+    assert records and int(records.group(1)) > 0 and int(records.group(2)) > 5, out
     again = mes_cli("seed-demo", "--orders", "200").output  # a second run re-issues keys, loads nothing
     assert "demo orders loaded" not in again and key not in again

@@ -14,15 +14,17 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from .domain.forecast import promise_status
+from .domain.forecast import family_of, promise_status
 from .domain.lifecycle import OPEN_STATUSES, Status
 from .domain.reason_codes import Kind
-from .models import ApiClient, Operator, Order, OrderEvent, Partner, ReasonCode, StatusCount, utcnow
+from .models import (ApiClient, Operator, Order, OrderEvent, Partner, PieceRate, ProductionRecord, ReasonCode,
+                     StatusCount, utcnow)
 from .services import accounts, forecast
 
 S = Status
@@ -283,6 +285,7 @@ def seed(session: Session, engine: Engine, order_count: int) -> Iterator[str]:
         loaded = load_orders(engine, order_count, partners=6, include_partners=["Demo Partner"])
         yield f"{loaded.orders} demo orders loaded"
         yield from forecast_all(session)
+        yield from production_history(session, random.Random(2))
     session.commit()
 
 
@@ -292,3 +295,40 @@ def forecast_all(session: Session) -> Iterator[str]:
     learned = forecast.recompute_norms(session)
     done = forecast.recompute_promises(session)
     yield f"{learned.norms} stage norms learned; {done.open_orders} open orders projected"
+
+
+# Piece rates per product family in production (a raise for brackets two weeks ago) and quality check.
+DEMO_RATES = {"BRKT": ("0.40", "0.45"), "FLNG": ("0.90", None), "SHAFT": ("1.20", None), "GEAR": ("1.75", None)}
+DEMO_CHECK_RATE = "0.05"
+RECORD_DAYS = 35
+
+
+def production_history(session: Session, rng: random.Random) -> Iterator[str]:
+    """Rates, and a production record for every order the demo's history sent to quality check in the
+    last weeks (by the operator who moved it): so that "My work" and the ledger have figures to show."""
+    now = utcnow()
+    chief = accounts.find_operator(session, DEMO_SUPERVISOR[0])
+    families = {family_of(p) for p in PRODUCTS}
+    for family in sorted(families):
+        first, raised = DEMO_RATES.get(family, ("0.60", None))
+        rates = [(first, now - timedelta(days=120))] + ([(raised, now - timedelta(days=14))] if raised else [])
+        for amount, start in rates:
+            session.add(PieceRate(family=family, stage=Status.IN_PRODUCTION.value, per_piece=Decimal(amount),
+                                  valid_from=start, set_by_id=chief.id, created_at=start))
+        session.add(PieceRate(family=family, stage=Status.QUALITY_CHECK.value, per_piece=Decimal(DEMO_CHECK_RATE),
+                              valid_from=now - timedelta(days=120), set_by_id=chief.id, created_at=now))
+    defects = list(session.scalars(select(ReasonCode.id).where(ReasonCode.kind == Kind.DEFECT.value,
+                                                                 ReasonCode.requires_note.is_(False))))
+    demo = accounts.find_operator(session, DEMO_OPERATOR[0])
+    moved = session.execute(select(OrderEvent.order_id, OrderEvent.operator_id, OrderEvent.created_at, Order.quantity)
+                            .join(Order, Order.id == OrderEvent.order_id)
+                            .where(OrderEvent.kind == "status", OrderEvent.to_status == Status.QUALITY_CHECK.value,
+                                   OrderEvent.created_at > now - timedelta(days=RECORD_DAYS))).all()
+    for order_id, operator_id, at, quantity in moved:
+        scrap = rng.choice([0, 0, 0, 1, 2, 5]) if quantity > 20 else 0
+        session.add(ProductionRecord(order_id=order_id, operator_id=operator_id or demo.id, kind="output",
+                                     stage=Status.IN_PRODUCTION.value, good=quantity, scrap=scrap,
+                                     defect_code_id=rng.choice(defects) if scrap else None,
+                                     worked_seconds=int(quantity * rng.uniform(20, 60)), created_at=at))
+    session.commit()
+    yield f"{len(moved)} production records of the last {RECORD_DAYS} days, piece rates for {len(families)} families"
