@@ -101,18 +101,13 @@ def record_output(session: Session, actor: Actor, order_id: int, good: object, s
         text = (note or "").strip() or None
         g, s = production.check_output(Status(order.status), so_far, good, scrap, defect_code or None, list(codes), text)
         now = utcnow()
-        row = ProductionRecord(order_id=order.id, operator_id=actor.id, kind=RecordKind.OUTPUT.value,
-                               stage=order.status, good=g, scrap=s, defect_code=codes.get(defect_code or ""),
-                               worked_seconds=_unrecorded_seconds(session, order.id, actor.id, now), note=text,
-                               created_at=now)
-        session.add(row)
-        session.flush()
-        after = quantities_of(session, order)
-        session.commit()
+        return _store(session, order, ProductionRecord(
+            order_id=order.id, operator_id=actor.id, kind=RecordKind.OUTPUT.value, stage=order.status, good=g,
+            scrap=s, defect_code=codes.get(defect_code or ""), note=text, created_at=now,
+            worked_seconds=_unrecorded_seconds(session, order.id, actor.id, now)))
     except BaseException:
         session.rollback()
         raise
-    return Recorded(row, after)
 
 
 def record_rework(session: Session, actor: Actor, order_id: int, reworks_id: int, quantity: object,
@@ -130,17 +125,21 @@ def record_rework(session: Session, actor: Actor, order_id: int, reworks_id: int
         q = production.check_rework(so_far, as_record(target) if target else None, quantity, defect_code or None,
                                     list(codes))
         now = utcnow()
-        row = ProductionRecord(order_id=order.id, operator_id=actor.id, kind=RecordKind.REWORK.value,
-                               stage=order.status, good=q, scrap=0, defect_code=codes[defect_code],
-                               worked_seconds=_unrecorded_seconds(session, order.id, actor.id, now),
-                               note=(note or "").strip() or None, reworks_id=target.id, created_at=now)
-        session.add(row)
-        session.flush()
-        after = quantities_of(session, order)
-        session.commit()
+        return _store(session, order, ProductionRecord(
+            order_id=order.id, operator_id=actor.id, kind=RecordKind.REWORK.value, stage=order.status, good=q,
+            scrap=0, defect_code=codes[defect_code], note=(note or "").strip() or None, reworks_id=target.id,
+            created_at=now, worked_seconds=_unrecorded_seconds(session, order.id, actor.id, now)))
     except BaseException:
         session.rollback()
         raise
+
+
+def _store(session: Session, order: Order, row: ProductionRecord) -> Recorded:
+    """Write the record and commit; the order's quantities with it."""
+    session.add(row)
+    session.flush()
+    after = quantities_of(session, order)
+    session.commit()
     return Recorded(row, after)
 
 
