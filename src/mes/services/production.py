@@ -226,6 +226,10 @@ class Summary:
     end: date
     line: pay.Line
 
+    @property
+    def last(self) -> date:
+        return self.end - timedelta(days=1)
+
 
 def summaries(session: Session, actor: Actor, today: date, rule: pay.PeriodRule) -> list[Summary]:
     """The actor's today, this week (from Monday) and current pay period, from one read of their records."""
