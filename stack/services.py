@@ -302,6 +302,11 @@ class AlertReceiver(Daemon):
         return f"http://{r['host']}:{r['port']}/{{pages,tickets,watchdog}}, notifications in logs/{self.name}.log"
 
 
+# The local stack notifies sooner than group_vars' 30 s / 5 min, so that a firing alert and its
+# resolution reach the receiver within a minute (tests/test_alert_path.py); the rest is group_vars'.
+LOCAL_ALERTMANAGER = {"alertmanager_group_wait": "10s", "alertmanager_group_interval": "30s"}
+
+
 def alert_receiver_urls(ctx: Ctx) -> dict[str, str]:
     """Where the local Alertmanager sends: the stack's own receiver, one path per receiver."""
     r = ctx.vars["stack_alert_receiver"]
@@ -323,7 +328,7 @@ class Alertmanager(Daemon):
         folder = ctx.ensure_dir(self.folder(ctx), owner="prometheus")
         ctx.ensure_dir(folder / "data", owner="prometheus")
         ctx.render("monitoring/alertmanager.yml.j2", folder / "alertmanager.yml", owner="prometheus", mode=0o640,
-                   extra=alert_receiver_urls(ctx))
+                   extra={**alert_receiver_urls(ctx), **LOCAL_ALERTMANAGER})
         ctx.render("monitoring/web.yml.j2", folder / "web.yml", owner="prometheus", mode=0o640,
                    extra=monauth.password_hash(ctx, "monitoring_bcrypt_cost", folder / "web.yml"))
         ctx.run(["amtool", "check-config", str(folder / "alertmanager.yml")])
