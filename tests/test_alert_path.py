@@ -116,8 +116,12 @@ def local_alertmanager_setting(stack, name: str) -> float:
 
 
 def test_prometheus_sends_to_the_stacks_alertmanager_which_answers_the_monitoring_user_only(stack):
-    answer = requests.get(f"{stack.prometheus}/api/v1/alertmanagers", auth=stack.monitoring, timeout=10).json()
-    assert [a["url"] for a in answer["data"]["activeAlertmanagers"]] == [f"{alertmanager(stack)}/api/v2/alerts"]
+    def active():  # discovered a moment after Prometheus starts
+        answer = requests.get(f"{stack.prometheus}/api/v1/alertmanagers", auth=stack.monitoring, timeout=10).json()
+        return [a["url"] for a in answer["data"]["activeAlertmanagers"]]
+
+    wait_until(lambda: active() != [], 30, 0.5)
+    assert active() == [f"{alertmanager(stack)}/api/v2/alerts"]
     assert requests.get(f"{alertmanager(stack)}/api/v2/status", timeout=10).status_code == 401
     status = requests.get(f"{alertmanager(stack)}/api/v2/status", auth=stack.monitoring, timeout=10).json()
     config = status["config"]["original"]
@@ -181,6 +185,29 @@ def test_a_critical_on_one_pool_never_silences_the_other_pools_warning(stack):
     expected = {("critical", "public"): "active", ("warning", "public"): "suppressed",
                 ("warning", "operator"): "active"}
     assert wait_until(lambda: states() == expected, 30, 0.5), states()
+
+
+def frontend_counters(stack, proxy: str) -> dict[str, float]:
+    text = requests.get(f"{stack.stats}/metrics", auth=stack.monitoring, timeout=10).text
+    found = {}
+    for name in ("requests_denied_total", "intercepted_requests_total", "http_requests_total"):
+        line = re.search(rf'^haproxy_frontend_{name}{{proxy="{proxy}"}} (\S+)$', text, re.M)
+        found[name] = float(line.group(1))
+    return found
+
+
+def test_haproxy_counts_its_429s_apart_from_its_404s(stack):
+    """What HAProxyShedding429 reads: the public frontend's 429s over the key's limit are its denied
+    requests, the 404s of its path rules (a path scan) its intercepted ones, never mixed."""
+    key = stack.new_key("alert-path-flood", tier="crm", scope="crm")
+    before = frontend_counters(stack, "public")
+    with requests.Session() as s:
+        answers = [s.get(f"{stack.public}/not-an-api-path", headers=key, timeout=10).status_code
+                   for _ in range(GROUP_VARS["haproxy_key_rate_limit"] + 20)]
+    after = frontend_counters(stack, "public")
+    assert answers.count(429) >= 20 and answers.count(404) > 0, answers[-30:]
+    assert after["requests_denied_total"] - before["requests_denied_total"] == answers.count(429)
+    assert after["intercepted_requests_total"] - before["intercepted_requests_total"] == answers.count(404)
 
 
 def test_the_stack_is_whole_again(stack):
