@@ -210,6 +210,37 @@ def test_haproxy_counts_its_429s_apart_from_its_404s(stack):
     assert after["intercepted_requests_total"] - before["intercepted_requests_total"] == answers.count(404)
 
 
+def test_the_exporter_sees_a_session_left_idle_in_a_transaction(stack):
+    """What PostgresIdleInTransaction reads (pg_sessions of monitoring/postgres_exporter_queries.yml,
+    as the exporter's role): a session of the app's role on the primary, idle inside a transaction,
+    shows in the primary's exporter with its age; once it ends, it is gone."""
+    from sqlalchemy import create_engine, text
+    from stack import dbtier
+
+    primary = dbtier.primary_node(stack.ctx)
+    exporter = f"http://{primary['host']}:{primary['exporter_port']}/metrics"
+
+    def idle() -> tuple[float, float]:
+        metrics = requests.get(exporter, timeout=10).text
+        count = re.search(r'^pg_sessions_count\{[^}]*state="idle_in_transaction"[^}]*\} (\S+)$', metrics, re.M)
+        oldest = re.search(r'^pg_sessions_oldest_xact_seconds\{[^}]*state="idle_in_transaction"[^}]*\} (\S+)$',
+                           metrics, re.M)
+        assert count and oldest, metrics[-2000:]
+        return float(count.group(1)), float(oldest.group(1))
+
+    engine = create_engine(dbtier.database_urls(stack.ctx)["app_direct"])
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))   # SQLAlchemy's implicit BEGIN: the transaction stays open
+            time.sleep(2)
+            count, oldest = idle()
+            assert count >= 1 and oldest >= 2, (count, oldest)
+            conn.rollback()
+        assert wait_until(lambda: idle()[0] == 0, 10, 0.5), idle()
+    finally:
+        engine.dispose()
+
+
 def test_the_stack_is_whole_again(stack):
     r = stack_cli(stack.env, "status")
     assert r.returncode == 0, r.stdout
