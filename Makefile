@@ -12,7 +12,7 @@ DEV_DB := var/mes.db
 TOPOLOGY ?= split
 # Debian packages of the topology (`make up`); the tests start the same programs in temporary
 # folders, and drive the operator UI in Chromium; nftables checks the firewall role's rules.
-STACK_PACKAGES := python3-venv postgresql-15 etcd-server etcd-client pgbackrest pgpool2 haproxy redis-server prometheus \
+STACK_PACKAGES := python3-venv postgresql-15 etcd-server etcd-client pgbackrest pgpool2 haproxy redis-server prometheus prometheus-alertmanager \
 	prometheus-node-exporter prometheus-postgres-exporter prometheus-redis-exporter wrk gcc
 TEST_PACKAGES := $(STACK_PACKAGES) chromium vagrant nftables
 # The deploy test boots Debian hosts in systemd-nspawn containers on this machine.

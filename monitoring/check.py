@@ -5,12 +5,13 @@
    topology of stack/topology.py (the contract's example when that cannot be imported), copies
    rules/ next to it, renders rules/*.yml.j2 there (settings from group_vars) and runs
    `promtool check config`; renders web.yml.j2 (the basic auth of Prometheus and Alertmanager) and
-   runs `promtool check web-config`;
+   runs `promtool check web-config`; renders alertmanager.yml.j2 with webhooks and with e-mail and runs
+   `amtool check-config` (and checks that it refuses to render when the pages have no receiver);
 2. `promtool check rules` on rules/*.yml and the rendered rules/*.yml.j2;
 3. `promtool test rules tests/*.yml`;
 4. lints the rules: every alert has `severity` (warning|critical) and `component` labels, `summary`,
    `description` and a `runbook_url` whose anchor is a heading of runbooks.md; every alert name has a
-   warning rule; and lists the alerts no test mentions.
+   warning rule (the Watchdog alone has severity none); and lists the alerts no test mentions.
 Exits non-zero on the first failing step.
 """
 from __future__ import annotations
@@ -28,6 +29,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+# The dead man's switch: neither a page nor a ticket (alertmanager.yml.j2 routes it by name).
+WATCHDOG = ("Watchdog", "none")
 # Stand-ins for the secrets: the monitoring password and its bcrypt hash (cost 4).
 SECRETS = {"monitoring_password": "check-password"}
 PASSWORD_HASH = "$2b$04$0a5m1Pg/ax7ERCrokEdxDOnxlLk8FC.T1UBrvDoS8ykKNH2/ky21G"
@@ -93,6 +96,29 @@ def render_web_config(out: Path) -> Path:
     return path
 
 
+def render_alertmanager(out: Path) -> list[Path]:
+    """alertmanager.yml.j2 as the local stack renders it (webhooks only) and with e-mail for both receivers
+    and an SMTP login; without any receiver for the pages it must refuse to render."""
+    env, settings = environment(), group_vars()
+    template = env.get_template("monitoring/alertmanager.yml.j2")
+    hooks = {f"alertmanager_{name}_webhook_url": f"http://127.0.0.1:9095/{name}" for name in ("pages", "tickets", "watchdog")}
+    mail = {"alertmanager_pages_email_to": "oncall@example.org", "alertmanager_tickets_email_to": "ops@example.org",
+            "alertmanager_smtp_smarthost": "smtp.example.org:587", "alertmanager_smtp_from": "mes@example.org",
+            "alertmanager_smtp_auth_username": "mes", "alertmanager_smtp_auth_password": "check-password"}
+    paths = []
+    for name, extra in (("webhooks", hooks), ("email", mail)):
+        path = out / f"alertmanager-{name}.yml"
+        path.write_text(template.render({**settings, **extra}))
+        paths.append(path)
+    try:
+        template.render({**settings, "alertmanager_tickets_webhook_url": "http://127.0.0.1:9095/tickets"})
+    except jinja2.UndefinedError as exc:
+        print(f"  no receiver for the pages: refused ({exc})")
+    else:
+        sys.exit("FAILED: alertmanager.yml.j2 rendered with nowhere to send the pages")
+    return paths
+
+
 def render(kind: str, out: Path) -> Path:
     env, settings = environment(), group_vars()
     folder = out / kind
@@ -136,7 +162,8 @@ def lint() -> None:
                 name, labels, ann = rule["alert"], rule.get("labels", {}), rule.get("annotations", {})
                 alerts.setdefault(name, set()).add(labels.get("severity"))
                 where = f"{path.name}: {name}"
-                if labels.get("severity") not in ("warning", "critical"):
+                if labels.get("severity") not in ("warning", "critical") and \
+                        (name, labels.get("severity")) != WATCHDOG:
                     problems.append(f"{where}: severity must be warning or critical")
                 if not labels.get("component"):
                     problems.append(f"{where}: no component label")
@@ -147,7 +174,7 @@ def lint() -> None:
                 if not url.startswith("monitoring/runbooks.md#") or url.split("#", 1)[1] not in anchors:
                     problems.append(f"{where}: runbook_url {url!r} has no heading in runbooks.md")
     for name, severities in alerts.items():
-        if "warning" not in severities:
+        if "warning" not in severities and (name, *severities) != WATCHDOG:
             problems.append(f"{name}: no warning rule")
     untested = sorted(n for n in alerts if not re.search(rf"alertname: {re.escape(n)}\b", tests_text))
     print(f"  {len(alerts)} alerts, {len(alerts) - len(untested)} covered by tests"
@@ -165,6 +192,9 @@ def main() -> None:
             config = render(kind, Path(tmp))
             run("promtool", "check", "config", str(config))
         run("promtool", "check", "web-config", str(render_web_config(Path(tmp))))
+        print("render and check the Alertmanager configuration")
+        for path in render_alertmanager(Path(tmp)):
+            run("amtool", "check-config", str(path))
         rendered = sorted(str(p) for p in (config.parent / "rules").glob("*.yml")
                           if (HERE / "rules" / f"{p.name}.j2").exists())
         rules = sorted(str(p.relative_to(ROOT)) for p in (HERE / "rules").glob("*.yml"))

@@ -64,14 +64,15 @@ class Ctx:
     # --- templates --------------------------------------------------------------------------
     def render(self, template: str, dest: Path, *, mode: int = 0o644, owner: str | None = None,
                extra: dict | None = None) -> Path:
-        """Render a template of the repository (e.g. 'haproxy/haproxy.cfg.j2') to `dest`."""
+        """Render a template of the repository (e.g. 'haproxy/haproxy.cfg.j2') to `dest`; `extra` adds
+        variables or overrides settings (as Ansible's task vars do)."""
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROOT)), undefined=jinja2.StrictUndefined,
                                  keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
         env.filters["to_json"] = lambda v: __import__("json").dumps(v)
         env.filters["to_nice_yaml"] = _to_nice_yaml
         env.filters["bool"] = _to_bool
         env.filters["hash"] = _hash
-        text = env.get_template(template).render(**self.vars, **(extra or {}))
+        text = env.get_template(template).render({**self.vars, **(extra or {})})
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.exists() or dest.read_text() != text:
             dest.write_text(text)

@@ -9,7 +9,8 @@ import time
 
 from . import backup, dbtier, monauth, pki, priority, services
 from .base import Ctx, StackError
-from .services import AppInstance, HAProxy, NodeExporter, Prometheus, Redis, RedisExporter, Scheduler
+from .services import (AlertReceiver, Alertmanager, AppInstance, HAProxy, NodeExporter, Prometheus, Redis, RedisExporter,
+                       Scheduler)
 from .topology import make_ctx, wipe
 
 DEMO_ORDERS = 2000
@@ -22,12 +23,17 @@ def components(ctx: Ctx) -> list:
     urls = dbtier.database_urls(ctx)
     if t["single"]:
         apps = [AppInstance("single", i, urls["app"], None) for i in t["app_single"]]
-        return [*database, NodeExporter(), *apps, Scheduler(apps[0]), HAProxy(), Prometheus()]
+        return [*database, NodeExporter(), *apps, Scheduler(apps[0]), HAProxy(), *alerting(), Prometheus()]
     redis_url = services.redis_url(ctx)
     operator = [AppInstance("operator", i, urls["app"], redis_url) for i in t["app_operator"]]
     public = [AppInstance("public", i, urls["app"], redis_url) for i in t["app_public"]]
     return [*database, Redis(), RedisExporter(), NodeExporter(), *operator, *public, Scheduler(operator[0]), HAProxy(),
-            Prometheus()]
+            *alerting(), Prometheus()]
+
+
+def alerting() -> list:
+    """Alertmanager and the receiver it sends to, before Prometheus, which sends to Alertmanager."""
+    return [AlertReceiver(), Alertmanager()]
 
 
 def mes(ctx: Ctx, *args: str) -> str:
@@ -96,7 +102,9 @@ def print_urls(ctx: Ctx) -> None:
     print(f"                 curl --cacert {ca} https://{h['bind']}:{h['public_port']}/healthz/ready")
     print(f"  HAProxy stats: http://{h['bind']}:{h['stats_port']}/stats")
     print(f"  Prometheus:    http://{t['prometheus']['host']}:{t['prometheus']['port']}/")
-    print("  monitoring login (HAProxy stats, Prometheus): {} / {}".format(*monauth.credentials(ctx)))
+    print(f"  Alertmanager:  http://{t['alertmanager']['host']}:{t['alertmanager']['port']}/  (notifications: "
+          f"{ctx.path('logs', 'alert_receiver.log')})")
+    print("  monitoring login (HAProxy stats, Prometheus, Alertmanager): {} / {}".format(*monauth.credentials(ctx)))
     if not t["single"]:
         ep = t["db_endpoints"]
         print(f"  Pgpool-II:     {t['pgpool']['host']}:{t['pgpool']['port']}  "

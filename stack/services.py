@@ -277,3 +277,73 @@ class Prometheus(Daemon):
     def ready(self, ctx):
         t = ctx.vars["mes_topology"]["prometheus"]
         return http_ok(f"http://{t['host']}:{t['port']}/-/ready", headers=monauth.headers(ctx))
+
+
+class AlertReceiver(Daemon):
+    """The stack's webhook receiver (stack/alertsink.py): Alertmanager's pages, tickets and watchdog
+    notifications, one JSON line each in logs/alert_receiver.log. Locally the stand-in for an incident
+    tool; a test may stop it and listen on its port itself."""
+
+    name = "alert_receiver"
+
+    def argv(self, ctx):
+        r = ctx.vars["stack_alert_receiver"]
+        return [sys.executable, "-m", "stack.alertsink", r["host"], str(r["port"])]
+
+    def env(self, ctx):
+        return {"PYTHONPATH": str(ROOT)}
+
+    def ready(self, ctx):
+        r = ctx.vars["stack_alert_receiver"]
+        return http_ok(f"http://{r['host']}:{r['port']}/")
+
+    def detail(self, ctx):
+        r = ctx.vars["stack_alert_receiver"]
+        return f"http://{r['host']}:{r['port']}/{{pages,tickets,watchdog}}, notifications in logs/{self.name}.log"
+
+
+# The local stack notifies sooner than group_vars' 30 s / 5 min, so that a firing alert and its
+# resolution reach the receiver within a minute (tests/test_alert_path.py); the rest is group_vars'.
+LOCAL_ALERTMANAGER = {"alertmanager_group_wait": "10s", "alertmanager_group_interval": "30s"}
+
+
+def alert_receiver_urls(ctx: Ctx) -> dict[str, str]:
+    """Where the local Alertmanager sends: the stack's own receiver, one path per receiver."""
+    r = ctx.vars["stack_alert_receiver"]
+    return {f"alertmanager_{name}_webhook_url": f"http://{r['host']}:{r['port']}/{name}"
+            for name in ("pages", "tickets", "watchdog")}
+
+
+class Alertmanager(Daemon):
+    """prometheus-alertmanager from monitoring/alertmanager.yml.j2 (as the prometheus role renders it), its
+    webhooks pointed at the stack's receiver; one instance (no cluster gossip); basic auth from
+    monitoring/web.yml.j2, as Prometheus."""
+
+    name, user = "alertmanager", "prometheus"
+
+    def folder(self, ctx) -> Path:
+        return ctx.path("alertmanager")
+
+    def prepare(self, ctx):
+        folder = ctx.ensure_dir(self.folder(ctx), owner="prometheus")
+        ctx.ensure_dir(folder / "data", owner="prometheus")
+        ctx.render("monitoring/alertmanager.yml.j2", folder / "alertmanager.yml", owner="prometheus", mode=0o640,
+                   extra={**alert_receiver_urls(ctx), **LOCAL_ALERTMANAGER})
+        ctx.render("monitoring/web.yml.j2", folder / "web.yml", owner="prometheus", mode=0o640,
+                   extra=monauth.password_hash(ctx, "monitoring_bcrypt_cost", folder / "web.yml"))
+        ctx.run(["amtool", "check-config", str(folder / "alertmanager.yml")])
+
+    def argv(self, ctx):
+        t = ctx.vars["mes_topology"]["alertmanager"]
+        folder = self.folder(ctx)
+        return ["prometheus-alertmanager", f"--config.file={folder / 'alertmanager.yml'}",
+                f"--storage.path={folder / 'data'}", f"--web.listen-address={t['host']}:{t['port']}",
+                f"--web.config.file={folder / 'web.yml'}", "--cluster.listen-address="]
+
+    def ready(self, ctx):
+        t = ctx.vars["mes_topology"]["alertmanager"]
+        return http_ok(f"http://{t['host']}:{t['port']}/-/ready", headers=monauth.headers(ctx))
+
+    def detail(self, ctx):
+        t = ctx.vars["mes_topology"]["alertmanager"]
+        return f"http://{t['host']}:{t['port']}/"

@@ -61,7 +61,8 @@ def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.
         app_public=[] if single else [app("public1"), app("public2")],
         app_single=[app("single1")] if single else [],
         node_exporters=[{"name": "local", "host": host, "port": p["node_exporter"]}],
-        hosts={"pgpool": host, "redis": host, "haproxy": host, "prometheus": host, "db_endpoints": host},
+        hosts={"pgpool": host, "redis": host, "haproxy": host, "prometheus": host, "alertmanager": host,
+               "db_endpoints": host},
         db_endpoint_instances=[shape.instance("local", host)],
         # One HAProxy, its own only peer (a reload hands its stick tables to the new process); no VIP.
         lb_instances=[shape.instance("local", host)],
@@ -96,7 +97,10 @@ def make_ctx(topology: str | None = None, environ: Mapping[str, str] = os.enviro
     state.chmod(0o755)
     if not remembered.exists():  # so that down/status later act on the topology that was started
         remembered.write_text(topology + "\n")
-    variables = {**settings, "mes_topology": build(state, topology, environ), "mes_secrets": load_secrets(state)}
+    variables = {**settings, "mes_topology": build(state, topology, environ), "mes_secrets": load_secrets(state),
+                 # Local only: the stack's webhook receiver of Alertmanager's notifications (stack/alertsink.py).
+                 "stack_alert_receiver": {"host": yaml.safe_load(LOCAL_LAYOUT.read_text())["host"],
+                                          "port": ports(environ)["alert_receiver"]}}
     return Ctx(state=state, vars=variables)
 
 

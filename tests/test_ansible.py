@@ -85,8 +85,8 @@ def shape(value):
 
 
 def test_the_local_stack_and_the_inventory_build_the_same_shape(tmp_path):
-    """Both are made by ansible/filter_plugins/mes_topology.py's assemble(); the VMs add alertmanager,
-    the load balancers' virtual address and the host of pgBackRest's repository (remote), the local
+    """Both are made by ansible/filter_plugins/mes_topology.py's assemble(); the VMs add the load
+    balancers' virtual address and the host of pgBackRest's repository (remote), the local
     stack the repository's own folder."""
     sys.path.insert(0, str(ROOT))
     try:
@@ -94,7 +94,6 @@ def test_the_local_stack_and_the_inventory_build_the_same_shape(tmp_path):
     finally:
         sys.path.remove(str(ROOT))
     local, vms = shape(build(tmp_path, "split")), shape(inventory_topology())
-    vms.pop("alertmanager")
     assert vms["haproxy"].pop("vip") == "value" and "vip" not in local["haproxy"]
     local_backup, vm_backup = local.pop("backup"), vms.pop("backup")
     assert local_backup["remote"] == vm_backup["remote"] == "bool"
@@ -136,7 +135,7 @@ FLOWS = {
     "pool1": [("op1", 6379, True), ("pub2", 6379, True), ("mon1", 9121, True),
               ("lb1", 6379, False), ("lb1", 9121, False), ("stranger", 6379, False), ("db1", 6379, False)],
     "db1": [("op2", 5432, True), ("pub1", 8008, True), ("db2", 5432, True), ("db2", 8008, True), ("db2", 2379, True),
-            ("mon1", 2380, True), ("mon1", 8432, True), ("mon1", 9187, True), ("ctl", 8008, True), ("ctl", 22, True),
+            ("mon1", 2379, True), ("mon1", 2380, True), ("mon1", 8432, True), ("mon1", 9187, True), ("ctl", 8008, True), ("ctl", 22, True),
             ("lb1", 5432, False), ("lb1", 8008, False), ("pool1", 5432, False), ("op1", 2379, False),
             ("ctl", 5432, False), ("stranger", 8008, False), ("op1", 9187, False), ("op1", 8432, False)],
     "mon1": [("ctl", 9090, True), ("ctl", 3000, True), ("ctl", 9093, True), ("lb1", 3100, True), ("pool1", 3100, True),

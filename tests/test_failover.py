@@ -7,6 +7,7 @@ What each fault costs in time is measured by `bench/failover_bench.py` (BENCHMAR
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import time
 
 import pytest
 import requests
+from stack.base import wait_until
 from stackutil import GROUP_VARS, Stack, running_stack, stack_cli
 
 from mes.testing.writeload import WriteLoad
@@ -103,6 +105,12 @@ def restore(stack: Stack) -> None:
     assert status.returncode == 0, status.stdout
 
 
+def received_alerts(stack: Stack) -> list[dict]:
+    """The notifications the stack's webhook receiver got so far (logs/alert_receiver.log, one JSON each)."""
+    path = stack.ctx.logfile("alert_receiver")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")] if path.exists() else []
+
+
 def signal_postgres_and_patroni(stack: Stack, name: str, sig: int, postgres_only: bool) -> list[int]:
     return dbtier.kill_node(stack.ctx, name, postgres_only=postgres_only, sig=sig)
 
@@ -113,9 +121,11 @@ def signal_postgres_and_patroni(stack: Stack, name: str, sig: int, postgres_only
 def test_losing_the_primarys_host_loses_no_acknowledged_order(stack, writes, lag):
     """kill -9 of the primary's Patroni, postmaster and backends together. With `lag`, the primary's
     walsender is stopped for a few seconds first: the standby falls behind, and (synchronous commit)
-    the writes of that time wait instead of being acknowledged."""
+    the writes of that time wait instead of being acknowledged. The failover reaches the stack's alert
+    receiver as a PatroniFailover ticket."""
     load = writes()
     old, tli = primary(stack), timeline(stack)
+    notified = received_alerts(stack)
     pids = []
     if lag:
         postmaster = dbtier.PatroniNode(dbtier.node_by_name(stack.ctx, old)).postmaster_pid()
@@ -141,6 +151,13 @@ def test_losing_the_primarys_host_loses_no_acknowledged_order(stack, writes, lag
     assert members[old]["role"] in ("sync_standby", "replica") and members[new]["role"] == "leader"
     log = stack.ctx.logfile(old).read_text()
     assert re.search(r"pg_rewind exit code=0", log), "the old primary did not rejoin by pg_rewind"
+    # The failover reaches a person: PatroniFailover on the new primary, sent by Alertmanager as a ticket to
+    # the stack's receiver (within a scrape, an evaluation and group_wait, well inside this bound).
+    def ticket() -> bool:
+        return any(n["receiver"] == "tickets" and any(
+            a["status"] == "firing" and a["labels"].get("alertname") == "PatroniFailover"
+            and a["labels"].get("node") == new for a in n["alerts"]) for n in received_alerts(stack)[len(notified):])
+    assert wait_until(ticket, 90, 1), received_alerts(stack)[len(notified):]
 
 
 def test_a_crashed_postgres_is_restarted_in_place_without_failover(stack, writes):
