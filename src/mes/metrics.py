@@ -27,10 +27,10 @@ from datetime import date, datetime
 
 from flask import Flask, current_app, g, has_request_context, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from .domain.forecast import Promise, promise_status
 from .domain.lifecycle import Status
