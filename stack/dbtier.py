@@ -803,11 +803,12 @@ class PgpoolExporter(PostgresExporter):
         text = self._metrics()
         if text is None:
             return False, f"running but {self.address}/metrics does not answer"
-        used = re.findall(r'^pgpool_nodes_status\{[^}]*node_id="(\d+)"[^}]*\} (\S+)', text, re.M)
-        if not used:
-            return False, f"{self.address}: no pgpool_nodes_* series (does Pgpool-II answer SHOW POOL_NODES?)"
-        return True, f"{self.address}: backends " + ", ".join(f"{n} {'up' if float(v) == 1 else 'down'}"
-                                                               for n, v in used)
+        backends = re.findall(r'^pgpool_backend_port\{([^}]*)\}', text, re.M)
+        if not backends:
+            return False, f"{self.address}: no pgpool_backend_* series (does Pgpool-II answer SHOW POOL_NODES?)"
+        labels = [dict(re.findall(r'(\w+)="([^"]*)"', b)) for b in backends]
+        return True, f"{self.address}: backends " + ", ".join(
+            f"{b['node_id']} {b['status']} (server {b['pg_status']}, {b['pg_role']})" for b in labels)
 
 
 # --- the tier as a whole ----------------------------------------------------------------------------

@@ -51,33 +51,35 @@ def key_id(headers: dict) -> str:
 
 
 def test_pgpool_series_match_show_pool_nodes(stack):
-    assert wait_for(lambda: query(stack, 'pgpool_nodes_status{job="pgpool"}'), 60), "no pgpool_nodes_* in Prometheus"
+    assert wait_for(lambda: query(stack, 'pgpool:backend_up{job="pgpool"}'), 90), "no pgpool series in Prometheus"
     assert float(query(stack, 'up{job="pgpool"}')[0]["value"][1]) == 1
     assert float(query(stack, 'pg_up{job="pgpool"}')[0]["value"][1]) == 1
     direct = {row["node_id"]: row for row in dbtier.pool_nodes(stack.ctx)}
     assert sorted(direct) == ["0", "1"]
-
-    status = query(stack, 'pgpool_nodes_status{job="pgpool"}')
-    assert {r["metric"]["node_id"]: r["metric"]["role"] for r in status} == \
-        {n: row["role"] for n, row in direct.items()}
-    assert by_node(status) == {n: 1.0 if row["status"] in ("up", "waiting") else 0.0 for n, row in direct.items()}
-    assert by_node(query(stack, 'pgpool_nodes_pg_status{job="pgpool"}')) == \
-        {n: 1.0 if row["pg_status"] == "up" else 0.0 for n, row in direct.items()}
-    assert by_node(query(stack, 'pgpool_nodes_pg_role{job="pgpool"}')) == \
-        {n: {"primary": 1.0, "standby": 0.0}[row["pg_role"]] for n, row in direct.items()}
     # The replica endpoint leads to the stack's streaming replica.
-    assert direct["1"]["pg_role"] == "standby" and direct["0"]["pg_role"] == "primary"
-    # Counters: what Prometheus scraped last is at most what Pgpool-II says now, and no more than a few
-    # scrapes behind on an idle stack (the exporter's own read goes to the primary: the standby's count
-    # is the app's reads alone).
+    assert direct["0"]["pg_role"] == "primary" and direct["1"]["pg_role"] == "standby"
+
+    # The states as labels, exactly as SHOW POOL_NODES shows them, and as 0/1 series.
+    backends = query(stack, 'pgpool_backend_port{job="pgpool"}')
+    assert {r["metric"]["node_id"]: (r["metric"]["role"], r["metric"]["status"], r["metric"]["pg_status"],
+                                     r["metric"]["pg_role"], float(r["value"][1])) for r in backends} == \
+        {n: (row["role"], row["status"], row["pg_status"], row["pg_role"], float(row["port"]))
+         for n, row in direct.items()}
+    assert by_node(query(stack, 'pgpool:backend_up')) == \
+        {n: 1.0 if row["status"] in ("up", "waiting") else 0.0 for n, row in direct.items()}
+    assert by_node(query(stack, 'pgpool:backend_pg_up')) == \
+        {n: 1.0 if row["pg_status"] == "up" else 0.0 for n, row in direct.items()}
+    assert by_node(query(stack, 'pgpool:backend_pg_standby')) == {"0": 0.0, "1": 1.0}
+    assert by_node(query(stack, 'pgpool_nodes_lb_weight{job="pgpool"}')) == \
+        {n: float(row["lb_weight"]) for n, row in direct.items()}
+    # Counters: what Prometheus scraped last is at most what Pgpool-II says now.
     scraped = by_node(query(stack, 'pgpool_nodes_select_cnt{job="pgpool"}'))
     now = {row["node_id"]: int(row["select_cnt"]) for row in dbtier.pool_nodes(stack.ctx)}
     for node in ("0", "1"):
         assert 0 <= scraped[node] <= now[node], (node, scraped, now)
     # Client slots: one series per child, num_init_children of them; the exporter holds one itself.
-    slots = query(stack, 'pgpool_processes_status{job="pgpool"}')
-    assert len(slots) == GROUP_VARS["pgpool_num_init_children"]
-    assert 1 <= sum(float(r["value"][1]) for r in slots) < len(slots)
+    assert float(query(stack, 'pgpool:slots')[0]["value"][1]) == GROUP_VARS["pgpool_num_init_children"]
+    assert 1 <= float(query(stack, 'pgpool:slots_in_use')[0]["value"][1]) < GROUP_VARS["pgpool_num_init_children"]
 
 
 def test_the_standby_select_count_grows_when_the_api_serves_reads(stack):
