@@ -56,8 +56,7 @@ def test_pgpool_series_match_show_pool_nodes(stack):
     assert float(query(stack, 'pg_up{job="pgpool"}')[0]["value"][1]) == 1
     direct = {row["node_id"]: row for row in dbtier.pool_nodes(stack.ctx)}
     assert sorted(direct) == ["0", "1"]
-    # The replica endpoint leads to the stack's streaming replica.
-    assert direct["0"]["pg_role"] == "primary" and direct["1"]["pg_role"] == "standby"
+    assert direct["0"]["role"] == "primary" and direct["1"]["role"] == "standby"
 
     # The states as labels, exactly as SHOW POOL_NODES shows them, and as 0/1 series.
     backends = query(stack, 'pgpool_backend_port{job="pgpool"}')
@@ -67,9 +66,6 @@ def test_pgpool_series_match_show_pool_nodes(stack):
          for n, row in direct.items()}
     assert by_node(query(stack, 'pgpool:backend_up')) == \
         {n: 1.0 if row["status"] in ("up", "waiting") else 0.0 for n, row in direct.items()}
-    assert by_node(query(stack, 'pgpool:backend_pg_up')) == \
-        {n: 1.0 if row["pg_status"] == "up" else 0.0 for n, row in direct.items()}
-    assert by_node(query(stack, 'pgpool:backend_pg_standby')) == {"0": 0.0, "1": 1.0}
     assert by_node(query(stack, 'pgpool_nodes_lb_weight{job="pgpool"}')) == \
         {n: float(row["lb_weight"]) for n, row in direct.items()}
     # Counters: what Prometheus scraped last is at most what Pgpool-II says now.
