@@ -807,8 +807,8 @@ class PgpoolExporter(PostgresExporter):
         if not backends:
             return False, f"{self.address}: no pgpool_backend_* series (does Pgpool-II answer SHOW POOL_NODES?)"
         labels = [dict(re.findall(r'(\w+)="([^"]*)"', b)) for b in backends]
-        return True, f"{self.address}: backends " + ", ".join(
-            f"{b['node_id']} {b['status']} (server {b['pg_status']}, {b['pg_role']})" for b in labels)
+        return True, f"{self.address}: backends " + ", ".join(f"{b['node_id']} {b['role']} {b['status']}"
+                                                               for b in labels)
 
 
 # --- the tier as a whole ----------------------------------------------------------------------------
