@@ -47,7 +47,7 @@ CONTRACT_EXAMPLE = {  # stack/CONTRACT.md
     "etcd": [{"name": "etcd0", "host": "127.0.0.1", "client_port": 2479, "peer_port": 2480, "dir": "/x/etcd0"}],
     "db_endpoints": {"host": "127.0.0.1", "primary_port": 5440, "replica_port": 5441, "stats_port": 8405,
                      "dir": "/x/db_endpoints"},
-    "pgpool": {"host": "127.0.0.1", "port": 9999, "pcp_port": 9898, "dir": "/x/pgpool"},
+    "pgpool": {"host": "127.0.0.1", "port": 9999, "pcp_port": 9898, "exporter_port": 9719, "dir": "/x/pgpool"},
     "redis": {"host": "127.0.0.1", "port": 6380, "dir": "/x/redis", "exporter_port": 9121},
     "app_operator": [{"name": "operator1", "host": "127.0.0.1", "port": 8101},
                      {"name": "operator2", "host": "127.0.0.1", "port": 8102}],

@@ -12,6 +12,8 @@ templates (etcd/, patroni/, postgresql/, haproxy/db.cfg.j2, pgpool/) that the An
 - `Pgpool()`: Pgpool-II with those two endpoints as its backends; it splits reads from writes and pools
   connections, and decides no failover.
 - `PostgresExporter(node)`: Debian's prometheus-postgres-exporter for one node.
+- `PgpoolExporter()`: the same program through Pgpool-II, with Pgpool-II's SHOW commands as its only
+  queries (monitoring/pgpool_exporter_queries.yml): backends, select counts, client slots in use.
 
 Every TCP connection to a node or to Pgpool-II is TLS, with certificates of the stack's CA
 (stack/pki.py); every client verifies the server's (sslmode=verify-full, `tls_params`).
@@ -52,6 +54,11 @@ EXPORTER_BIN = "prometheus-postgres-exporter"
 PATRONI = ROOT / ".venv-patroni" / "bin" / "patroni"
 PATRONICTL = PATRONI.with_name("patronictl")
 EXPORTER_QUERIES = ROOT / "monitoring" / "postgres_exporter_queries.yml"
+PGPOOL_EXPORTER_QUERIES = ROOT / "monitoring" / "pgpool_exporter_queries.yml"
+# The Pgpool-II exporter sends no query of its own but `SELECT version()` (the default metrics and the
+# collectors are off): only Pgpool-II's SHOW commands, answered by Pgpool-II itself.
+PGPOOL_EXPORTER_ARGS = ["--disable-default-metrics", "--disable-settings-metrics", "--no-collector.database",
+                        "--no-collector.bgwriter", "--log.level=warn"]
 
 
 # --- small helpers ----------------------------------------------------------------------------------
@@ -759,6 +766,51 @@ class PostgresExporter:
         return up, detail
 
 
+class PgpoolExporter(PostgresExporter):
+    """prometheus-postgres-exporter through Pgpool-II as the pgpool role (database postgres, TLS verified
+    like the app's), whose only queries are Pgpool-II's SHOW POOL_NODES and SHOW POOL_PROCESSES
+    (monitoring/pgpool_exporter_queries.yml). Its application name routes its one `SELECT version()` per
+    scrape to the primary (pgpool.conf.j2), so a standby's select count is the app's reads alone."""
+
+    def __init__(self, ctx: Ctx):
+        pg = _topology(ctx)["pgpool"]
+        self.node = {"host": pg["host"], "port": pg["port"]}
+        self.name = "pgpool_exporter"
+        self.address = f"{pg['host']}:{pg['exporter_port']}"
+
+    def _dsn(self, ctx: Ctx) -> str:
+        v, s = ctx.vars, _secrets(ctx)
+        params = {**tls_params(ctx), "application_name": v["pgpool_exporter_application_name"]}
+        return (f"postgresql://{quote(v['pg_pgpool_role'], safe='')}:{quote(s['pgpool_password'], safe='')}"
+                f"@{self.node['host']}:{self.node['port']}/postgres?{urlencode(params, safe='/')}")
+
+    def up(self, ctx: Ctx) -> None:
+        if ctx.pid(self.name) is None:
+            queries = ctx.ensure_dir(ctx.path("pgpool_exporter"), mode=0o755) / "queries.yml"
+            if not queries.exists() or queries.read_text() != PGPOOL_EXPORTER_QUERIES.read_text():
+                queries.write_text(PGPOOL_EXPORTER_QUERIES.read_text())
+            queries.chmod(0o644)
+            argv = [EXPORTER_BIN, f"--web.listen-address={self.address}", f"--extend.query-path={queries}",
+                    *PGPOOL_EXPORTER_ARGS]
+            ctx.spawn(self.name, argv, user=PG_USER, env={"DATA_SOURCE_NAME": self._dsn(ctx), "HOME": _pg_home()})
+        if not wait_until(lambda: ctx.pid(self.name) is None or self._metrics(2) is not None, 30, 0.3) \
+                or ctx.pid(self.name) is None:
+            raise StackError(f"{self.name} does not answer on {self.address}:\n{ctx.log_tail(self.name)}")
+
+    def status(self, ctx: Ctx) -> tuple[bool, str]:
+        if ctx.pid(self.name) is None:
+            return False, "not running"
+        text = self._metrics()
+        if text is None:
+            return False, f"running but {self.address}/metrics does not answer"
+        backends = re.findall(r'^pgpool_backend_port\{([^}]*)\}', text, re.M)
+        if not backends:
+            return False, f"{self.address}: no pgpool_backend_* series (does Pgpool-II answer SHOW POOL_NODES?)"
+        labels = [dict(re.findall(r'(\w+)="([^"]*)"', b)) for b in backends]
+        return True, f"{self.address}: backends " + ", ".join(f"{b['node_id']} {b['role']} {b['status']}"
+                                                               for b in labels)
+
+
 # --- the tier as a whole ----------------------------------------------------------------------------
 
 def components(ctx: Ctx) -> list:
@@ -771,7 +823,7 @@ def components(ctx: Ctx) -> list:
         from .backup import PgBackRest
         out.append(PgBackRest())
     if not t["single"]:
-        out += [DbEndpoints(), Pgpool()]
+        out += [DbEndpoints(), Pgpool(), PgpoolExporter(ctx)]
     out += [PostgresExporter(n) for n in nodes(ctx)]
     return out
 

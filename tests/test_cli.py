@@ -1,8 +1,8 @@
 """The `mes` command: migrate, accounts and keys, demo data."""
 from __future__ import annotations
 
+import hashlib
 import re
-
 import subprocess
 import sys
 
@@ -89,6 +89,22 @@ def test_client_key_is_printed_once_and_works_until_revoked(mes_cli, backend):
     assert mes_cli("create-client", "crm", "--scope", "crm").exit_code == 0
     assert mes_cli("create-client", "x", "--tier", "platinum", "--partner", "X").exit_code == 2
     app.extensions["mes_engine"].dispose()
+
+
+def test_list_clients_shows_each_key_by_its_id_never_the_key(mes_cli):
+    key = mes_cli("create-client", "acme-erp", "--partner", "ACME").output.strip().splitlines()[-1]
+    crm = mes_cli("create-client", "crm", "--scope", "crm").output.strip().splitlines()[-1]
+    assert mes_cli("revoke-key", "crm").exit_code == 0
+    kid = hashlib.sha256(key.encode()).hexdigest()[:8]  # what HAProxy logs as key=
+    r = mes_cli("list-clients")
+    assert r.exit_code == 0 and key not in r.output and crm not in r.output
+    rows = [line.split("\t") for line in r.output.strip().splitlines()]
+    assert rows[0] == ["name", "scope", "partner", "tier", "key_id", "state"]
+    assert rows[1] == ["acme-erp", "partner", "ACME", "standard", kid, "active"]
+    assert rows[2][:2] == ["crm", "crm"] and rows[2][5] == "revoked"
+    found = mes_cli("list-clients", "--key-id", kid.upper()).output.strip().splitlines()
+    assert len(found) == 2 and found[1].startswith("acme-erp\t")
+    assert len(mes_cli("list-clients", "--key-id", "00000000").output.strip().splitlines()) == 1
 
 
 def test_demo_data_has_a_realistic_spread_and_consistent_counts(mes_cli, db):

@@ -64,6 +64,7 @@ def rendered() -> dict:
 # --- real log lines: what Loki's derived fields and Alloy's parsing read ------------------------------------
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+KEY_ID = "1f2e3d4c"                          # the API key's id (8 hex digits of its SHA-256)
 REQUEST_ID = "58d5c0de-9f1e-4c55-8d3a-3f2a1b0c9d8e"   # HAProxy's uuid(4), or the client's X-Request-ID
 
 
@@ -85,7 +86,7 @@ HAPROXY_FIELDS = {
     "%ci": "10.0.0.5", "%cp": "41234", "%tr": "26/Nov/2026:07:05:26.105", "%ft": "public~", "%b": "public",
     "%s": "pub1", "%TR": "0", "%Tw": "0", "%Tc": "1", "%Tr": "12", "%Ta": "13", "%ST": "200", "%B": "396",
     "%tsc": "----", "%ac": "1", "%fc": "1", "%bc": "0", "%sc": "0", "%rc": "0", "%sq": "0", "%bq": "0",
-    "%ID": REQUEST_ID, "%[var(txn.trace_id)]": TRACE_ID, "%[var(txn.why)]": "-", "%HM": "GET",
+    "%ID": REQUEST_ID, "%[var(txn.trace_id)]": TRACE_ID, "%[var(txn.why)]": "-", "%[var(txn.keyid)]": KEY_ID, "%HM": "GET",
     "%HPO": "/api/v1/orders/42", "%HV": "HTTP/1.1",
 }
 
@@ -360,7 +361,8 @@ def test_alloy_parses_the_app_s_and_haproxy_s_real_lines(rendered):
     found = expression.search(haproxy_log_line())
     assert found, haproxy_log_line()
     assert found.groupdict() == {"frontend": "public~", "backend": "public", "server": "pub1", "status": "200",
-                                 "termination": "----", "request_id": REQUEST_ID, "trace_id": TRACE_ID, "why": "-"}
+                                 "termination": "----", "request_id": REQUEST_ID, "trace_id": TRACE_ID, "why": "-",
+                                 "key_id": KEY_ID}
     [metadata] = [empty_keys(block) for block in alloy_blocks(haproxy_block, "stage.structured_metadata")]
     assert metadata == set(found.groupdict())
 

@@ -11,6 +11,9 @@ asserts it and the local stack (stack/dbtier.py, before Pgpool-II starts) loads 
 from __future__ import annotations
 
 POOLS = ("operator", "public")
+#: Clients of every Pgpool-II that are neither pool's: its exporter (monitoring/pgpool_exporter_queries.yml),
+#: which holds one connection all the time. They come out of the public pool's share, never the reserve.
+OTHER_CLIENTS = 1
 
 
 def per_process(pool: dict) -> int:
@@ -35,14 +38,16 @@ def pgpool_clients(topology: dict, pools: dict) -> dict[str, dict[str, int]]:
 def pgpool_budget_errors(topology: dict, pools: dict, num_init_children: int, reserved_connections: int,
                          operator_reserve: int) -> list[str]:
     """What does not fit, per Pgpool-II; empty when the operator pool fits in its reserve and the public
-    pool in the slots left (so that together they never exceed num_init_children - reserved_connections)."""
+    pool in the slots left beside it and the exporter (so that together they never exceed
+    num_init_children - reserved_connections)."""
     slots = int(num_init_children) - int(reserved_connections)
-    public_slots = slots - int(operator_reserve)
+    public_slots = slots - int(operator_reserve) - OTHER_CLIENTS
     errors = []
     for host, counts in pgpool_clients(topology, pools).items():
         if counts["public"] > public_slots:
             errors.append(f"{host}: the public pool can hold {counts['public']} Pgpool-II clients, more than the "
-                          f"{public_slots} left beside the operator reserve ({slots} slots - {operator_reserve})")
+                          f"{public_slots} left beside the operator reserve and the exporter ({slots} slots - "
+                          f"{operator_reserve} - {OTHER_CLIENTS})")
         if counts["operator"] > int(operator_reserve):
             errors.append(f"{host}: the operator pool and its scheduler can hold {counts['operator']} Pgpool-II "
                           f"clients, more than the operator reserve ({operator_reserve})")

@@ -57,8 +57,9 @@ def assemble(*, single: bool, pg_bindir: str, pg_nodes: list[dict], etcd: list[d
         "pg_bindir": pg_bindir,
         "pg_nodes": pg_nodes,
         "etcd": etcd,
+        # exporter_port: its exporter (a postgres_exporter through it), where the database endpoints run
         "pgpool": {"host": hosts["pgpool"], "port": ports["pgpool"], "pcp_port": ports["pgpool_pcp"],
-                   "dir": dirs["pgpool"]},
+                   "exporter_port": ports["pgpool_exporter"], "dir": dirs["pgpool"]},
         "redis": {"host": hosts["redis"], "port": ports["redis"], "dir": dirs["redis"],
                   "exporter_port": ports["redis_exporter"]},
         "app_operator": app_operator,

@@ -109,6 +109,23 @@ def revoke_key(name):
     click.echo(f"key of {name} revoked")
 
 
+@main.command("list-clients")
+@click.option("--key-id", help="Only the client whose key has this id (as HAProxy's log and the metrics show it).")
+@with_appcontext
+def list_clients(key_id):
+    """List the API clients with their key id: the first hex digits of the key's SHA-256, which HAProxy
+    logs (key=...) and the app's per-client metrics carry (key_id); never the key."""
+    from .services.accounts import key_id as id_of, list_clients as clients
+
+    click.echo("name\tscope\tpartner\ttier\tkey_id\tstate")
+    for c in clients(db_session()):
+        kid = id_of(c.key_hash) if c.key_hash else "-"
+        if key_id and kid != key_id.strip().lower():
+            continue
+        state = "revoked" if c.revoked_at else ("active" if c.key_hash else "no key")
+        click.echo(f"{c.name}\t{c.scope}\t{c.partner.name if c.partner else '-'}\t{c.rate_tier}\t{kid}\t{state}")
+
+
 @main.command("purge-idempotency-keys")
 @with_appcontext
 def purge_idempotency_keys():

@@ -8,7 +8,7 @@ from flask import current_app, g, request
 from ..domain.errors import Unauthorized
 from ..key_cache import KeyCache
 from ..reconnect import retry_while_unavailable
-from ..services.accounts import KeyHolder, authenticate_key, hash_key
+from ..services.accounts import KeyHolder, authenticate_key, hash_key, key_id
 from ..web import db_session
 from . import bp
 
@@ -33,17 +33,18 @@ def authenticate_api_client():
     key = bearer_token(request.headers.get("Authorization", ""))
     if key is None:
         raise Unauthorized("Send your API key as 'Authorization: Bearer <key>'.")
-    holder = holder_of(key)
+    key_hash = hash_key(key)
+    holder = holder_of(key, key_hash)
     if holder is None:
         raise Unauthorized("The API key is unknown or revoked.")
     g.client = holder
+    g.key_id = key_id(key_hash)  # the client's name in the per-client metrics, as in HAProxy's log
     g.actor = holder.actor
 
 
-def holder_of(key: str) -> KeyHolder | None:
+def holder_of(key: str, key_hash: str) -> KeyHolder | None:
     """From this process's key cache when it is fresh, else from the database (then remembered)."""
     cache: KeyCache = current_app.extensions["mes_key_cache"]
-    key_hash = hash_key(key)
     holder = cache.get(key_hash)
     if holder is None:
         # A read: safe to repeat on a fresh connection whatever the request's method.

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..db import begin_write
@@ -27,6 +27,17 @@ _DUMMY_HASH = generate_password_hash("not-a-password")
 def hash_key(key: str) -> str:
     """Keys are long random strings, so one SHA-256 is enough (unlike passwords)."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+#: Hex digits of a key's SHA-256 that name it in logs and metrics (32 bits: distinct for any real set of keys).
+KEY_ID_LENGTH = 8
+
+
+def key_id(key_hash: str) -> str:
+    """A key's short, non-secret name: the start of its SHA-256 (hex). HAProxy logs the same id for every
+    Bearer token it sees (haproxy/haproxy.cfg.j2, txn.keyid), so its log, the app's metrics and
+    `mes list-clients` can be joined; nothing of the key can be learnt from it."""
+    return key_hash[:KEY_ID_LENGTH]
 
 
 def operator_actor(op: Operator) -> Actor:
@@ -188,6 +199,11 @@ def find_client(session: Session, name: str) -> ApiClient:
     if client is None:
         raise NotFound(f"No API client named {name!r}.")
     return client
+
+
+def list_clients(session: Session) -> list[ApiClient]:
+    """Every API client, by name, with its partner loaded."""
+    return list(session.scalars(select(ApiClient).options(selectinload(ApiClient.partner)).order_by(ApiClient.name)))
 
 
 def revoke_key(session: Session, name: str) -> ApiClient:
