@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -147,12 +148,36 @@ def _log_tail(log: Path, lines: int = 40) -> str:
     return f"last lines of {log}:\n" + "\n".join(text.splitlines()[-lines:])
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now.
 
-    Another process may grab it before the server binds, which is why
+    It lies below the kernel's ephemeral range, so that no outgoing connection (a stack's own clients,
+    dozens per second while it starts) takes it as its source port before the server binds it; and it
+    is never handed out twice by this process. Another process may still grab it, which is why
     :func:`start_postgres` retries with a fresh port when it picked the port.
     """
+    low = _ephemeral_low()
+    for _ in range(500):
+        port = random.randrange(10000, max(low, 10001))
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
