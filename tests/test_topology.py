@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import pwd
+import re
 import signal
 import socket
 import ssl
@@ -73,7 +74,8 @@ def test_a_hold_and_a_status_change_reach_the_feed_with_the_promise_they_leave(s
            timeout=10)
     html = s.get(f"{stack.operator}/operator/orders/{order['id']}", timeout=10).text
     token = html.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    code = html.split('name="reason_code" required>')[1].split('<option value="')[2].split('"')[0]
+    code = re.search(r'<select name="reason_code"[^>]*>\s*<option value="">[^<]*</option>\s*<option value="(\d+)"',
+                     html).group(1)  # the first hold reason
     html = s.post(f"{stack.operator}/operator/orders/{order['id']}/hold",
                   data={"csrf_token": token, "reason_code": code, "version": "1"}, timeout=10).text
     assert 'id="hold-badge"' in html
