@@ -6,7 +6,7 @@ import re
 
 import pytest
 from conftest import create_order
-from test_operator_ui import Browserless
+from test_operator_ui import ui  # noqa: F401  (the logged-in operator fixture)
 
 from mes.domain.errors import ValidationFailed
 from mes.domain.scan import barcode_value, like_prefix, parse_scan
@@ -29,14 +29,6 @@ def test_an_empty_long_or_binary_scan_is_refused(raw):
 
 def test_prefix_patterns_escape_wildcards():
     assert like_prefix("Po_1%") == "po\\_1\\%%" and barcode_value(7) == "MES-7"
-
-
-@pytest.fixture
-def ui(client, accounts_):
-    accounts_.operator("olga", "secret-pass")
-    b = Browserless(client)
-    assert b.login("olga", "secret-pass").status_code == 302
-    return b
 
 
 def opened(r) -> int | None:

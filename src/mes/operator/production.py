@@ -52,8 +52,7 @@ def output(order_id: int):
                                  form.defect_code.data or None, form.note.data)
     except DomainError as err:
         # Shown again with what was typed: a count off by one is corrected, not typed again.
-        problems = "; ".join(f"{e['field']}: {e['message']}" for e in err.extensions.get("errors", []))
-        flash(f"Nothing was recorded. {err.detail} {problems}".strip(), "error")
+        flash(f"Nothing was recorded. {_explained(err)}", "error")
         return order_page(order_id, output_form=form, code=err.status)
     q = done.quantities
     flash(f"Recorded {done.record.good} good, {done.record.scrap} scrap on order {order_id}: "
@@ -123,8 +122,7 @@ def rates():
                   f"{rate.valid_from.strftime('%Y-%m-%d %H:%M')} UTC.", "success")
             return redirect(url_for("operator.rates"))
         except DomainError as err:
-            problems = "; ".join(f"{e['field']}: {e['message']}" for e in err.extensions.get("errors", []))
-            flash(f"No rate was set. {err.detail} {problems}".strip(), "error")
+            flash(f"No rate was set. {_explained(err)}", "error")
             code = err.status
     return render_template("operator/rates.html", rates=svc.rates(db_session()), form=form,
                            stages=RECORDING_STAGES, today=today()), code
@@ -144,3 +142,9 @@ def _day(raw: str | None):
 @bp.app_template_filter("rate")
 def _rate(value) -> str:
     return format_rate(value)
+
+
+def _explained(err: DomainError) -> str:
+    """The error and each refused field, for a message above the form that is shown again."""
+    fields = "; ".join(f"{e['field']}: {e['message']}" for e in err.extensions.get("errors", []))
+    return f"{err.detail} {fields}".strip()
