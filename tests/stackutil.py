@@ -142,3 +142,11 @@ def cpu_cgroup(pid: int, version: int) -> str:
 
 def nice_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def autogroup_nice(pid: int) -> int | None:
+    """The nice value of the process's autogroup; None where it has none: autogroups are off, or the
+    process sits in a cpu cgroup other than the root one (the kernel then prints nothing)."""
+    path = Path(f"/proc/{pid}/autogroup")
+    text = path.read_text().split() if path.exists() else []
+    return int(text[-1]) if text else None

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import NEW_ORDER, auth
-from stackutil import cpu_cgroup, gunicorn_processes, nice_of
+from stackutil import autogroup_nice, cpu_cgroup, gunicorn_processes, nice_of
 
 from mes.testing.postgres import free_port
 
@@ -173,8 +173,8 @@ def test_the_local_stack_runs_operator_workers_at_a_higher_cpu_priority_than_pub
         try:
             for pid in gunicorn_processes(niced.proc.pid, 3):
                 assert nice_of(pid) == os.nice(0) + priority.nice(ctx, pool), pool
-                if Path(f"/proc/{pid}/autogroup").exists():  # autogroups on: the session's group is niced too
-                    assert Path(f"/proc/{pid}/autogroup").read_text().split()[-1] == str(priority.nice(ctx, pool))
+                if autogroup_nice(pid) is not None:  # in an autogroup: the session's group is niced too
+                    assert autogroup_nice(pid) == priority.nice(ctx, pool), pool
         finally:
             niced.stop()
 
