@@ -47,7 +47,7 @@ import pytest
 import yaml
 
 from . import containers, network
-from .cluster import ANSIBLE_DIR, CLIENT2_IP, REPO, SUBNET, VAULT_ARGS, Cluster, Settings, group_hosts, group_var
+from .cluster import ANSIBLE_DIR, CLIENT2_IP, CTL_IP, REPO, SUBNET, VAULT_ARGS, Cluster, Settings, group_hosts, group_var
 from .network import CTL_NS
 from .util import log, run, wait_until
 from .wheelhouse import ensure_patroni_wheelhouse, ensure_wheelhouse
@@ -90,6 +90,23 @@ def cluster():
         c.down()
         left = c.leftovers()
         assert not left, f"the harness left: {left}"
+
+
+@pytest.fixture(scope="module")
+def alert_receiver(cluster):
+    """The receiver that the test inventory's Alertmanager notifies (alertmanager_*_webhook_url: the
+    controller's address, port 9095): the local stack's alertsink, run in the controller namespace.
+    Yields a function that returns the notifications received so far (one JSON line each)."""
+    path = cluster.logs / "alert_receiver.log"
+    with path.open("ab") as out:
+        proc = subprocess.Popen(["ip", "netns", "exec", CTL_NS, sys.executable, "-m", "stack.alertsink", CTL_IP,
+                                 "9095"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield lambda: [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -761,8 +778,11 @@ def test_loss_of_the_active_load_balancer_moves_the_virtual_address(cluster):
     PASSED.add("lb")
 
 
-def test_loss_of_the_primary_host_loses_no_acknowledged_order_and_it_rejoins(cluster):
+def test_loss_of_the_primary_host_loses_no_acknowledged_order_and_it_rejoins(cluster, alert_receiver):
+    """... and the failover reaches a person: Alertmanager on the monitoring host sends PatroniFailover
+    for the new primary as a ticket to the receiver of the inventory."""
     need("api")
+    notified = len(alert_receiver())
     members = patroni(cluster)
     old_primary = leader(members)
     others = [n for n in members if n != old_primary]
@@ -793,6 +813,15 @@ def test_loss_of_the_primary_host_loses_no_acknowledged_order_and_it_rejoins(clu
     assert leader(back) == new_primary, back
     assert psql(cluster, old_primary, "SELECT pg_is_in_recovery()") == "t"
     assert int(psql(cluster, old_primary, f"SELECT count(*) FROM orders WHERE reference IN ({refs})")) == len(acked)
+
+    def ticket() -> dict | None:
+        return next((n for n in alert_receiver()[notified:] if n["receiver"] == "tickets" and any(
+            a["status"] == "firing" and a["labels"].get("alertname") == "PatroniFailover"
+            and a["labels"].get("node") == new_primary for a in n["alerts"])), None)
+    # within a scrape, an evaluation and group_wait (30 s) of the promotion: long since, or soon
+    sent = wait_until(ticket, 120, interval=2, what=f"PatroniFailover for {new_primary} at the receiver")
+    log(f"PatroniFailover for {new_primary} reached the receiver at {sent['received_at']} "
+        f"({time.monotonic() - lost_at:.0f} s after the loss; receiver log {cluster.logs / 'alert_receiver.log'})")
     PASSED.add("failover")
 
 
