@@ -83,14 +83,14 @@ dev: packages-dev venv
 	LOG_LEVEL=WARNING $(BIN)/mes seed-demo | sed 's/^/   /' && \
 	exec $(BIN)/mes run --host $(HOST) --port $(PORT)
 
-## Every test: the suite, then the deploy test (root; about 33 minutes in all).
+## Every test: the suite, then the deploy test (root; about 43 minutes in all).
 test: test-suite test-deploy
 
 ## Every test but the deploy test, on SQLite and on a real PostgreSQL 15 that the tests start themselves.
 test-suite: packages-test venv
-	$(BIN)/python -m pytest -p no:cacheprovider
+	$(BIN)/python -m pytest -p no:cacheprovider --durations=25
 
-## The playbooks against Debian 12 hosts in systemd-nspawn containers on this machine (root, about 19 min):
+## The playbooks against Debian 12 hosts in systemd-nspawn containers on this machine (root, about 25 min):
 ## lint, site.yml from bare hosts twice, the app through HAProxy, a rolling deploy under traffic, failover
 ## and rejoin by pg_rewind, switchover, backups, a point-in-time restore onto a fresh host, a replica
 ## restored from the backup repository and added under traffic.
