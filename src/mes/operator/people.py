@@ -114,7 +114,7 @@ def badge_svg(operator_id: int):
     if problem:
         raise ValidationFailed(f"No barcode: {problem}.")
     out = io.BytesIO()
-    # The value is printed beside it on the card, in a font that reads at arm's length.
+    # The value is printed under it on the card, in a font that reads at arm's length.
     Code128(value, writer=SVGWriter()).write(out, options={"module_height": 12, "quiet_zone": 4,
                                                            "write_text": False})
     return Response(out.getvalue(), mimetype="image/svg+xml", headers={"Cache-Control": "private, no-cache"})
