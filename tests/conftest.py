@@ -15,7 +15,9 @@ from werkzeug.serving import make_server
 
 from mes import create_app
 from mes.config import Settings
-from mes.domain.reason_codes import DEFAULT_DEFECT_CODES, DEFAULT_HOLD_REASONS, DEFAULT_LATE_REASONS
+from mes.domain.reason_codes import (
+    DEFAULT_CANCEL_REASONS, DEFAULT_DEFECT_CODES, DEFAULT_HOLD_REASONS, DEFAULT_LATE_REASONS,
+)
 from mes.extensions import limiter
 from mes.migrate import upgrade
 from mes.services import accounts
@@ -28,7 +30,7 @@ BACKENDS = [b for b in os.environ.get("MES_TEST_BACKENDS", "sqlite,postgresql").
 hypothesis.settings.register_profile("dev", deadline=None)
 hypothesis.settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True)
 hypothesis.settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
-TABLES = ["production_records", "floor_events", "piece_rates", "stale_status", "order_events", "idempotency_keys", "orders", "api_clients", "operators", "partners",
+TABLES = ["audit_log", "production_records", "floor_events", "piece_rates", "stale_status", "order_events", "idempotency_keys", "orders", "api_clients", "operators", "partners",
           "reason_codes", "stage_norms", "stage_flow", "job_leases",
           "forecast_checks"]
 TEST_LIMITS = {"standard": "100000/minute", "bulk": "100000/minute", "crm": "100000/minute", "tiny": "3/minute"}
@@ -60,16 +62,24 @@ class Backend:
 
 
 def seed_reason_codes(conn) -> None:
-    """The hold and late reasons a fresh database has, back as the migrations left them (hold ids 1 to 7)."""
+    """The hold, late, defect and cancel reasons a fresh database has, back as the migrations left them
+    (hold ids 1 to 7)."""
     seeds = [("hold", i, seed) for i, seed in enumerate(DEFAULT_HOLD_REASONS)]
     seeds += [("late", i, seed) for i, seed in enumerate(DEFAULT_LATE_REASONS)]
     seeds += [("defect", i, seed) for i, seed in enumerate(DEFAULT_DEFECT_CODES)]
+    seeds += [("cancel", i, seed) for i, seed in enumerate(DEFAULT_CANCEL_REASONS)]
     rows = [{"id": n + 1, "kind": kind, "code": seed.code, "label": seed.label, "requires_note": seed.requires_note,
              "sort_order": (i + 1) * 10} for n, (kind, i, seed) in enumerate(seeds)]
     conn.execute(text("INSERT INTO reason_codes (id, kind, code, label, requires_note, active, sort_order, created_at) "
                       "VALUES (:id, :kind, :code, :label, :requires_note, true, :sort_order, CURRENT_TIMESTAMP)"), rows)
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT setval('reason_codes_id_seq', (SELECT max(id) FROM reason_codes))"))
+
+
+def cancel_reason(session, code: str = "customer_request") -> int:
+    """The id of a seeded cancel reason, which the shop floor gives with every cancellation."""
+    return session.execute(text("SELECT id FROM reason_codes WHERE kind = 'cancel' AND code = :code"),
+                           {"code": code}).scalar_one()
 
 
 @pytest.fixture(scope="session")

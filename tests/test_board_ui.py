@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 import pytest
-from conftest import create_order
+from conftest import cancel_reason, create_order
 from sqlalchemy import event, select, update
 from test_holds_ui import code_id, logged_in
 from test_operator_ui import Browserless
@@ -90,7 +90,7 @@ def floor(client, accounts_, db) -> Floor:
     for name, (partner, steps) in plan.items():
         ids[name] = create_order(client, partners[partner], reference=name.upper()).get_json()["id"]
         for target in steps:
-            order_svc.change_status(db, boss, ids[name], target, reason="cancelled in a test"
+            order_svc.change_status(db, boss, ids[name], target, cancel_reason_id=cancel_reason(db)
                                     if target is S.CANCELLED else None)
     order_svc.change_status(db, boss, ids["s5"], S.DELIVERED)  # delivered orders shipped too
     holds = (("r1", "machine_down", timedelta(hours=2)), ("q1", "machine_down", timedelta(minutes=30)),

@@ -5,7 +5,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-from conftest import NEW_ORDER, auth, create_order
+from conftest import NEW_ORDER, auth, cancel_reason, create_order
 
 from mes.domain.errors import AlreadyClaimed, Conflict
 from mes.domain.lifecycle import Status
@@ -53,12 +53,14 @@ def test_concurrent_status_changes_one_wins_the_other_gets_409(app, client, acco
     boss = [operator_actor(accounts_.operator(f"chief{i}", role="supervisor")) for i in range(2)]
     oid = create_order(client, partner).get_json()["id"]
     make_session = app.extensions["mes_sessionmaker"]
+    why = cancel_reason(db)
 
     def move(i):
         with make_session() as session:
             # Both saw version 1 and want different futures for the order.
             target = Status.QUEUED if i == 0 else Status.CANCELLED
-            return svc.change_status(session, boss[i], oid, target, expected_version=1)
+            return svc.change_status(session, boss[i], oid, target, expected_version=1,
+                                     cancel_reason_id=why if target is Status.CANCELLED else None)
 
     results = race(2, move)
     assert sum(not isinstance(r, Exception) for r in results) == 1, results

@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from conftest import auth, create_order
+from conftest import auth, cancel_reason, create_order
 from sqlalchemy import create_engine, text
 
 from mes.domain.lifecycle import Status
@@ -40,10 +40,11 @@ def test_a_late_commit_is_not_skipped_by_a_reader_in_between(app, client, backen
     lock = holder.connect()
     lock.execute(text("SELECT 1 FROM status_counts WHERE status = 'cancelled' FOR UPDATE"))
     make_session = app.extensions["mes_sessionmaker"]
+    why = cancel_reason(db)
 
     def change_a():
         with make_session() as session:
-            svc.change_status(session, boss, order_a, Status.CANCELLED)
+            svc.change_status(session, boss, order_a, Status.CANCELLED, cancel_reason_id=why)
 
     writer = threading.Thread(target=change_a)
     writer.start()

@@ -142,4 +142,4 @@ def test_late_reasons_are_kept_on_their_own_list(client, accounts_, db, orders):
     assert late_id and code_id(db, "supplier_delay") is None  # not a hold reason
     r = boss.post(f"/operator/reason-codes/{late_id}/retire", page, kind="late")
     assert "retired" in r.get_data(as_text=True) and "<h1>Late reasons</h1>" in r.get_data(as_text=True)
-    assert client.get("/operator/reason-codes?kind=defect").status_code == 400
+    assert client.get("/operator/reason-codes?kind=bogus").status_code == 400

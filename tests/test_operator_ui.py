@@ -5,7 +5,7 @@ import re
 from datetime import date, timedelta
 
 import pytest
-from conftest import create_order
+from conftest import cancel_reason, create_order
 from sqlalchemy import update
 
 from mes.domain.errors import Conflict
@@ -234,15 +234,16 @@ def test_claim_of_a_held_order_names_the_holder(ui, client, accounts_, db):
     assert "already held by Ivan P." in html
 
 
-def test_operators_cannot_cancel_but_supervisors_can(client, accounts_):
+def test_operators_cannot_cancel_but_supervisors_can(client, accounts_, db):
     oid = create_order(client, accounts_.partner()).get_json()["id"]
     accounts_.operator("chief", "chief-pass", role="supervisor")
     b = Browserless(client)
     b.login("chief", "chief-pass")
     page = f"/operator/orders/{oid}"
     assert "Cancel order" in client.get(page).get_data(as_text=True)
-    html = b.post(f"{page}/status", page, target="cancelled", version=1).get_data(as_text=True)
-    assert "is now cancelled" in html
+    html = b.post(f"{page}/cancel", f"{page}/cancel", cancel_reason=str(cancel_reason(db)),
+                  version=1).get_data(as_text=True)
+    assert "is cancelled (Customer request)" in html
 
 
 def test_unknown_order_is_a_404_page(ui, client):

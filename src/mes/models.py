@@ -115,7 +115,7 @@ class ReasonCode(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     __table_args__ = (
         UniqueConstraint("kind", "code"),
-        CheckConstraint("kind IN ('hold', 'late', 'defect')", name="kind"),
+        CheckConstraint("kind IN ('hold', 'late', 'defect', 'cancel')", name="kind"),
     )
 
 

@@ -83,13 +83,14 @@ def check_move_while_held(state: HoldState, target: Status, reason_label: str | 
                           allowed_transitions=sorted(s.value for s in ALLOWED_WHILE_HELD))
 
 
-def parse_note(raw: str | None, *, required: bool) -> str | None:
-    """The operator's internal note on a hold: free text, required by codes such as "other"."""
+def parse_note(raw: str | None, *, required: bool,
+               missing: str = "This reason needs a note saying what holds the order.") -> str | None:
+    """The operator's internal note on a hold (or a cancellation): free text, required by codes such as
+    "other"; `missing` says what the note should tell."""
     note = (raw or "").strip() or None
     if note is None:
         if required:
-            raise ValidationFailed("This reason needs a note saying what holds the order.",
-                                   errors=[{"field": "note", "message": "required for this reason"}])
+            raise ValidationFailed(missing, errors=[{"field": "note", "message": "required for this reason"}])
         return None
     message = None
     if len(note) > NOTE_MAX_LENGTH:

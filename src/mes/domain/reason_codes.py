@@ -1,4 +1,4 @@
-"""Reason codes: why an order is held (and, later, why it was late or what defect it had).
+"""Reason codes: why an order is held, why it was late, what defect it had, why it was cancelled.
 
 The codes are rows in one table keyed by (kind, code), so that each kind is its own list with the same
 life: added by a supervisor, relabelled, retired (never deleted, so that past events keep their code).
@@ -17,6 +17,7 @@ class Kind(StrEnum):
     HOLD = "hold"
     LATE = "late"
     DEFECT = "defect"
+    CANCEL = "cancel"
 
 
 CODE_MAX_LENGTH = 32
@@ -57,6 +58,15 @@ DEFAULT_DEFECT_CODES: tuple[Seed, ...] = (
     Seed("dimension", "Dimension out of tolerance"),
     Seed("surface", "Surface damage"),
     Seed("wrong_material", "Wrong material"),
+    Seed("other", "Other", requires_note=True),
+)
+
+
+#: Why the factory cancels an order (the migration inserts the same rows).
+DEFAULT_CANCEL_REASONS: tuple[Seed, ...] = (
+    Seed("customer_request", "Customer request"),
+    Seed("duplicate_order", "Duplicate order"),
+    Seed("cannot_be_made", "Cannot be made"),
     Seed("other", "Other", requires_note=True),
 )
 

@@ -79,6 +79,14 @@ class StatusForm(Form):
     late_reason = OptionalReasonCodeField("Late reason")
 
 
+class CancelForm(Form):
+    """The confirmation step of a cancellation. The reason is checked by the service (mes.domain.cancel),
+    so that a missing one gets the same message wherever the cancellation comes from."""
+    cancel_reason = OptionalReasonCodeField("Cancel reason")
+    note = TextAreaField("Note", validators=[Optional(), Length(max=500)])
+    version = VersionField("Version")
+
+
 class HoldForm(Form):
     reason_code = ReasonCodeField("Reason")
     note = TextAreaField("Note", validators=[Optional(), Length(max=500)])

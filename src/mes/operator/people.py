@@ -1,8 +1,12 @@
 """Supervisors manage operators (create, deactivate, reactivate, reset a password, set a PIN), every
-change in the audit log; anyone switches operator on a shared terminal."""
+change in the audit log, and print their badges; anyone switches operator on a shared terminal."""
 from __future__ import annotations
 
-from flask import flash, g, redirect, render_template, url_for
+import io
+
+from barcode import Code128
+from barcode.writer import SVGWriter
+from flask import Response, flash, g, redirect, render_template, url_for
 from flask_login import login_required, logout_user
 from sqlalchemy import select
 
@@ -82,6 +86,38 @@ def change_operator(operator_id: int, change: str):
     accounts.audit(session, g.actor, action, op.login)  # never the secret itself
     flash(done.format(op.display_name), "success")
     return redirect(url_for("operator.operators"))
+
+
+def _operator(operator_id: int) -> Operator:
+    op = db_session().get(Operator, operator_id)
+    if op is None:
+        raise NotFound(f"No operator {operator_id}.")
+    return op
+
+
+@bp.get("/operators/<id:operator_id>/badge")
+@login_required
+def badge(operator_id: int):
+    """A badge card to print: name, login and the Code 128 barcode that the login form takes."""
+    actors.require_supervisor(g.actor, "print badges")
+    op = _operator(operator_id)
+    value = accounts.badge_value(op.login)
+    return render_template("operator/badge.html", op=op, value=value, problem=accounts.badge_problem(value))
+
+
+@bp.get("/operators/<id:operator_id>/badge.svg")
+@login_required
+def badge_svg(operator_id: int):
+    actors.require_supervisor(g.actor, "print badges")
+    value = accounts.badge_value(_operator(operator_id).login)
+    problem = accounts.badge_problem(value)
+    if problem:
+        raise ValidationFailed(f"No barcode: {problem}.")
+    out = io.BytesIO()
+    # The value is printed under it on the card, in a font that reads at arm's length.
+    Code128(value, writer=SVGWriter()).write(out, options={"module_height": 12, "quiet_zone": 4,
+                                                           "write_text": False})
+    return Response(out.getvalue(), mimetype="image/svg+xml", headers={"Cache-Control": "private, no-cache"})
 
 
 @bp.post("/switch")

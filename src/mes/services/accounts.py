@@ -75,6 +75,19 @@ BADGE_PREFIX = "OP-"
 _PIN = re.compile(r"[0-9]{4,8}")
 
 
+def badge_value(login: str) -> str:
+    """What an operator's badge carries: `OP-<login>`, which the login form takes as the login."""
+    return f"{BADGE_PREFIX}{login}"
+
+
+def badge_problem(value: str) -> str | None:
+    """Why a badge value cannot be printed as a Code 128 barcode (it carries ASCII only), or None."""
+    if all(" " <= c <= "~" for c in value):
+        return None
+    return ("this login has letters a Code 128 barcode cannot carry (ASCII only): the operator types the "
+            "login instead of scanning a badge")
+
+
 def badge_login(value: str) -> str:
     """The login on an operator's badge (a Code 128 of `OP-<login>`), or the value as typed."""
     value = value.strip()

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from ..db import begin_write
-from ..domain import actors, inputs
+from ..domain import actors, cancel, inputs
 from ..domain.actors import Actor, OrderFacts
 from ..domain.errors import AlreadyClaimed, Conflict, Forbidden, NotFound, ReferenceConflict, VersionConflict
 from ..domain.forecast import check_late_reason, promise_of
@@ -145,10 +145,12 @@ class StatusChanged:
 
 def change_status(session: Session, actor: Actor, order_id: int, target: Status, *,
                   reason: str | None = None, expected_version: int | None = None,
-                  late_reason_id: int | None = None) -> StatusChanged:
+                  late_reason_id: int | None = None, cancel_reason_id: int | None = None,
+                  note: str | None = None) -> StatusChanged:
     """Move an order along the lifecycle; the row lock makes concurrent changes queue, and the
     loser sees either the new status (invalid transition) or a newer version (version conflict).
-    An operator moving an order at risk or late says why, once per at-risk spell (the late reason)."""
+    An operator moving an order at risk or late says why, once per at-risk spell (the late reason);
+    a supervisor cancelling one chooses a cancel reason, with an internal `note` (mes.domain.cancel)."""
     begin_write(session)
     try:
         order = get_order(session, actor, order_id, for_update=True)
@@ -161,12 +163,16 @@ def change_status(session: Session, actor: Actor, order_id: int, target: Status,
         actors.require_move(actor, facts(order), target)
         hold = state_of(order)
         check_move_while_held(hold, target, order.hold_reason.label if order.hold_reason else None)
-        late = None
+        code, text = None, None
+        if cancel.reason_owed(actor, target):
+            cancel.check_reason_given(cancel_reason_id)
+            code = reason_codes.choosable(session, Kind.CANCEL, cancel_reason_id)
+            text = cancel.parse_note(note, required=code.requires_note)
         if actor.kind == "operator" and target is not Status.CANCELLED and check_late_reason(
                 promise_of(order.promise_status), recorded=order.late_reason_id is not None,
                 given=late_reason_id is not None):
-            late = reason_codes.choosable(session, Kind.LATE, late_reason_id)
-            order.late_reason_id = late.id
+            code = reason_codes.choosable(session, Kind.LATE, late_reason_id)
+            order.late_reason_id = code.id
         now = utcnow()
         if hold.on_hold:  # a cancelled order is held no more: its hold time stops counting
             end_hold(order, now)
@@ -183,7 +189,7 @@ def change_status(session: Session, actor: Actor, order_id: int, target: Status,
             order_id=order.id, partner_id=order.partner_id, from_status=current.value, to_status=target.value,
             status_version=order.status_version, actor=actor.label,
             operator_id=actor.id if actor.kind == "operator" else None, reason=(reason or "").strip() or None,
-            reason_code=late, created_at=now), move))
+            reason_code=code, note=text, created_at=now), move))
         _bump_counts(session, current.value, target.value)
         session.commit()
     except BaseException:
