@@ -244,7 +244,8 @@ def test_if_match_takes_the_status_tag_a_list_of_tags_and_star_but_no_weak_tag(c
     assert cancel(client, partner, ids[2], if_match="*").status_code == 200
     assert_problem(cancel(client, partner, ids[3], if_match=f'W/"{ids[3]}-1"'), 412, "precondition-failed")
     assert_problem(cancel(client, partner, ids[3], if_match=f'"{ids[0]}-1"'), 412, "precondition-failed")  # another order
-    assert_problem(cancel(client, partner, ids[3], if_match='"nonsense"'), 412, "precondition-failed")
+    for nonsense in ('"nonsense"', '"^,c", "", ""', '""', "", ","):
+        assert_problem(cancel(client, partner, ids[3], if_match=nonsense), 412, "precondition-failed")
 
 
 def test_a_hold_makes_the_view_stale_a_new_estimate_does_not(client, accounts_, db):

@@ -44,10 +44,10 @@ def hold_json(order: Order) -> dict | None:
 
 
 def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:
-    """A status change as every API key sees it, with whose order it is (partner_id and the partner's
-    reference, so that a CRM reading every partner needs no lookup): the shop floor's notes replaced (mes.domain.disclosure);
-    a hold or release carries its reason code's label, the internal note stays inside; every event says
-    the order's promise status before and after it and the estimate after it."""
+    """A status change as every API key sees it: whose order it is (partner_id and the partner's reference,
+    so that a reader of every partner's feed needs no lookup), the shop floor's notes replaced
+    (mes.domain.disclosure); a hold or release carries its reason code's label, the internal note stays
+    inside; every event says the order's promise status before and after it and the estimate after it."""
     kind = event.kind or EventKind.STATUS.value
     if kind == EventKind.STATUS.value:
         current = Status(event.from_status) if event.from_status else None

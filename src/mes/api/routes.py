@@ -113,7 +113,8 @@ def list_orders():
                            limit=query_params.integer("limit", default=50, low=1, high=200),
                            reference=query_params.matching("reference", inputs.REFERENCE_PATTERN,
                                                            max_length=inputs.MAX_REFERENCE_LENGTH,
-                                                           what="an order reference"),
+                                                           what="a reference (letters, digits and . _ / -, "
+                                                                "from a letter or digit)"),
                            partner_id=query_params.integer("partner_id", default=None, low=1, high=MAX_PARTNER_ID))
     response = jsonify({"items": [order_json(o) for o in page.items], "next_cursor": page.next_cursor})
     if page.next_cursor:
@@ -182,7 +183,8 @@ def if_match() -> IfMatch | None:
     if "If-Match" not in request.headers:
         return None
     tags = request.if_match
-    return IfMatch(tuple(sorted(tags.as_set())), any=tags.star_tag)
+    # werkzeug reads an empty tag ("") as None: it names no version either way.
+    return IfMatch(tuple(sorted(t for t in tags.as_set() if t)), any=tags.star_tag)
 
 
 @bp.get("/status-changes")

@@ -57,9 +57,11 @@ def cancel(session: Session, actor: Actor, order_id: int, request: CancelRequest
     for _ in range(ATTEMPTS):
         try:
             return _attempt(session, actor, order_id, request, render)
-        except (VersionConflict, IntegrityError):
-            # Another change, or a request with this key, committed first: decide again on what is now.
+        except (VersionConflict, IntegrityError) as err:
             session.rollback()
+            if isinstance(err, IntegrityError) and request.key is None:
+                raise  # only the key's row can collide with another request's: anything else is a fault
+            # Another change, or a request with this key, committed first: decide again on what is now.
     raise Conflict(f"Order {order_id} kept changing while it was being cancelled; retry the request.")
 
 
