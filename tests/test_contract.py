@@ -33,6 +33,12 @@ def contract_config(key: str) -> SchemathesisConfig:
             "checks": {"positive_data_acceptance": {
                 "expected-statuses": ["2xx", "401", "403", "409", "422", "429"]}},
         }, {
+            # An If-Match made up is schema-valid and names no version of the order (412); a made-up
+            # Idempotency-Key may be one the create used (422); the order may be past cancelling (409).
+            "include-operation-id": "cancelOrder",
+            "checks": {"positive_data_acceptance": {
+                "expected-statuses": ["2xx", "401", "403", "404", "409", "412", "422", "429"]}},
+        }, {
             # A cursor is opaque: one made up is schema-valid and refused as /problems/bad-cursor
             # (checked by only_cursors_refused_when_valid).
             "include-operation-id": ["listOrders", "listStatusChanges"],
@@ -101,3 +107,8 @@ def test_the_document_states_the_rules_the_server_applies():
     key = OPENAPI["components"]["parameters"]["IdempotencyKey"]["schema"]
     assert (key["pattern"], key["maxLength"]) == (idempotency.KEY_PATTERN, idempotency.MAX_KEY_LENGTH)
     assert OPENAPI["components"]["parameters"]["OrderId"]["schema"]["maximum"] == inputs.MAX_ROW_ID
+    reference = [p for p in OPENAPI["paths"]["/orders"]["get"]["parameters"] if p["name"] == "reference"][0]["schema"]
+    assert (order["reference"]["pattern"], order["reference"]["maxLength"]) == (
+        reference["pattern"], reference["maxLength"]) == (inputs.REFERENCE_PATTERN, inputs.MAX_REFERENCE_LENGTH)
+    optional_key = OPENAPI["components"]["parameters"]["IdempotencyKeyOptional"]["schema"]
+    assert (optional_key["pattern"], optional_key["maxLength"]) == (key["pattern"], key["maxLength"])

@@ -6,6 +6,7 @@ reaches a query.
 """
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 
 from flask import request
@@ -18,7 +19,7 @@ def bad_query(name: str, message: str) -> BadQuery:
     return BadQuery(f"Query parameter {name} {message}.", errors=[{"field": name, "message": message}])
 
 
-def integer(name: str, *, default: int, low: int, high: int) -> int:
+def integer(name: str, *, default: int | None, low: int, high: int) -> int | None:
     raw = request.args.get(name)
     if raw is None:
         return default
@@ -71,6 +72,16 @@ def text(name: str, *, max_length: int) -> str | None:
         return inputs.check_text(raw).strip() or None
     except ValueError as err:
         raise bad_query(name, str(err)) from None
+
+
+def matching(name: str, pattern: str, *, max_length: int, what: str) -> str | None:
+    """A value that must match `pattern` exactly as sent (an identifier: not stripped, case kept)."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    if not raw or len(raw) > max_length or not re.fullmatch(pattern, raw):
+        raise bad_query(name, f"must be {what} of 1 to {max_length} characters")
+    return raw
 
 
 def cursor(name: str) -> str | None:

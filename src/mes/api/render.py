@@ -1,6 +1,9 @@
 """JSON representations of orders and events, as the OpenAPI document describes them."""
 from __future__ import annotations
 
+from datetime import datetime
+
+from ..domain import preconditions
 from ..domain.actors import is_client_label
 from ..domain.disclosure import partner_reason
 from ..domain.lifecycle import Status
@@ -41,9 +44,10 @@ def hold_json(order: Order) -> dict | None:
 
 
 def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:
-    """A status change as every API key sees it: the shop floor's notes replaced (mes.domain.disclosure);
-    a hold or release carries its reason code's label, the internal note stays inside; every event says
-    the order's promise status before and after it and the estimate after it."""
+    """A status change as every API key sees it: whose order it is (partner_id and the partner's reference,
+    so that a reader of every partner's feed needs no lookup), the shop floor's notes replaced
+    (mes.domain.disclosure); a hold or release carries its reason code's label, the internal note stays
+    inside; every event says the order's promise status before and after it and the estimate after it."""
     kind = event.kind or EventKind.STATUS.value
     if kind == EventKind.STATUS.value:
         current = Status(event.from_status) if event.from_status else None
@@ -57,6 +61,7 @@ def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:
         "cursor": cursor,
         "type": kind,
         "order_id": event.order_id,
+        "partner_id": event.partner_id,
         "reference": reference,
         "from_status": event.from_status,
         "to_status": event.to_status,
@@ -70,4 +75,10 @@ def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:
 
 
 def etag(order_id: int, version: int) -> str:
-    return f"{order_id}-{version}"
+    """The tag of an order's status (GET /orders/{id}/status)."""
+    return preconditions.status_tag(order_id, version)
+
+
+def order_etag(body: dict) -> str:
+    """The tag of an order as rendered by order_json (a stored answer has no row to read it from)."""
+    return preconditions.order_tag(body["id"], body["status_version"], datetime.fromisoformat(body["updated_at"]))

@@ -7,8 +7,10 @@ from importlib.resources import files
 import yaml
 from flask import Response, g, jsonify, request, url_for
 
-from ..domain.idempotency import check_key, fingerprint
+from ..domain import inputs
+from ..domain.idempotency import check_key, fingerprint, optional_key
 from ..domain.lifecycle import Status
+from ..domain.preconditions import IfMatch
 from ..db import use_primary
 from ..domain.actors import OrderFacts, may_write, sees_order
 from ..domain.errors import NotFound
@@ -16,16 +18,17 @@ from ..effects import cache_entry, cache_settler, order_created, route_reads, st
 from ..status_cache import StatusEntry
 from .. import query_params
 from ..extensions import budget, limiter
-from ..services import feed
+from ..services import cancellation, feed
 from ..services import orders as svc
 from ..web import db_session, settings
 from . import bp
-from .render import etag, event_json, order_json
+from .render import etag, event_json, order_etag, order_json
 from .schemas import CancelRequest, OrderCreate, json_body, validate
 
 OPENAPI_TEXT = files("mes.api").joinpath("openapi.yaml").read_text()
 OPENAPI = yaml.safe_load(OPENAPI_TEXT)
 STATUS_VALUES = [s.value for s in Status]
+MAX_PARTNER_ID = 2**31 - 1  # partners.id is an INTEGER
 
 
 def _documented_query_params(spec: dict) -> dict[tuple[str, str], set[str]]:
@@ -93,6 +96,7 @@ def create_order():
     response = jsonify(result.body)
     response.status_code = result.status
     response.headers["Location"] = url_for("api.get_order", order_id=result.order_id)
+    response.set_etag(order_etag(result.body))
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     else:
@@ -106,7 +110,12 @@ def list_orders():
     page = svc.list_orders(db_session(), g.actor, status=Status(status) if status else None,
                            updated_since=query_params.instant("updated_since"),
                            after=query_params.cursor("cursor"),
-                           limit=query_params.integer("limit", default=50, low=1, high=200))
+                           limit=query_params.integer("limit", default=50, low=1, high=200),
+                           reference=query_params.matching("reference", inputs.REFERENCE_PATTERN,
+                                                           max_length=inputs.MAX_REFERENCE_LENGTH,
+                                                           what="a reference (letters, digits and . _ / -, "
+                                                                "from a letter or digit)"),
+                           partner_id=query_params.integer("partner_id", default=None, low=1, high=MAX_PARTNER_ID))
     response = jsonify({"items": [order_json(o) for o in page.items], "next_cursor": page.next_cursor})
     if page.next_cursor:
         args = {k: v for k, v in request.args.items() if k != "cursor"}
@@ -117,8 +126,9 @@ def list_orders():
 @bp.get("/orders/<id:order_id>")
 def get_order(order_id: int):
     order = svc.get_order(db_session(), g.actor, order_id)
-    response = jsonify(order_json(order))
-    response.set_etag(etag(order.id, order.status_version) + f"-{int(order.updated_at.timestamp() * 1e6)}")
+    body = order_json(order)
+    response = jsonify(body)
+    response.set_etag(order_etag(body))
     return response
 
 
@@ -151,10 +161,30 @@ def current_status(order_id: int) -> StatusEntry:
 
 @bp.post("/orders/<id:order_id>/cancel")
 def cancel_order(order_id: int):
-    body = validate(CancelRequest, json_body(optional=True))
-    change = svc.change_status(db_session(), g.actor, order_id, Status.CANCELLED, reason=body.reason)
-    status_changed(change)
-    return jsonify(order_json(change.order))
+    """Safe to repeat: a cancelled order answers 200 again; with an Idempotency-Key, the first answer."""
+    key = optional_key(request.headers.get("Idempotency-Key"))
+    data = json_body(optional=True)
+    body = validate(CancelRequest, data)
+    asked = cancellation.CancelRequest(reason=body.reason, key=key,
+                                       fingerprint=fingerprint({"cancel": order_id, "body": data}),
+                                       if_match=if_match())
+    answer = cancellation.cancel(db_session(), g.actor, order_id, asked, render=order_json)
+    if answer.change is not None:
+        status_changed(answer.change)
+    response = jsonify(answer.body)
+    response.set_etag(order_etag(answer.body))
+    if answer.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def if_match() -> IfMatch | None:
+    """The request's If-Match, or None without one."""
+    if "If-Match" not in request.headers:
+        return None
+    tags = request.if_match
+    # werkzeug reads an empty tag ("") as None: it names no version either way.
+    return IfMatch(tuple(sorted(t for t in tags.as_set() if t)), any=tags.star_tag)
 
 
 @bp.get("/status-changes")

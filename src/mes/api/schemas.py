@@ -23,7 +23,8 @@ class Strict(BaseModel):
 
 
 class OrderCreate(Strict):
-    reference: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
+    reference: Annotated[str, StringConstraints(min_length=1, max_length=inputs.MAX_REFERENCE_LENGTH,
+                                                pattern=inputs.REFERENCE_PATTERN)]
     product: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"\S"), SingleLine]
     material: Text64
     quantity: Annotated[int, Field(ge=1, le=100_000)]

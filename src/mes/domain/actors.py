@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .errors import Forbidden
-from .lifecycle import TRANSITIONS, Status
+from .errors import Forbidden, InvalidTransition
+from .lifecycle import TRANSITIONS, Status, check_transition
 
 S = Status
 
@@ -92,6 +92,16 @@ def may_move(actor: Actor, order: OrderFacts, target: Status) -> bool:
 def allowed_moves(actor: Actor, order: OrderFacts) -> list[Status]:
     """The lifecycle edges from the current status that this actor may take now."""
     return [t for t in TRANSITIONS[order.status] if may_move(actor, order, t)]
+
+
+def check_move(actor: Actor, order: OrderFacts, target: Status, reason: str | None = None) -> None:
+    """The lifecycle's check, its refusal listing only the moves this actor may make now: a partner
+    is never told of the factory's own steps (queue, produce, ship), which it can never take."""
+    try:
+        check_transition(order.status, target, reason)
+    except InvalidTransition as err:
+        err.extensions["allowed_transitions"] = [s.value for s in allowed_moves(actor, order)]
+        raise
 
 
 def may_claim(actor: Actor, order: OrderFacts) -> bool:

@@ -75,6 +75,12 @@ class NotOnHold(Conflict):
     slug, title = "not-on-hold", "Order not on hold"
 
 
+class PreconditionFailed(DomainError):
+    """An `If-Match` that names a version the order has left: the caller acted on a stale view."""
+
+    status, slug, title = 412, "precondition-failed", "Order changed since you read it"
+
+
 class IdempotencyKeyMissing(DomainError):
     status, slug, title = 400, "idempotency-key-missing", "Idempotency-Key header required"
 

@@ -1,4 +1,9 @@
-"""Idempotent creates: the same key with the same body gives the first answer again."""
+"""Idempotent POSTs: the same key with the same request gives the first answer again.
+
+A create needs a key (a retry must never make a second order); a cancel takes one if sent (a cancel
+is safe to repeat anyway, the key makes the retry return the first answer, marked as a replay).
+Keys are per client and shared by both operations: the fingerprint covers what was asked, so a
+create's key sent with a cancel is a key reused for another request."""
 from __future__ import annotations
 
 import hashlib
@@ -32,6 +37,18 @@ def check_key(key: str | None) -> str:
     return key.strip()
 
 
+def optional_key(key: str | None) -> str | None:
+    """The key of a POST that does not need one: None when the header is absent, else checked."""
+    if key is None:
+        return None
+    if not key.strip():
+        raise ValidationFailed(
+            "Idempotency-Key is blank: send a key (for example a UUID) or leave the header out.",
+            errors=[{"field": "Idempotency-Key", "message": "must not be blank"}],
+        )
+    return check_key(key)
+
+
 def fingerprint(payload: object) -> str:
     """Hash of the request as parsed JSON, so whitespace and key order do not matter."""
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -41,5 +58,5 @@ def fingerprint(payload: object) -> str:
 def check_replay(stored_fingerprint: str, new_fingerprint: str) -> None:
     if stored_fingerprint != new_fingerprint:
         raise IdempotencyKeyReused(
-            "This Idempotency-Key was already used with a different request body; use a new key for a new order."
+            "This Idempotency-Key was already used with a different request; use a new key for a new request."
         )

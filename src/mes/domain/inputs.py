@@ -22,6 +22,9 @@ _MULTI_LINE_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 #: The same rules as JSON Schema patterns (ECMA-262), for the OpenAPI document.
 SINGLE_LINE_PATTERN = r"^[^\x00-\x1F\x7F]*$"
 MULTI_LINE_PATTERN = r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F]*$"
+#: A partner's own order reference: an identifier, compared exactly (case included), never free text.
+REFERENCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
+MAX_REFERENCE_LENGTH = 64
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")

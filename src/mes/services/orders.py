@@ -146,11 +146,13 @@ class StatusChanged:
 def change_status(session: Session, actor: Actor, order_id: int, target: Status, *,
                   reason: str | None = None, expected_version: int | None = None,
                   late_reason_id: int | None = None, cancel_reason_id: int | None = None,
-                  note: str | None = None) -> StatusChanged:
+                  note: str | None = None,
+                  before_commit: Callable[[Order], None] | None = None) -> StatusChanged:
     """Move an order along the lifecycle; the row lock makes concurrent changes queue, and the
     loser sees either the new status (invalid transition) or a newer version (version conflict).
     An operator moving an order at risk or late says why, once per at-risk spell (the late reason);
-    a supervisor cancelling one chooses a cancel reason, with an internal `note` (mes.domain.cancel)."""
+    a supervisor cancelling one chooses a cancel reason, with an internal `note` (mes.domain.cancel).
+    `before_commit` adds its rows to the change's own transaction (the API's idempotency record)."""
     begin_write(session)
     try:
         order = get_order(session, actor, order_id, for_update=True)
@@ -191,6 +193,8 @@ def change_status(session: Session, actor: Actor, order_id: int, target: Status,
             operator_id=actor.id if actor.kind == "operator" else None, reason=(reason or "").strip() or None,
             reason_code=code, note=text, created_at=now), move))
         _bump_counts(session, current.value, target.value)
+        if before_commit is not None:
+            before_commit(order)
         session.commit()
     except BaseException:
         session.rollback()
@@ -460,11 +464,18 @@ def my_work(session: Session, operator_id: int, day_start: datetime) -> MyWork:
 
 # ----------------------------------------------------------------------------------------------- API reads
 def list_orders(session: Session, actor: Actor, *, status: Status | None, updated_since: datetime | None,
-                after: str | None, limit: int) -> Page:
-    """Orders by time of last change (oldest first), so a client can sync with updated_since + cursor."""
+                after: str | None, limit: int, reference: str | None = None,
+                partner_id: int | None = None) -> Page:
+    """Orders by time of last change (oldest first), so a client can sync with updated_since + cursor.
+    A reference is matched exactly, case included (unique per partner: uq_orders_partner_id_reference);
+    a partner asking for another partner's id gets an empty page, as for orders that do not exist."""
     stmt = select(Order)
     if actor.kind == "client" and actor.scope is actors.Scope.PARTNER:
         stmt = stmt.where(Order.partner_id == actor.partner_id)
+    if partner_id is not None:
+        stmt = stmt.where(Order.partner_id == partner_id)
+    if reference is not None:
+        stmt = stmt.where(Order.reference == reference)
     if status is not None:
         stmt = stmt.where(Order.status == status.value)
     if updated_since is not None:

@@ -1,0 +1,107 @@
+"""A cancel as API clients send it: safe to repeat, conditional, and idempotent per key.
+
+Integrators retry. A cancel of an order that is cancelled already answers with the order (200), not a
+conflict: the state the caller asked for holds (RFC 9110, section 13.1.1, lets a server that can tell
+a change has already happened answer 2xx). No second event is written and the first reason stays.
+With an Idempotency-Key the answer is stored in the cancel's own transaction, and a retry with the
+same key and body gets it back marked as a replay, whatever happened meanwhile. Only answers that
+succeeded are stored: a refused cancel (404, 409, 412) leaves nothing behind, so the same key can be
+sent again once the cause is gone (as for creates, whose refusals store nothing either).
+
+The checks read the order without holding it; the change then runs only if the order still has the
+status_version they saw (`expected_version`), else they run again on what it is now: a concurrent
+cancel with the same key then replays, any other finds the order cancelled.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..db import begin_write
+from ..domain import actors
+from ..domain.actors import Actor
+from ..domain.errors import Conflict, VersionConflict
+from ..domain.idempotency import check_replay
+from ..domain.lifecycle import Status
+from ..domain.preconditions import IfMatch
+from ..models import IdempotencyRecord, Order
+from . import orders
+from .orders import StatusChanged, facts
+
+#: Tries when the order changes between the checks and the change (each try sees a newer version).
+ATTEMPTS = 3
+
+
+@dataclass
+class Cancelled:
+    body: dict
+    replayed: bool  # the stored answer to an earlier request with this key
+    change: StatusChanged | None  # None when nothing changed (a replay, or cancelled before)
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    reason: str | None
+    key: str | None  # Idempotency-Key, when sent
+    fingerprint: str  # of what was asked (mes.domain.idempotency.fingerprint)
+    if_match: IfMatch | None  # the If-Match header, when sent
+
+
+def cancel(session: Session, actor: Actor, order_id: int, request: CancelRequest,
+           render: Callable[[Order], dict]) -> Cancelled:
+    """Cancel the order once; a repeat gets the order (or, with the same key, the first answer)."""
+    for _ in range(ATTEMPTS):
+        try:
+            return _attempt(session, actor, order_id, request, render)
+        except (VersionConflict, IntegrityError) as err:
+            session.rollback()
+            if isinstance(err, IntegrityError) and request.key is None:
+                raise  # only the key's row can collide with another request's: anything else is a fault
+            # Another change, or a request with this key, committed first: decide again on what is now.
+    raise Conflict(f"Order {order_id} kept changing while it was being cancelled; retry the request.")
+
+
+def _attempt(session: Session, actor: Actor, order_id: int, request: CancelRequest,
+             render: Callable[[Order], dict]) -> Cancelled:
+    begin_write(session)  # reads on the primary; an answer to remember is written here
+    try:
+        order = orders.get_order(session, actor, order_id)
+        actors.require_move(actor, facts(order), Status.CANCELLED)
+        if request.key is not None:
+            earlier = session.get(IdempotencyRecord, (actor.id, request.key))
+            if earlier is not None:
+                check_replay(earlier.fingerprint, request.fingerprint)
+                return Cancelled(json.loads(earlier.response_body), True, None)
+        if order.status == Status.CANCELLED.value:
+            body = render(order)
+            _remember(session, actor, request, order, body)
+            session.commit()
+            return Cancelled(body, False, None)
+        if request.if_match is not None:
+            request.if_match.check(order_id=order.id, version=order.status_version, status=order.status,
+                                   updated_at=order.updated_at)
+        actors.check_move(actor, facts(order), Status.CANCELLED, request.reason)
+        seen = order.status_version
+    finally:
+        session.rollback()  # a no-op after the commit above; else ends the read
+    answer: dict = {}
+
+    def remember(changed: Order) -> None:
+        answer["body"] = render(changed)
+        _remember(session, actor, request, changed, answer["body"])
+
+    change = orders.change_status(session, actor, order_id, Status.CANCELLED, reason=request.reason,
+                                  expected_version=seen, before_commit=remember)
+    return Cancelled(answer["body"], False, change)
+
+
+def _remember(session: Session, actor: Actor, request: CancelRequest, order: Order, body: dict) -> None:
+    """The answer to replay for this key (none without a key); a clash with a concurrent request
+    of the same key fails the commit, and the next attempt replays that one's answer."""
+    if request.key is not None:
+        session.add(IdempotencyRecord(client_id=actor.id, key=request.key, fingerprint=request.fingerprint,
+                                      response_status=200, response_body=json.dumps(body), order_id=order.id))
