@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 import requests
-from conftest import NEW_ORDER, auth, create_order
+from conftest import NEW_ORDER, auth, cancel_reason, create_order
 from sqlalchemy import select
 from test_api import assert_problem
 from test_concurrency import race
@@ -183,7 +183,8 @@ def test_a_cancel_of_an_order_cancelled_by_the_factory_answers_the_order(client,
     created = create_order(client, partner)
     oid = created.get_json()["id"]
     boss = operator_actor(accounts_.operator("chief", role="supervisor"))
-    svc.change_status(db, boss, oid, Status.CANCELLED, reason="duplicate of 17 per phone call")
+    svc.change_status(db, boss, oid, Status.CANCELLED, cancel_reason_id=cancel_reason(db, "duplicate_order"),
+                      note="duplicate of 17 per phone call")
     for if_match in (None, created.headers["ETag"]):
         r = cancel(client, partner, oid, if_match=if_match, reason="never mind")
         assert r.status_code == 200 and r.get_json()["status"] == "cancelled" and r.get_json()["status_version"] == 2
