@@ -101,7 +101,7 @@ def test_list_clients_shows_each_key_by_its_id_never_the_key(mes_cli):
     rows = [line.split("\t") for line in r.output.strip().splitlines()]
     assert rows[0] == ["name", "scope", "partner", "tier", "key_id", "state"]
     assert rows[1] == ["acme-erp", "partner", "ACME", "standard", kid, "active"]
-    assert rows[2][:2] == ["crm", "crm"] and rows[2][5] == "revoked"
+    assert rows[2][:4] == ["crm", "crm", "-", "crm"] and rows[2][5] == "revoked"  # the CRM's own tier by default
     found = mes_cli("list-clients", "--key-id", kid.upper()).output.strip().splitlines()
     assert len(found) == 2 and found[1].startswith("acme-erp\t")
     assert len(mes_cli("list-clients", "--key-id", "00000000").output.strip().splitlines()) == 1

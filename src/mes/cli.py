@@ -72,13 +72,14 @@ def deactivate_operator(login):
 @click.argument("name")
 @click.option("--scope", type=click.Choice(["partner", "crm"]), default="partner", show_default=True)
 @click.option("--partner", "partner_name", help="The partner this client acts for (scope partner).")
-@click.option("--tier", default="standard", show_default=True, help="Rate-limit tier (MES_RATE_LIMIT_<TIER>).")
+@click.option("--tier", help="Rate-limit tier (MES_RATE_LIMIT_<TIER>); default: crm for the CRM, standard for "
+                             "partners.")
 @with_appcontext
 def create_client(name, scope, partner_name, tier):
     """Register an API client and print its key (shown only this once)."""
     from .services.accounts import create_client as create
 
-    if tier not in current_app.extensions["mes_settings"].rate_limits:
+    if tier is not None and tier not in current_app.extensions["mes_settings"].rate_limits:
         raise click.BadParameter(f"unknown tier {tier!r}", param_hint="--tier")
     issued = _run(lambda: create(db_session(), name, scope=scope, partner_name=partner_name or None,
                                  rate_tier=tier))

@@ -182,10 +182,15 @@ class IssuedKey:
     key: str  # shown once, never stored
 
 
+#: The rate-limit tier a client gets unless told otherwise: the CRM reads for the whole factory.
+DEFAULT_TIERS = {Scope.PARTNER: "standard", Scope.CRM: "crm"}
+
+
 def create_client(session: Session, name: str, *, scope: str, partner_name: str | None = None,
-                  rate_tier: str = "standard") -> IssuedKey:
-    """Register an API client and issue its first key."""
+                  rate_tier: str | None = None) -> IssuedKey:
+    """Register an API client and issue its first key (in its scope's tier unless `rate_tier` says)."""
     scope = Scope(scope)
+    rate_tier = rate_tier or DEFAULT_TIERS[scope]
     if scope is Scope.PARTNER and not partner_name:
         raise ValidationFailed("A partner client needs a partner name.")
     if scope is Scope.CRM and partner_name:
