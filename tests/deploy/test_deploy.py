@@ -416,7 +416,7 @@ def test_site_from_bare_hosts(cluster, extra_vars):
 
 def test_second_run_changes_nothing(cluster, extra_vars):
     need("site.yml")
-    result = cluster.playbook("site.yml", "--skip-tags", SKIP_TAGS, extra_vars=extra_vars, timeout=600)
+    result = cluster.playbook("site.yml", "--skip-tags", SKIP_TAGS, extra_vars=extra_vars, timeout=900)
     check_run(cluster, result, "the second site.yml run")
     assert result.changed == 0, "changed on the second run:\n  " + "\n  ".join(result.changed_tasks)
 
