@@ -134,7 +134,8 @@ SELECT r.order_id, r.operator_id, r.operator_id, e.action,
        r.created_at - (r.worked_seconds + 600) * interval '1 second' + e.at * r.worked_seconds * interval '1 second'
            + e.paused * interval '600 seconds'
 FROM production_records r
-CROSS JOIN (VALUES ('start', 0.0, 0), ('pause', 0.5, 0), ('resume', 0.5, 1), ('finish', 1.0, 1)) AS e(action, at, paused)
+CROSS JOIN (VALUES ('start', 0.0, 0), ('pause', 0.5, 0), ('resume', 0.5, 1), ('finish', 1.0, 1))
+    AS e(action, at, paused)
 WHERE r.kind = 'output'
 ORDER BY r.id, e.at, e.paused;
 """

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 
-from sqlalchemy import case, func, literal, select
+from sqlalchemy import BigInteger, any_, bindparam, case, func, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from ..db import begin_write
@@ -189,37 +190,60 @@ def _utc_midnight(day: date) -> datetime:
 def batches(session: Session, rates: pay.RateTable, start: date, end: date, operator_id: int | None = None, *,
             by_day: bool = True) -> tuple[list[pay.Batch], list[tuple[int, date | None, int]]]:
     """The output records finished in [start, end) added up by the database: per operator (and UTC day,
-    unless by_day is false), product, stage and stretch of time between two changes of any rate (so that
+    unless by_day is false), product family, stage and stretch between two changes of any rate (so that
     one rate holds for each batch), with the (operator, day, order) each record names. A period of many
-    operators then crosses the wire as a few thousand rows, not as every record."""
+    operators is read as sums per order, not as every record with its relations."""
     pr = ProductionRecord
     since, until = _utc_midnight(start), _utc_midnight(end)
     done = [pr.kind == RecordKind.OUTPUT.value, pr.created_at >= since, pr.created_at < until]
     if operator_id is not None:
         done.append(pr.operator_id == operator_id)
     days = [utc_day(pr.created_at).label("day")] if by_day else []
-    # Stretch k (from 1) starts at the k-th rate change inside the range; stretch 0 is the range's start.
+    # Stretch k (from 1) starts at the k-th rate change inside the range; stretch 0 at the range's start.
     changes = rates.changes(since, until)
     starts = [since, *changes]
     stretch = (case(*((pr.created_at >= at, k) for k, at in reversed(list(enumerate(changes, 1)))), else_=0)
                if changes else literal(0)).label("stretch")
-    each = (select(pr.operator_id, *days, Order.product, pr.stage, stretch, pr.good, pr.scrap, pr.worked_seconds)
-            .join(Order, Order.id == pr.order_id).where(*done).subquery())
-    keys = [each.c.operator_id, *([each.c.day] if by_day else []), each.c.product, each.c.stage, each.c.stretch]
-    sums = select(*keys, func.count(), func.sum(each.c.good), func.sum(each.c.scrap), func.sum(each.c.worked_seconds))
-    families: dict[str, str] = {}
-    out = []
-    for row in session.execute(sums.group_by(*keys)):
+    each = select(pr.operator_id, *days, pr.order_id, pr.stage, stretch, pr.good, pr.scrap, pr.worked_seconds) \
+        .where(*done).subquery()
+    keys = [each.c.operator_id, *([each.c.day] if by_day else []), each.c.order_id, each.c.stage, each.c.stretch]
+    sums_per_order = select(*keys, func.count(), func.sum(each.c.good), func.sum(each.c.scrap),
+                            func.sum(each.c.worked_seconds)).group_by(*keys)
+    per_order = session.connection().execute(sums_per_order).all()  # plain rows: no ORM work per row
+    # The orders' products apart, by primary key: joined in the statement above, PostgreSQL would rather
+    # read the whole orders table than look up a month's orders one by one.
+    families = _families(session, {row[2 if by_day else 1] for row in per_order})
+    sums: dict[tuple, list[int]] = {}
+    orders = []
+    for row in per_order:
         op, *rest = row
         d = rest.pop(0) if by_day else None
-        product, stage, k, steps, good, scrap, worked = rest
-        if product not in families:
-            families[product] = family_of(product)
-        out.append(pay.Batch(op, d, families[product], Status(stage), starts[k], steps, int(good), int(scrap),
-                             int(worked)))
-    named = session.execute(select(pr.operator_id, *days, pr.order_id).where(*done).distinct())
-    orders = [(row[0], row[1], row[2]) if by_day else (row[0], None, row[1]) for row in named]
-    return out, orders
+        order_id, stage, k, steps, good, scrap, worked = rest
+        orders.append((op, d, order_id))
+        total = sums.setdefault((op, d, families[order_id], stage, k), [0, 0, 0, 0])
+        total[0] += steps
+        total[1] += int(good)
+        total[2] += int(scrap)
+        total[3] += int(worked)
+    return [pay.Batch(op, d, family, Status(stage), starts[k], *total)
+            for (op, d, family, stage, k), total in sums.items()], orders
+
+
+def _families(session: Session, order_ids: set[int], chunk: int = 5000) -> dict[int, str]:
+    """Order id -> product family. PostgreSQL takes the ids as one array (= ANY: one index scan); SQLite
+    caps the parameters of a statement, so it reads them in chunks."""
+    ids, out, products = sorted(order_ids), {}, {}
+    if session.connection().dialect.name == "postgresql":
+        chunks = [select(Order.id, Order.product).where(Order.id == any_(bindparam("ids", ids, ARRAY(BigInteger))))]
+    else:
+        chunks = [select(Order.id, Order.product).where(Order.id.in_(ids[i:i + chunk]))
+                  for i in range(0, len(ids), chunk)]
+    for stmt in chunks:
+        for order_id, product in session.connection().execute(stmt):
+            if product not in products:
+                products[product] = family_of(product)
+            out[order_id] = products[product]
+    return out
 
 
 def ledger(session: Session, actor: Actor, start: date, end: date, *, operator_id: int | None = None,
