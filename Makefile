@@ -19,7 +19,7 @@ TEST_PACKAGES := $(STACK_PACKAGES) chromium vagrant nftables
 DEPLOY_TEST_PACKAGES := debootstrap systemd-container socat iproute2 openssh-client
 DEV_PACKAGES := python3-venv
 
-.PHONY: up down status reset dev test test-suite test-deploy packages-deploy-test test-fast bench bench-topology bench-failover venv packages-dev packages-test packages-stack clean
+.PHONY: up down status reset dev test test-suite test-deploy packages-deploy-test test-fast bench bench-ledger bench-topology bench-failover venv packages-dev packages-test packages-stack clean
 
 define ensure_packages
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -104,6 +104,10 @@ test-fast: venv
 ## Server time of the orders queue and the API list at 10,000 and 1,000,000 orders (see BENCHMARKS.md).
 bench: packages-test venv
 	$(BIN)/python bench/queue_bench.py
+
+## "My work" and the supervisor's ledger with a year of production records, at 10,000 and 1,000,000 orders.
+bench-ledger: packages-test venv
+	$(BIN)/python bench/ledger_bench.py
 
 ## Split against single topology: isolation, shedding, status reads, read offload (see BENCHMARKS.md).
 bench-topology: packages-stack venv

@@ -112,3 +112,96 @@ def test_the_ledger_pays_each_piece_at_the_rate_valid_when_it_was_made(client, d
     assert everyone[(ivan.id, (today.replace(day=1), PeriodRule(PeriodKind.MONTHLY).period(today)[1]))].pay == 10
     with pytest.raises(ValidationFailed):
         production.set_rate(db, chief, "BRKT", "in_production", "-1")
+
+
+def test_the_pages_sums_from_the_database_match_the_rules_record_by_record(client, db, accounts_, floor):
+    """The ledger, "My work" and the period ledger add records up in SQL (services.production.batches); the
+    rules (mes.domain.pay.ledger) price each record on its own. Same figures on a mixed year: rates changed
+    in the middle of a day and of a period, a record at the very moment of a change, a family with no rate,
+    two operators on one order, paused work, a quality check, a rework and its remake."""
+    from mes.domain import pay
+    from mes.models import ProductionRecord
+
+    olga, ivan, chief = floor
+    petr = operator_actor(accounts_.operator("petr"))
+    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    today = midnight.date()
+    changed = midnight - timedelta(days=10) + timedelta(hours=13, minutes=30)
+    production.set_rate(db, chief, "BRKT", "in_production", "0.40", valid_from=midnight - timedelta(days=60))
+    production.set_rate(db, chief, "BRKT", "in_production", "0.4525", valid_from=changed)
+    production.set_rate(db, chief, "SHAFT", "in_production", "1.20", valid_from=midnight - timedelta(days=60))
+    production.set_rate(db, chief, "SHAFT", "quality_check", "0.05", valid_from=midnight - timedelta(days=60))
+    production.set_rate(db, chief, "SHAFT", "in_production", "1.35", valid_from=midnight - timedelta(days=3, hours=2))
+
+    partner = accounts_.partner()
+
+    def making(holder, quantity, product):
+        order_id = create_order(client, partner, quantity=quantity, product=product,
+                                reference=f"PO-{product}").get_json()["id"]
+        svc.claim(db, holder, order_id)
+        svc.change_status(db, holder, order_id, Status.QUEUED)
+        svc.change_status(db, holder, order_id, Status.IN_PRODUCTION)
+        return order_id
+
+    brackets = making(olga, 500, "BRKT-200")
+    gears = making(ivan, 300, "GEAR-Z32")  # no rate: unpriced
+    shafts = making(petr, 100, "SHAFT-12")
+    production.act(db, olga, brackets, "start")
+    production.act(db, olga, brackets, "pause")
+    production.act(db, olga, brackets, "resume")
+    production.act(db, ivan, brackets, "start")
+    at = [midnight - timedelta(days=70)]  # before any rate: unpriced as well
+    production.record_output(db, olga, brackets, 40)
+    for when, (who, order_id, good, scrap) in [
+            (midnight - timedelta(days=31, hours=-9), (olga, brackets, 60, 2)),
+            (changed - timedelta(minutes=1), (olga, brackets, 25, 0)),
+            (changed, (ivan, brackets, 30, 1)),  # at the very moment of the change: the new rate
+            (changed + timedelta(hours=2), (olga, brackets, 35, 0)),
+            (midnight - timedelta(days=9, hours=-8), (ivan, gears, 70, 3)),
+            (midnight - timedelta(days=4), (petr, shafts, 100, 0)),
+            (midnight - timedelta(days=2, hours=-10), (ivan, brackets, 50, 0)),
+            (midnight + timedelta(minutes=5), (olga, gears, 20, 0))]:
+        production.record_output(db, who, order_id, good, scrap, "burr" if scrap else None)
+        at.append(when)
+    svc.change_status(db, petr, shafts, Status.QUALITY_CHECK)
+    checked = production.record_output(db, ivan, shafts, 90, 10, "crack").record
+    made = [r for r in production.records_of(db, shafts) if r.stage == "in_production"][0]
+    production.record_rework(db, ivan, shafts, made.id, 15, "dimension")
+    svc.change_status(db, petr, shafts, Status.IN_PRODUCTION, reason="15 out of tolerance")
+    production.record_output(db, petr, shafts, 15)
+    at += [midnight - timedelta(days=3, hours=1), midnight - timedelta(days=3), midnight - timedelta(days=1)]
+    rows = db.query(ProductionRecord).order_by(ProductionRecord.id).all()
+    assert len(rows) == len(at) and checked.id == rows[-3].id
+    for row, when in zip(rows, at):
+        row.created_at = when
+    db.commit()
+
+    start, end = today - timedelta(days=90), today + timedelta(days=1)
+    rates = production.rate_table(db)
+    each = production.works(db, start, end)
+    monthly = PeriodRule(PeriodKind.MONTHLY)
+    by_day = production.ledger(db, chief, start, end)
+    assert by_day == pay.ledger(each, rates)
+    assert production.ledger(db, chief, start, end, period=monthly) == \
+        pay.ledger(each, rates, key=lambda w: monthly.period(w.day))
+    assert production.ledger(db, olga, start, end, operator_id=olga.id) == \
+        pay.ledger(production.works(db, start, end, olga.id), rates)
+    # The figures are not trivially equal: every kind of line is there.
+    total = pay.totals(list(by_day.values()))
+    assert (total.steps, total.good, total.unpriced_pieces) == (11, 535, 130)
+    assert total.pay == (Decimal("0.40") * 85 + Decimal("0.4525") * 115 + Decimal("1.20") * 100
+                         + Decimal("1.35") * 15)  # quality checks are not paid by the piece
+    assert by_day[(olga.id, today - timedelta(days=10))].orders == {brackets}
+    assert by_day[(ivan.id, today - timedelta(days=4))].orders == {shafts}  # the check, 3 days 1 hour ago
+
+    for day in (today, today - timedelta(days=10), today - timedelta(days=31)):
+        span, lines, sum_ = production.period_ledger(db, chief, day, PeriodRule(PeriodKind.WEEKLY))
+        expected = pay.ledger(production.works(db, *span), rates, key=lambda w: None)
+        assert {op.id: line for op, line in lines} == {op: line for (op, _), line in expected.items()}
+        assert sum_ == pay.totals(list(expected.values()))
+
+    for who in (olga, ivan, petr):
+        for summary in production.summaries(db, who, today, monthly):
+            expected = pay.ledger(production.works(db, summary.start, summary.end, who.id), rates,
+                                  key=lambda w: None)
+            assert summary.line == expected.get((who.id, None), pay.Line())

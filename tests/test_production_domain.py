@@ -189,3 +189,34 @@ def test_the_ledger_adds_up_to_each_record_priced_on_its_own(entries, rate_point
             expected += w.record.good * max(valid, key=lambda r: r.valid_from).per_piece
     for key in (lambda w: w.day, lambda w: PeriodRule(PeriodKind.WEEKLY).period(w.day)):
         assert totals(list(ledger(works, rates, key=key).values())).pay == expected
+
+
+@given(st.lists(st.tuples(st.integers(1, 3), st.sampled_from(["gear", "shaft"]), st.sampled_from([P, Q]),
+                          st.integers(0, 500), st.integers(0, 72 * 60)), max_size=40),
+       st.lists(st.tuples(st.sampled_from(["gear", "shaft"]), st.integers(-48 * 60, 72 * 60),
+                          st.decimals("0", "5", places=2)), max_size=6, unique_by=lambda point: point[:2]))
+def test_batches_between_rate_changes_make_the_same_lines_as_records(entries, rate_points):
+    """The database adds records up per operator, day, family, stage and stretch between two rate changes
+    (mes.services.production.batches); priced once per batch, the lines are those of the records one by one."""
+    from bisect import bisect_right
+
+    from mes.domain.pay import Batch, ledger_of_batches
+
+    rates = RateTable(Rate(family, P, amount, T0 + timedelta(minutes=m)) for family, m, amount in rate_points)
+    works = [Work(out(op, good, at=T0 + timedelta(minutes=m), stage=stage, seconds=m), i % 7, family,
+                  (T0 + timedelta(minutes=m)).date()) for i, (op, family, stage, good, m) in enumerate(entries)]
+    since, until = T0 - timedelta(days=1), T0 + timedelta(days=4)
+    starts = [since, *rates.changes(since, until)]
+    sums: dict[tuple, list[int]] = {}
+    for w in works:
+        r = w.record
+        key = (r.operator_id, w.day, w.family, r.stage, starts[bisect_right(starts, r.finished_at) - 1])
+        total = sums.setdefault(key, [0, 0, 0, 0])
+        for i, value in enumerate((1, r.good, r.scrap, r.worked_seconds)):
+            total[i] += value
+    batches = [Batch(op, day, family, stage, at, *total) for (op, day, family, stage, at), total in sums.items()]
+    orders = [(w.record.operator_id, w.day, w.order_id) for w in works]
+    week = PeriodRule(PeriodKind.WEEKLY)
+    assert ledger_of_batches(batches, orders, rates) == ledger(works, rates)
+    assert ledger_of_batches(batches, orders, rates, key=week.period) == \
+        ledger(works, rates, key=lambda w: week.period(w.day))

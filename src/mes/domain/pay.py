@@ -48,6 +48,11 @@ class RateTable:
         i = bisect.bisect_right(starts, when)
         return self._by_key[(family, stage)][i - 1] if i else None
 
+    def changes(self, since: datetime, until: datetime) -> list[datetime]:
+        """The moments after `since` and before `until` at which any rate starts: between two of them
+        every family and stage keeps one rate, so records there can be added up before they are priced."""
+        return sorted({start for starts in self._starts.values() for start in starts if since < start < until})
+
 
 def check_rate(value: object) -> Decimal:
     """A piece rate from user input: a non-negative amount with at most 4 decimals."""
@@ -125,16 +130,21 @@ class Line:
 
     def add(self, work: Work, rate: Rate | None) -> None:
         r = work.record
-        self.steps += 1
         self.orders.add(work.order_id)
-        self.good += r.good
-        self.scrap += r.scrap
-        self.worked_seconds += r.worked_seconds
-        if r.stage in MAKING_STAGES:
+        self.count(1, r.stage, r.good, r.scrap, r.worked_seconds, rate)
+
+    def count(self, steps: int, stage: Status, good: int, scrap: int, worked_seconds: int,
+              rate: Rate | None) -> None:
+        """Output records of one stage, all priced at `rate`: one record, or a batch of them."""
+        self.steps += steps
+        self.good += good
+        self.scrap += scrap
+        self.worked_seconds += worked_seconds
+        if stage in MAKING_STAGES:
             if rate is None:
-                self.unpriced_pieces += r.good
+                self.unpriced_pieces += good
             else:
-                self.pay += r.good * rate.per_piece
+                self.pay += good * rate.per_piece
 
     @property
     def pay_cents(self) -> Decimal:
@@ -150,6 +160,37 @@ def ledger(works: Iterable[Work], rates: RateTable, key=lambda work: work.day) -
         if r.kind is not RecordKind.OUTPUT:
             continue
         lines[(r.operator_id, key(work))].add(work, rates.at(work.family, r.stage, r.finished_at))
+    return dict(lines)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Output records of one operator (on one day, or over a whole stretch: day None) of one product family
+    and stage, all made while the same rates were valid: the database adds records up into batches, so that
+    a period of many operators is not read record by record."""
+
+    operator_id: int
+    day: date | None
+    family: str
+    stage: Status
+    priced_at: datetime  # a moment at which the rates of all the batch's records were valid
+    steps: int
+    good: int
+    scrap: int
+    worked_seconds: int
+
+
+def ledger_of_batches(batches: Iterable[Batch], orders: Iterable[tuple[int, date | None, int]], rates: RateTable,
+                      key=lambda day: day) -> dict[tuple[int, object], Line]:
+    """The lines ledger() makes of the same output records, from batches of them and the (operator, day,
+    order) of each record. `key` maps a day (a batch's or an order's) to the line's key: the day itself by
+    default, rule.period for pay periods."""
+    lines: dict[tuple[int, object], Line] = defaultdict(Line)
+    for b in batches:
+        rate = rates.at(b.family, b.stage, b.priced_at)
+        lines[(b.operator_id, key(b.day))].count(b.steps, b.stage, b.good, b.scrap, b.worked_seconds, rate)
+    for operator_id, day, order_id in orders:
+        lines[(operator_id, key(day))].orders.add(order_id)
     return dict(lines)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, any_, bindparam, case, func, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from ..db import begin_write
@@ -18,6 +19,7 @@ from ..domain.production import Quantities, Record, RecordKind, WorkAction as Ac
 from ..domain.reason_codes import Kind
 from ..models import Operator, Order, PieceRate, ProductionRecord, ReasonCode, FloorEvent, utcnow
 from .orders import get_order
+from .sql_time import utc_day
 
 
 def _require_floor(actor: Actor) -> None:
@@ -169,9 +171,9 @@ def rate_table(session: Session) -> pay.RateTable:
 
 
 def works(session: Session, start: date, end: date, operator_id: int | None = None) -> list[pay.Work]:
-    """Records finished from `start` up to (not including) `end` (UTC days), with their orders' families."""
-    since = datetime.combine(start, time(), tzinfo=timezone.utc)
-    until = datetime.combine(end, time(), tzinfo=timezone.utc)
+    """Records finished from `start` up to (not including) `end` (UTC days), with their orders' families,
+    one by one: what the rules (mes.domain.pay.ledger) are written against. The pages read batches."""
+    since, until = _utc_midnight(start), _utc_midnight(end)
     stmt = (select(ProductionRecord, Order.product).join(Order, Order.id == ProductionRecord.order_id)
             .where(ProductionRecord.created_at >= since, ProductionRecord.created_at < until)
             .order_by(ProductionRecord.created_at))
@@ -181,6 +183,69 @@ def works(session: Session, start: date, end: date, operator_id: int | None = No
             for row, product in session.execute(stmt)]
 
 
+def _utc_midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=timezone.utc)
+
+
+def batches(session: Session, rates: pay.RateTable, start: date, end: date, operator_id: int | None = None, *,
+            by_day: bool = True) -> tuple[list[pay.Batch], list[tuple[int, date | None, int]]]:
+    """The output records finished in [start, end) added up by the database: per operator (and UTC day,
+    unless by_day is false), product family, stage and stretch between two changes of any rate (so that
+    one rate holds for each batch), with the (operator, day, order) each record names. A period of many
+    operators is read as sums per order, not as every record with its relations."""
+    pr = ProductionRecord
+    since, until = _utc_midnight(start), _utc_midnight(end)
+    done = [pr.kind == RecordKind.OUTPUT.value, pr.created_at >= since, pr.created_at < until]
+    if operator_id is not None:
+        done.append(pr.operator_id == operator_id)
+    days = [utc_day(pr.created_at).label("day")] if by_day else []
+    # Stretch k (from 1) starts at the k-th rate change inside the range; stretch 0 at the range's start.
+    changes = rates.changes(since, until)
+    starts = [since, *changes]
+    stretch = (case(*((pr.created_at >= at, k) for k, at in reversed(list(enumerate(changes, 1)))), else_=0)
+               if changes else literal(0)).label("stretch")
+    each = select(pr.operator_id, *days, pr.order_id, pr.stage, stretch, pr.good, pr.scrap, pr.worked_seconds) \
+        .where(*done).subquery()
+    keys = [each.c.operator_id, *([each.c.day] if by_day else []), each.c.order_id, each.c.stage, each.c.stretch]
+    sums_per_order = select(*keys, func.count(), func.sum(each.c.good), func.sum(each.c.scrap),
+                            func.sum(each.c.worked_seconds)).group_by(*keys)
+    per_order = session.connection().execute(sums_per_order).all()  # plain rows: no ORM work per row
+    # The orders' products apart, by primary key: joined in the statement above, PostgreSQL would rather
+    # read the whole orders table than look up a month's orders one by one.
+    families = _families(session, {row[2 if by_day else 1] for row in per_order})
+    sums: dict[tuple, list[int]] = {}
+    orders = []
+    for row in per_order:
+        op, *rest = row
+        d = rest.pop(0) if by_day else None
+        order_id, stage, k, steps, good, scrap, worked = rest
+        orders.append((op, d, order_id))
+        total = sums.setdefault((op, d, families[order_id], stage, k), [0, 0, 0, 0])
+        total[0] += steps
+        total[1] += int(good)
+        total[2] += int(scrap)
+        total[3] += int(worked)
+    return [pay.Batch(op, d, family, Status(stage), starts[k], *total)
+            for (op, d, family, stage, k), total in sums.items()], orders
+
+
+def _families(session: Session, order_ids: set[int], chunk: int = 5000) -> dict[int, str]:
+    """Order id -> product family. PostgreSQL takes the ids as one array (= ANY: one index scan); SQLite
+    caps the parameters of a statement, so it reads them in chunks."""
+    ids, out, products = sorted(order_ids), {}, {}
+    if session.connection().dialect.name == "postgresql":
+        chunks = [select(Order.id, Order.product).where(Order.id == any_(bindparam("ids", ids, ARRAY(BigInteger))))]
+    else:
+        chunks = [select(Order.id, Order.product).where(Order.id.in_(ids[i:i + chunk]))
+                  for i in range(0, len(ids), chunk)]
+    for stmt in chunks:
+        for order_id, product in session.connection().execute(stmt):
+            if product not in products:
+                products[product] = family_of(product)
+            out[order_id] = products[product]
+    return out
+
+
 def ledger(session: Session, actor: Actor, start: date, end: date, *, operator_id: int | None = None,
            period: pay.PeriodRule | None = None) -> dict[tuple[int, object], pay.Line]:
     """Lines by (operator, day), or by (operator, pay period) with `period`. An operator sees their own;
@@ -188,9 +253,9 @@ def ledger(session: Session, actor: Actor, start: date, end: date, *, operator_i
     _require_floor(actor)
     if operator_id != actor.id and not actor.is_supervisor:
         raise Forbidden("Only a supervisor may see another operator's ledger.")
-    key = (lambda w: period.period(w.day)) if period else (lambda w: w.day)
-    return pay.ledger(works(session, start, end, operator_id), rate_table(session), key=key)
-
+    rates = rate_table(session)
+    done, orders = batches(session, rates, start, end, operator_id)
+    return pay.ledger_of_batches(done, orders, rates, key=period.period if period else (lambda d: d))
 
 
 @dataclass
@@ -237,11 +302,12 @@ def summaries(session: Session, actor: Actor, today: date, rule: pay.PeriodRule)
              ("This week", *pay.PeriodRule(pay.PeriodKind.WEEKLY).period(today)),
              ("Pay period", *rule.period(today))]
     first, last = min(s for _, s, _ in spans), max(e for _, _, e in spans)
-    done = works(session, first, last, actor.id)
     rates = rate_table(session)
+    done, orders = batches(session, rates, first, last, actor.id)
     out = []
     for name, start, end in spans:
-        lines = pay.ledger([w for w in done if start <= w.day < end], rates, key=lambda w: None)
+        lines = pay.ledger_of_batches([b for b in done if start <= b.day < end],
+                                      [o for o in orders if start <= o[1] < end], rates, key=lambda d: None)
         out.append(Summary(name, start, end, lines.get((actor.id, None), pay.Line())))
     return out
 
@@ -251,7 +317,9 @@ def period_ledger(session: Session, actor: Actor, day: date, rule: pay.PeriodRul
     """Every operator's line for the pay period holding `day` (supervisors), and the total."""
     actors.require_supervisor(actor, "see every operator's ledger")
     start, end = rule.period(day)
-    lines = pay.ledger(works(session, start, end), rate_table(session), key=lambda w: None)
+    rates = rate_table(session)
+    done, orders = batches(session, rates, start, end, by_day=False)
+    lines = pay.ledger_of_batches(done, orders, rates, key=lambda d: None)
     people = {o.id: o for o in session.scalars(select(Operator).where(Operator.id.in_([op for op, _ in lines])))}
     rows = sorted(((people[op], line) for (op, _), line in lines.items()), key=lambda row: row[0].display_name)
     return (start, end), rows, pay.totals([line for _, line in rows])
