@@ -265,6 +265,24 @@ def test_my_work_lists_held_orders_and_todays_steps(ui, client, accounts_):
     assert "received &rarr; queued" in done
 
 
+def test_my_work_shows_the_most_pressing_held_orders_and_links_to_all(ui, client, accounts_, db):
+    """An operator holding more than a page's worth sees the first MY_WORK_SHOWN by promised date, the
+    total, and the queue's "claimed by me" filter for the rest."""
+    from mes.services.accounts import find_operator
+    partner = accounts_.partner()
+    ids = [create_order(client, partner, key=f"m{i}", reference=f"M{i}").get_json()["id"]
+           for i in range(svc.MY_WORK_SHOWN + 2)]
+    olga = find_operator(db, "olga")
+    db.execute(update(Order).where(Order.id.in_(ids)).values(holder_id=olga.id))
+    db.execute(update(Order).where(Order.id == ids[-1]).values(promised_date=date.today()))  # the most pressing
+    db.commit()
+    html = client.get("/operator/my-work").get_data(as_text=True)
+    in_progress = html.split('id="in-progress"')[1].split("</table>")[0]
+    assert f"In progress ({len(ids)})" in html
+    assert in_progress.count("<tr") == 1 + svc.MY_WORK_SHOWN and f"#{ids[-1]}<" in in_progress
+    assert f"all {len(ids)} in the queue" in html and "holder=mine" in html
+
+
 def test_logout_ends_the_session(ui, client):
     r = ui.post("/operator/logout", "/operator/")
     assert "You are logged out" in r.get_data(as_text=True)

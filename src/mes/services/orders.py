@@ -445,21 +445,28 @@ def count_on_hold(session: Session, *, cap: int | None = None) -> int:
     return session.scalar(select(func.count()).select_from(inner.subquery()))
 
 
+#: "My work" lists this many of the orders an operator holds, the most pressing first; the queue's
+#: "claimed by me" filter pages through all of them.
+MY_WORK_SHOWN = 50
+
+
 @dataclass
 class MyWork:
-    in_progress: list[Order]
+    in_progress: list[Order]  # the first MY_WORK_SHOWN
+    in_progress_total: int
     done_today: list[OrderEvent]
 
 
 def my_work(session: Session, operator_id: int, day_start: datetime) -> MyWork:
-    held = session.scalars(
-        select(Order).where(Order.holder_id == operator_id, Order.status.in_([s.value for s in OPEN_STATUSES]))
-        .order_by(Order.promised_date, Order.priority, Order.id))
+    mine = (Order.holder_id == operator_id, Order.status.in_([s.value for s in OPEN_STATUSES]))
+    held = session.scalars(select(Order).where(*mine).order_by(Order.promised_date, Order.priority, Order.id)
+                           .limit(MY_WORK_SHOWN))
+    total = session.scalar(select(func.count()).select_from(Order).where(*mine))
     done = session.scalars(
         select(OrderEvent).where(OrderEvent.operator_id == operator_id, OrderEvent.created_at >= day_start,
                                  OrderEvent.kind == EventKind.STATUS.value)
         .order_by(OrderEvent.id.desc()))
-    return MyWork(list(held), list(done))
+    return MyWork(list(held), total, list(done))
 
 
 # ----------------------------------------------------------------------------------------------- API reads
