@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import auth, create_order
+from conftest import auth, cancel_reason, create_order
 from test_operator_ui import Browserless
 
 from mes.api.routes import OPENAPI
@@ -32,19 +32,26 @@ def move(browser, order_id: int, steps: list[tuple[str, str | None]]) -> None:
         assert "Nothing was changed" not in html and "changed meanwhile" not in html, html
 
 
+def cancel(browser, order_id: int, reason_id: int, note: str) -> None:
+    """A supervisor's cancel from its confirmation page, with a cancel reason and an internal note."""
+    page = f"/operator/orders/{order_id}"
+    html = browser.post(f"{page}/cancel", page, cancel_reason=reason_id, note=note, version=1).get_data(as_text=True)
+    assert "is cancelled" in html, html
+
+
 def every_api_read(order_id: int) -> list[str]:
     """Each GET of the OpenAPI document, about this order where it takes one."""
     return ["/api/v1" + path.replace("{order_id}", str(order_id))
             for path, item in OPENAPI["paths"].items() if "get" in item and "openapi" not in path]
 
 
-def test_notes_typed_on_the_shop_floor_never_reach_an_api_key(client, accounts_, chief):
+def test_notes_typed_on_the_shop_floor_never_reach_an_api_key(client, accounts_, chief, db):
     partner, crm = accounts_.partner(), accounts_.crm()
     reworked = create_order(client, partner, reference="R1").get_json()["id"]
     cancelled = create_order(client, partner, reference="R2").get_json()["id"]
     move(chief, reworked, [("queued", None), ("in_production", "Line 3, the good jig"),
                            ("quality_check", None), ("in_production", REWORK_NOTE)])
-    move(chief, cancelled, [("cancelled", CANCEL_NOTE)])
+    cancel(chief, cancelled, cancel_reason(db), CANCEL_NOTE)
 
     for headers in (partner, crm):
         for order_id in (reworked, cancelled):
