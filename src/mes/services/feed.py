@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 
 from ..domain import actors
 from ..domain.actors import Actor
-from ..models import Order, OrderEvent
+from ..domain.lifecycle import Status
+from ..models import Order, OrderEvent, Shipment
 from . import cursors
 from .orders import Page
 
@@ -69,3 +70,18 @@ def status_changes(session: Session, actor: Actor, *, after: str | None, limit: 
     rows = list(session.execute(stmt.order_by(OrderEvent.txid, OrderEvent.id).limit(limit)))
     nxt = cursor_of(rows[-1][0]) if rows else cursors.encode(*last)
     return Page(rows, nxt)
+
+
+def shipments_of_shipping(session: Session, events: list[OrderEvent]) -> dict[int, list[Shipment]]:
+    """For each change to shipped in a page, the shipments its order had then (recorded with the change:
+    later ones show in the order resource); one query per page."""
+    shipped = {e.order_id: e.created_at for e in events
+               if (e.kind or "status") == "status" and e.to_status == Status.SHIPPED.value}
+    found: dict[int, list[Shipment]] = {}
+    if not shipped:
+        return found
+    rows = session.scalars(select(Shipment).where(Shipment.order_id.in_(shipped)).order_by(Shipment.id))
+    for row in rows:
+        if row.created_at <= shipped[row.order_id]:
+            found.setdefault(row.order_id, []).append(row)
+    return found
