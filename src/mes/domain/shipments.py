@@ -64,13 +64,13 @@ def parse(*, carrier: object, tracking_number: object = None, tracking_url: obje
     boxes = _count(packages, "packages", errors, high=MAX_PACKAGES)
     pieces = _count(quantity, "quantity", errors)
     if pieces is not None and pieces > left:
-        errors.append({"field": "quantity", "message": f"only {left} more pieces may be shipped" if left
-                       else "every piece made has been shipped already"})
+        errors.append({"field": "quantity", "message": f"must be at most {left} (the pieces not shipped yet)" if left
+                       else "is too many: every piece made has left already"})
         pieces = None
     if boxes is not None and pieces is not None and boxes > pieces:
-        errors.append({"field": "packages", "message": f"{boxes} packages for {pieces} pieces leaves some empty"})
+        errors.append({"field": "packages", "message": f"must not be more than the pieces ({boxes} for {pieces})"})
     if errors:
-        raise ValidationFailed("The shipment was not recorded: " + "; ".join(
+        raise ValidationFailed("Check the shipment: " + "; ".join(
             f"{e['field'].replace('_', ' ')} {e['message']}" for e in errors) + ".", errors=errors)
     return Shipment(carrier=name, tracking_number=number, tracking_url=url, packages=boxes, quantity=pieces)
 

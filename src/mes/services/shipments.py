@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..db import begin_write
+from ..domain import actors
 from ..domain import shipments as rules
 from ..domain.actors import Actor
 from ..domain.errors import Forbidden, VersionConflict
@@ -73,6 +74,8 @@ def record(session: Session, actor: Actor, order_id: int, *, fields: dict, expec
         status = Status(order.status)
         rules.check_may_ship(status)
         _check_version(order, expected_version)
+        if status is Status.PACKED:  # shipping is a move like any other: its holder's or a supervisor's
+            actors.require_move(actor, orders.facts(order), Status.SHIPPED)
         shipment = rules.parse(**fields, left=limits(session, order).left)
         seen = order.status_version
     finally:
