@@ -35,12 +35,14 @@ def test_an_order_is_shipped_with_the_keyboard_alone(page, refused_by_policy, li
     for step in (Status.QUALITY_CHECK, Status.PACKED):
         svc.change_status(db, chief, order_id, step)
 
+    page.set_viewport_size({"width": 412, "height": 900})  # a phone on the dock
     log_in(page, live_server.url, "chief")
     open_order(page, order_id)
     key(page, "Alt+N")  # the order page's next step: Ship…
     assert page.url.endswith(f"/operator/orders/{order_id}/ship")
     expect(page.locator("h1")).to_have_text(f"Ship order #{order_id}")
     expect(page.locator("#left-to-ship")).to_have_text("40")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 412  # no sideways scroll
     for selector in ("#ship-carrier", "#ship-tracking_url", "#ship-quantity", "#confirm-ship", "#back-to-order"):
         assert page.locator(selector).bounding_box()["height"] >= 44, selector  # touch targets
 
