@@ -47,8 +47,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("orders") as batch:
-        batch.drop_column("delivered_by")
-        batch.drop_column("delivered_at")
+    # A plain DROP COLUMN on both (SQLite has it since 3.35): batch mode would copy the orders table and
+    # lose its expression index (ix_orders_reference_lower), which SQLAlchemy cannot reflect.
+    op.execute("ALTER TABLE orders DROP COLUMN delivered_by")
+    op.execute("ALTER TABLE orders DROP COLUMN delivered_at")
     op.drop_index("ix_shipments_order_id_id", table_name="shipments")
     op.drop_table("shipments")
