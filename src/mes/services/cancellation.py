@@ -55,9 +55,6 @@ class CancelRequest:
     if_match: IfMatch | None  # the If-Match header, when sent
 
 
-Cancelled = Answer
-
-
 def cancel(session: Session, actor: Actor, order_id: int, request: CancelRequest,
            render: Callable[[Order], dict]) -> Answer:
     """Cancel the order once; a repeat gets the order (or, with the same key, the first answer)."""
