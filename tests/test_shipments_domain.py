@@ -82,3 +82,13 @@ def test_shipments_are_recorded_on_packed_and_shipped_orders_only(status):
         with pytest.raises(Conflict) as err:
             shipments.check_may_ship(status)
         assert err.value.extensions == {"current_status": status.value}
+
+
+def test_the_api_document_states_the_shipment_limits_the_rules_apply():
+    from mes.api.routes import OPENAPI
+
+    shipment = OPENAPI["components"]["schemas"]["Shipment"]["properties"]
+    assert shipment["carrier"]["maxLength"] == shipments.MAX_CARRIER
+    assert shipment["tracking_number"]["maxLength"] == shipments.MAX_TRACKING_NUMBER
+    assert shipment["tracking_url"]["maxLength"] == shipments.MAX_TRACKING_URL
+    assert shipment["quantity"]["minimum"] == shipment["packages"]["minimum"] == 1
