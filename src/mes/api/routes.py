@@ -214,9 +214,7 @@ def status_changes():
     page = feed.status_changes(session, g.actor, after=query_params.cursor("after"),
                                limit=query_params.integer("limit", default=100, low=1, high=500))
     shipped = feed.shipments_of_shipping(session, [ev for ev, _ in page.items])
-    items = [event_json(ev, ref, feed.cursor_of(ev), shipped.get(ev.order_id, [])
-                        if ev.to_status == Status.SHIPPED.value and (ev.kind or "status") == "status" else None)
-             for ev, ref in page.items]
+    items = [event_json(ev, ref, feed.cursor_of(ev), shipped.get(ev.id)) for ev, ref in page.items]
     return jsonify({"items": items, "next_cursor": page.next_cursor})
 
 

@@ -73,15 +73,14 @@ def status_changes(session: Session, actor: Actor, *, after: str | None, limit: 
 
 
 def shipments_of_shipping(session: Session, events: list[OrderEvent]) -> dict[int, list[Shipment]]:
-    """For each change to shipped in a page, the shipments its order had then (recorded with the change:
-    later ones show in the order resource); one query per page."""
-    shipped = {e.order_id: e.created_at for e in events
-               if (e.kind or "status") == "status" and e.to_status == Status.SHIPPED.value}
-    found: dict[int, list[Shipment]] = {}
-    if not shipped:
+    """Event id -> the shipments its order had then, for each change to shipped in a page (those recorded
+    with the change: later ones show in the order resource); one query per page."""
+    shipping = [e for e in events if (e.kind or "status") == "status" and e.to_status == Status.SHIPPED.value]
+    found: dict[int, list[Shipment]] = {e.id: [] for e in shipping}
+    if not shipping:
         return found
-    rows = session.scalars(select(Shipment).where(Shipment.order_id.in_(shipped)).order_by(Shipment.id))
-    for row in rows:
-        if row.created_at <= shipped[row.order_id]:
-            found.setdefault(row.order_id, []).append(row)
+    rows = list(session.scalars(select(Shipment).where(Shipment.order_id.in_({e.order_id for e in shipping}))
+                                .order_by(Shipment.id)))
+    for event in shipping:
+        found[event.id] = [r for r in rows if r.order_id == event.order_id and r.created_at <= event.created_at]
     return found
