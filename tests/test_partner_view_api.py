@@ -273,7 +273,7 @@ def test_a_conflict_lists_only_the_moves_the_caller_may_make():
     chief = Actor("operator", 3, "chief", role=Role.SUPERVISOR)
     shipped = OrderFacts(Status.SHIPPED, partner_id=7, holder_id=None)
     in_production = OrderFacts(Status.IN_PRODUCTION, partner_id=7, holder_id=2)
-    cases = [(partner, shipped, []), (olga, shipped, ["delivered"]), (partner, in_production, []),
+    cases = [(partner, shipped, ["delivered"]), (olga, shipped, ["delivered"]), (partner, in_production, []),
              (olga, in_production, ["quality_check"]), (chief, in_production, ["quality_check"]),
              (Actor("operator", 4, "otto", role=Role.OPERATOR), in_production, [])]
     for actor, order, allowed in cases:
@@ -282,14 +282,14 @@ def test_a_conflict_lists_only_the_moves_the_caller_may_make():
         assert err.value.extensions == {"current_status": order.status.value, "allowed_transitions": allowed}
 
 
-def test_a_partner_cancelling_a_shipped_order_is_told_of_no_moves(client, accounts_, db):
+def test_a_partner_cancelling_a_shipped_order_is_told_it_may_confirm_delivery(client, accounts_, db):
     partner = accounts_.partner()
     oid = create_order(client, partner).get_json()["id"]
     boss = operator_actor(accounts_.operator("chief", role="supervisor"))
     for step in (Status.QUEUED, Status.IN_PRODUCTION, Status.QUALITY_CHECK, Status.PACKED, Status.SHIPPED):
         svc.change_status(db, boss, oid, step)
     body = assert_problem(cancel(client, partner, oid, key="late-cancel"), 409, "invalid-transition")
-    assert body["current_status"] == "shipped" and body["allowed_transitions"] == []
+    assert body["current_status"] == "shipped" and body["allowed_transitions"] == ["delivered"]
     assert db.get(IdempotencyRecord, (partner["_client_id"], "late-cancel")) is None
 
 

@@ -52,9 +52,14 @@ def test_from_a_scan_to_shipped_without_a_mouse(page, refused_by_policy, live_se
     key(page, "Enter")
     expect(page.locator("#remaining")).to_have_text("0")
     key(page, "Alt+f")  # finish work
-    for status in ("quality check", "packed", "shipped"):
+    for status in ("quality check", "packed"):
         key(page, "Alt+n")
         expect(page.locator("#status")).to_have_text(status)
+    key(page, "Alt+n")  # Ship…: the shipment form, the pieces made proposed
+    expect(page.locator("input[name=carrier]")).to_be_focused()
+    page.keyboard.type("DHL")
+    key(page, "Enter")
+    expect(page.locator("#status")).to_have_text("shipped")
     assert page.locator("#records tbody tr").count() == 2
     assert refused_by_policy == []
 

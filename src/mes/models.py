@@ -149,9 +149,15 @@ class Order(Base):
     promise_status: Mapped[str | None] = mapped_column(String(8))
     # Why the order is (or was) at risk or late, asked of the floor once per at-risk spell (mes.domain.forecast).
     late_reason_id: Mapped[int | None] = mapped_column(ForeignKey("reason_codes.id"))
+    # Who confirmed the delivery (an actor label: the partner's key or an operator) and when.
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivered_by: Mapped[str | None] = mapped_column(String(140))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     partner: Mapped[Partner] = relationship(lazy="joined")
+    # Loaded with the order in one more query per batch of orders (the API embeds them).
+    shipments: Mapped[list[Shipment]] = relationship(lazy="selectin", order_by="Shipment.id",
+                                                     back_populates="order")
     holder: Mapped[Operator | None] = relationship()
     # Joined with the order, so that a page of held orders shows its reasons without a query per row.
     hold_reason: Mapped[ReasonCode | None] = relationship(lazy="joined", foreign_keys=[hold_reason_id])
@@ -380,3 +386,26 @@ class AuditEntry(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     actor: Mapped[Operator | None] = relationship(lazy="joined")
+
+
+class Shipment(Base):
+    """What left the factory for an order in one consignment (mes.domain.shipments): the carrier, its
+    tracking number and link, how many packages and pieces, and the operator who recorded it."""
+
+    __tablename__ = "shipments"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    carrier: Mapped[str] = mapped_column(String(64))
+    tracking_number: Mapped[str | None] = mapped_column(String(64))
+    tracking_url: Mapped[str | None] = mapped_column(String(500))
+    packages: Mapped[int] = mapped_column(Integer)
+    quantity: Mapped[int] = mapped_column(Integer)
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("operators.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    order: Mapped[Order] = relationship(back_populates="shipments")
+    created_by: Mapped[Operator] = relationship(lazy="joined")
+    __table_args__ = (
+        CheckConstraint("packages > 0", name="packages_positive"),
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        Index("ix_shipments_order_id_id", "order_id", "id"),
+    )

@@ -9,7 +9,7 @@ from ..domain.disclosure import partner_reason
 from ..domain.lifecycle import Status
 from ..domain.holds import EventKind
 from ..domain.priority import Priority
-from ..models import Order, OrderEvent, iso
+from ..models import Order, OrderEvent, Shipment, iso
 
 
 def order_json(order: Order) -> dict:
@@ -31,8 +31,32 @@ def order_json(order: Order) -> dict:
         "hold": hold_json(order),
         "promise_status": order.promise_status,
         "estimated_completion": iso(order.projected_finish) if order.projected_finish else None,
-        "links": {"self": base, "status": f"{base}/status"},
+        "shipped_quantity": sum(s.quantity for s in order.shipments),
+        "shipments": [shipment_json(s) for s in order.shipments],
+        "delivery": delivery_json(order),
+        "links": {"self": base, "status": f"{base}/status", "shipments": f"{base}/shipments"},
     }
+
+
+def shipment_json(shipment: Shipment) -> dict:
+    """A shipment as partners see it: the carrier's facts, never the name of the operator who recorded it."""
+    return {
+        "id": shipment.id,
+        "carrier": shipment.carrier,
+        "tracking_number": shipment.tracking_number,
+        "tracking_url": shipment.tracking_url,
+        "packages": shipment.packages,
+        "quantity": shipment.quantity,
+        "shipped_at": iso(shipment.created_at),
+    }
+
+
+def delivery_json(order: Order) -> dict | None:
+    """When the delivery was confirmed, and whether the partner or the factory confirmed it."""
+    if order.delivered_at is None:
+        return None
+    by = "partner" if order.delivered_by and is_client_label(order.delivered_by) else "factory"
+    return {"confirmed_at": iso(order.delivered_at), "confirmed_by": by}
 
 
 def hold_json(order: Order) -> dict | None:
@@ -43,11 +67,12 @@ def hold_json(order: Order) -> dict | None:
     return {"since": iso(order.hold_since), "reason_code": code.code, "reason": code.label}
 
 
-def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:
+def event_json(event: OrderEvent, reference: str, cursor: str, shipments: list[Shipment] | None = None) -> dict:
     """A status change as every API key sees it: whose order it is (partner_id and the partner's reference,
     so that a reader of every partner's feed needs no lookup), the shop floor's notes replaced
     (mes.domain.disclosure); a hold or release carries its reason code's label, the internal note stays
-    inside; every event says the order's promise status before and after it and the estimate after it."""
+    inside; every event says the order's promise status before and after it and the estimate after it.
+    A change to shipped carries the shipments recorded with it."""
     kind = event.kind or EventKind.STATUS.value
     if kind == EventKind.STATUS.value:
         current = Status(event.from_status) if event.from_status else None
@@ -71,7 +96,7 @@ def event_json(event: OrderEvent, reference: str, cursor: str) -> dict:
         "promise_status": event.to_promise,
         "estimated_completion": iso(event.estimated_completion) if event.estimated_completion else None,
         "occurred_at": iso(event.created_at),
-    }
+    } | ({"shipments": [shipment_json(s) for s in shipments]} if shipments is not None else {})
 
 
 def etag(order_id: int, version: int) -> str:

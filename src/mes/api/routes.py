@@ -18,12 +18,12 @@ from ..effects import cache_entry, cache_settler, order_created, route_reads, st
 from ..status_cache import StatusEntry
 from .. import query_params
 from ..extensions import budget, limiter
-from ..services import cancellation, feed
+from ..services import cancellation, feed, shipments
 from ..services import orders as svc
 from ..web import db_session, settings
 from . import bp
-from .render import etag, event_json, order_etag, order_json
-from .schemas import CancelRequest, OrderCreate, json_body, validate
+from .render import etag, event_json, order_etag, order_json, shipment_json
+from .schemas import CancelRequest, DeliverRequest, OrderCreate, json_body, validate
 
 OPENAPI_TEXT = files("mes.api").joinpath("openapi.yaml").read_text()
 OPENAPI = yaml.safe_load(OPENAPI_TEXT)
@@ -159,16 +159,37 @@ def current_status(order_id: int) -> StatusEntry:
     return entry
 
 
+@bp.get("/orders/<id:order_id>/shipments")
+def list_shipments(order_id: int):
+    order, rows = shipments.of_order(db_session(), g.actor, order_id)
+    return jsonify({"order_id": order.id, "status": order.status,
+                    "shipped_quantity": sum(s.quantity for s in rows), "items": [shipment_json(s) for s in rows]})
+
+
 @bp.post("/orders/<id:order_id>/cancel")
 def cancel_order(order_id: int):
     """Safe to repeat: a cancelled order answers 200 again; with an Idempotency-Key, the first answer."""
     key = optional_key(request.headers.get("Idempotency-Key"))
     data = json_body(optional=True)
     body = validate(CancelRequest, data)
-    asked = cancellation.CancelRequest(reason=body.reason, key=key,
-                                       fingerprint=fingerprint({"cancel": order_id, "body": data}),
+    return _end_state(order_id, cancellation.cancel, "cancel", key, data, body.reason)
+
+
+@bp.post("/orders/<id:order_id>/deliver")
+def deliver_order(order_id: int):
+    """The partner confirms that a shipped order arrived; safe to repeat like a cancel."""
+    key = optional_key(request.headers.get("Idempotency-Key"))
+    data = json_body(optional=True)
+    validate(DeliverRequest, data)
+    return _end_state(order_id, cancellation.confirm_delivery, "deliver", key, data, None)
+
+
+def _end_state(order_id: int, action, name: str, key: str | None, data: object, reason: str | None):
+    """A cancel or a delivery: Idempotency-Key, If-Match and the answer are handled alike."""
+    asked = cancellation.CancelRequest(reason=reason, key=key,
+                                       fingerprint=fingerprint({name: order_id, "body": data}),
                                        if_match=if_match())
-    answer = cancellation.cancel(db_session(), g.actor, order_id, asked, render=order_json)
+    answer = action(db_session(), g.actor, order_id, asked, render=order_json)
     if answer.change is not None:
         status_changed(answer.change)
     response = jsonify(answer.body)
@@ -189,9 +210,11 @@ def if_match() -> IfMatch | None:
 
 @bp.get("/status-changes")
 def status_changes():
-    page = feed.status_changes(db_session(), g.actor, after=query_params.cursor("after"),
+    session = db_session()
+    page = feed.status_changes(session, g.actor, after=query_params.cursor("after"),
                                limit=query_params.integer("limit", default=100, low=1, high=500))
-    items = [event_json(ev, ref, feed.cursor_of(ev)) for ev, ref in page.items]
+    shipped = feed.shipments_of_shipping(session, [ev for ev, _ in page.items])
+    items = [event_json(ev, ref, feed.cursor_of(ev), shipped.get(ev.id)) for ev, ref in page.items]
     return jsonify({"items": items, "next_cursor": page.next_cursor})
 
 

@@ -42,6 +42,10 @@ class CancelRequest(Strict):
     reason: Annotated[str, StringConstraints(max_length=500), MultiLine] | None = None
 
 
+class DeliverRequest(Strict):
+    """Nothing to say but that it arrived: who and when are recorded by the service."""
+
+
 def json_body(optional: bool = False) -> object:
     """The parsed JSON body; 415 for another content type, 400 for malformed or deeply nested JSON."""
     if optional and not request.content_length and not request.data:

@@ -16,7 +16,7 @@ class Role(StrEnum):
 
 
 class Scope(StrEnum):
-    PARTNER = "partner"  # its own orders: create, read, cancel
+    PARTNER = "partner"  # its own orders: create, read, cancel, confirm delivery
     CRM = "crm"  # every order and the feed, read only
 
 
@@ -56,6 +56,8 @@ class OrderFacts:
 
 # Moves any operator may make on any order: triage of new orders and delivery confirmation.
 _ANY_OPERATOR = {(S.RECEIVED, S.QUEUED), (S.SHIPPED, S.DELIVERED)}
+# A partner cancels its orders and confirms that they arrived (the lifecycle says when each may happen).
+_PARTNER_MOVES = (S.CANCELLED, S.DELIVERED)
 
 
 def sees_order(actor: Actor, order: OrderFacts) -> bool:
@@ -79,7 +81,7 @@ def may_create_orders(actor: Actor) -> None:
 def may_move(actor: Actor, order: OrderFacts, target: Status) -> bool:
     """Whether the actor may move the order to `target` (the lifecycle is checked separately)."""
     if actor.kind == "client":
-        return actor.scope is Scope.PARTNER and target is S.CANCELLED and order.partner_id == actor.partner_id
+        return actor.scope is Scope.PARTNER and target in _PARTNER_MOVES and order.partner_id == actor.partner_id
     if actor.is_supervisor:
         return True
     if target is S.CANCELLED:

@@ -117,6 +117,23 @@ class OutputForm(Form):
     note = TextAreaField("Note", validators=[Optional(), Length(max=1000)])
 
 
+class ShipmentForm(Form):
+    """A shipment as typed or scanned: the rules (carrier required, an https link, counts within what may
+    leave) are mes.domain.shipments', which names every wrong field; these only bound the lengths."""
+    carrier = StringField("Carrier", validators=[Optional(), Length(max=64)])
+    tracking_number = StringField("Tracking number", validators=[Optional(), Length(max=64)])
+    tracking_url = StringField("Tracking link", validators=[Optional(), Length(max=500)])
+    packages = StringField("Packages", validators=[Optional(), Length(max=12)])
+    quantity = StringField("Pieces", validators=[Optional(), Length(max=12)])
+    version = VersionField("Version")
+    late_reason = OptionalReasonCodeField("Late reason")
+
+    def fields(self) -> dict:
+        """What the domain's parse takes, as typed."""
+        return {name: self[name].data for name in ("carrier", "tracking_number", "tracking_url", "packages",
+                                                   "quantity")}
+
+
 class ReworkForm(Form):
     reworks = VersionField("Record")
     quantity = StringField("Pieces back", validators=[DataRequired(), Length(max=12)])

@@ -28,6 +28,7 @@ from ..services import holds as hold_svc
 from ..services import orders as svc
 from ..services import production as production_svc
 from ..services import reason_codes
+from ..services import shipments as shipments_svc
 from ..web import db_session, settings, today
 from . import bp
 from .forms import ActionForm, HoldForm, OutputForm, ReassignForm, ReleaseHoldForm, StatusForm
@@ -135,7 +136,9 @@ def order_page(order_id: int, status_form: StatusForm | None = None, code: int =
         production=production_svc.order_view(session, g.actor, o, now), floor=svc.floor_history(session, order_id),
         operators=accounts.active_operators(session) if g.actor.is_supervisor and facts.status not in
         (Status.DELIVERED, Status.CANCELLED) else [],
-        output_form=output_form or OutputForm(formdata=None))
+        output_form=output_form or OutputForm(formdata=None),
+        more_shipments=g.actor.kind == "operator" and facts.status is Status.SHIPPED
+        and shipments_svc.limits(session, o).left > 0)
     return html, code
 
 
@@ -201,6 +204,8 @@ def change_status(order_id: int):
             target = Status(form.target.data)
         except ValueError:
             raise ValidationFailed(f"Unknown status {form.target.data!r}.") from None
+        if target is Status.SHIPPED:  # shipping asks for the shipment: carrier, tracking, pieces
+            raise ValidationFailed("Ship with the shipment form: it asks for the carrier, tracking and pieces.")
         change = svc.change_status(db_session(), g.actor, order_id, target, reason=form.reason.data,
                                    expected_version=form.version.data, late_reason_id=form.late_reason.data)
         status_changed(change)

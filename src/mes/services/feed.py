@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 
 from ..domain import actors
 from ..domain.actors import Actor
-from ..models import Order, OrderEvent
+from ..domain.lifecycle import Status
+from ..models import Order, OrderEvent, Shipment
 from . import cursors
 from .orders import Page
 
@@ -69,3 +70,17 @@ def status_changes(session: Session, actor: Actor, *, after: str | None, limit: 
     rows = list(session.execute(stmt.order_by(OrderEvent.txid, OrderEvent.id).limit(limit)))
     nxt = cursor_of(rows[-1][0]) if rows else cursors.encode(*last)
     return Page(rows, nxt)
+
+
+def shipments_of_shipping(session: Session, events: list[OrderEvent]) -> dict[int, list[Shipment]]:
+    """Event id -> the shipments its order had then, for each change to shipped in a page (those recorded
+    with the change: later ones show in the order resource); one query per page."""
+    shipping = [e for e in events if (e.kind or "status") == "status" and e.to_status == Status.SHIPPED.value]
+    found: dict[int, list[Shipment]] = {e.id: [] for e in shipping}
+    if not shipping:
+        return found
+    rows = list(session.scalars(select(Shipment).where(Shipment.order_id.in_({e.order_id for e in shipping}))
+                                .order_by(Shipment.id)))
+    for event in shipping:
+        found[event.id] = [r for r in rows if r.order_id == event.order_id and r.created_at <= event.created_at]
+    return found

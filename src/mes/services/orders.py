@@ -182,6 +182,8 @@ def change_status(session: Session, actor: Actor, order_id: int, target: Status,
         order.stage_entered_at, order.stage_hold_base = now, order.hold_seconds or 0
         if target is Status.SHIPPED:
             order.shipped_at = now
+        if target is Status.DELIVERED:
+            order.delivered_at, order.delivered_by = now, actor.label
         if target in (Status.DELIVERED, Status.CANCELLED) and order.holder_id is not None:
             # Nothing is left to do on it: it leaves its holder's work.
             _floor_event(session, order, order.holder_id, actor, "release", now)

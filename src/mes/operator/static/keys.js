@@ -1,4 +1,4 @@
-// The terminal's shortcuts: Alt and a letter clicks the button, or focuses the field, marked
+// The terminal's shortcuts: Alt and a letter clicks the button or follows the link, or focuses the field, marked
 // data-key="<letter>" (each shows its keys in a <kbd>). Read by the key's position (KeyC), so that
 // a keyboard layout or Option on a Mac that turns the letter into another character changes nothing.
 document.addEventListener("keydown", function (event) {
@@ -7,5 +7,5 @@ document.addEventListener("keydown", function (event) {
   var target = document.querySelector('[data-key="' + event.code.slice(3).toLowerCase() + '"]');
   if (!target) return;
   event.preventDefault();
-  if (target.tagName === "BUTTON") target.click(); else target.focus();
+  if (target.tagName === "BUTTON" || target.tagName === "A") target.click(); else target.focus();
 });
