@@ -46,9 +46,12 @@ class Floor:
         """Claim and move to shipped; `late_reason`: the cause, where moving a late order asks for one."""
         self.post(order_id, "claim")
         extra = {"late_reason": late_reason} if late_reason is not None else {}
-        for version, target in enumerate(TO_SHIPPED, start=1):
+        for version, target in enumerate(TO_SHIPPED[:-1], start=1):
             html = self.post(order_id, "status", target=target, version=version, **extra)
             assert f"is now {target.replace('_', ' ')}" in html, html[-2000:]
+        # Shipping records the shipment (the order of conftest's NEW_ORDER: 10 pieces).
+        html = self.post(order_id, "ship", carrier="DHL", packages=1, quantity=10, version=len(TO_SHIPPED), **extra)
+        assert f"Order {order_id} shipped" in html, html[-2000:]
 
 
 @pytest.fixture
