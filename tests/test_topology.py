@@ -529,10 +529,14 @@ def test_the_promise_series_and_the_promise_dashboard_answer_after_an_order_ship
     token = s.get(page, timeout=10).text.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
     html = s.post(f"{page}/claim", data={"csrf_token": token}, timeout=10).text
     assert "You hold order" in html
-    for version, target in enumerate(["queued", "in_production", "quality_check", "packed", "shipped"], start=1):
+    for version, target in enumerate(["queued", "in_production", "quality_check", "packed"], start=1):
         html = s.post(f"{page}/status", data={"csrf_token": token, "target": target, "version": str(version),
                                               **late_reason(html)}, timeout=10).text
         assert f"is now {target.replace('_', ' ')}" in html
+    form = s.get(f"{page}/ship", timeout=10).text  # the shipment form (it asks for a late reason if one is due)
+    html = s.post(f"{page}/ship", data={"csrf_token": token, "version": "5", "carrier": "DHL", "packages": "1",
+                                        "quantity": str(order["quantity"]), **late_reason(form)}, timeout=10).text
+    assert f"Order {order['id']} shipped" in html
 
     stages = {"received", "queued", "in_production", "quality_check", "packed"}
     expected = {  # query -> what must be in its answer
