@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
-from conftest import auth, create_order
+from conftest import auth, cancel_reason, create_order
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -410,3 +410,26 @@ def test_two_workers_at_once_never_deliver_one_event_twice(app, client, accounts
     assert not errors
     ids = [h["webhook-id"] for _, h, _ in receiver.received]
     assert len(ids) == 30 and len(set(ids)) == 30
+
+
+def test_delivered_payloads_match_the_documents_webhooks_section(app, client, accounts_, db, boss, receiver):
+    import jsonschema
+
+    from mes.api.routes import OPENAPI
+
+    acme = accounts_.partner()
+    endpoint = register(client, acme, receiver.url)
+    oid = create_order(client, acme).get_json()["id"]
+    svc.change_status(db, boss, oid, S.QUEUED)
+    svc.change_status(db, boss, oid, S.CANCELLED, cancel_reason_id=cancel_reason(db))
+    client.post(f"/api/v1/webhook-endpoints/{endpoint['id']}/test", headers=auth(acme))
+    deliver(app)
+    seen = set()
+    for _, headers, body in receiver.received:
+        payload = json.loads(body)
+        operation = OPENAPI["webhooks"][payload["type"]]["post"]
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        jsonschema.validate(payload, {**schema, "components": OPENAPI["components"]})
+        assert {p["name"] for p in operation["parameters"]} <= {k.lower() for k in headers}
+        seen.add(payload["type"])
+    assert seen >= {"order.status_changed", "order.cancelled", "webhook.test"}

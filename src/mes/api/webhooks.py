@@ -76,7 +76,7 @@ def create_webhook_endpoint():
                                errors=[{"field": f, "message": "may not be set by clients"} for f in unknown])
     created = svc.create_endpoint(db_session(), g.actor, data, settings().webhook_address_policy)
     response = _with_secret(created, 201)
-    response.headers["Location"] = url_for("api.get_webhook_endpoint", endpoint_id=created.endpoint.id)
+    response.headers["Location"] = url_for("api.webhook_endpoint", endpoint_id=created.endpoint.id)
     return response
 
 
@@ -85,22 +85,18 @@ def list_webhook_endpoints():
     return jsonify({"items": [endpoint_json(e) for e in svc.list_endpoints(db_session(), g.actor)]})
 
 
-@bp.get("/webhook-endpoints/<id:endpoint_id>")
-def get_webhook_endpoint(endpoint_id: int):
-    return jsonify(endpoint_json(svc.get_endpoint(db_session(), g.actor, endpoint_id)))
-
-
-@bp.patch("/webhook-endpoints/<id:endpoint_id>")
-def update_webhook_endpoint(endpoint_id: int):
-    endpoint = svc.update_endpoint(db_session(), g.actor, endpoint_id, _object_body(),
-                                   settings().webhook_address_policy)
-    return jsonify(endpoint_json(endpoint))
-
-
-@bp.delete("/webhook-endpoints/<id:endpoint_id>")
-def delete_webhook_endpoint(endpoint_id: int):
-    svc.delete_endpoint(db_session(), g.actor, endpoint_id)
-    return Response(status=204)
+# One rule for the three methods: an id out of range is then a 404 whatever the method, not a 405 from
+# werkzeug finding another method's rule with the same path.
+@bp.route("/webhook-endpoints/<id:endpoint_id>", methods=["GET", "PATCH", "DELETE"])
+def webhook_endpoint(endpoint_id: int):
+    session = db_session()
+    if request.method == "PATCH":
+        endpoint = svc.update_endpoint(session, g.actor, endpoint_id, _object_body(), settings().webhook_address_policy)
+        return jsonify(endpoint_json(endpoint))
+    if request.method == "DELETE":
+        svc.delete_endpoint(session, g.actor, endpoint_id)
+        return Response(status=204)
+    return jsonify(endpoint_json(svc.get_endpoint(session, g.actor, endpoint_id)))
 
 
 @bp.post("/webhook-endpoints/<id:endpoint_id>/rotate-secret")

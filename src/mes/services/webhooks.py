@@ -16,6 +16,7 @@ from sqlalchemy import event, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..db import begin_write
+from ..domain import inputs
 from ..domain import webhooks as rules
 from ..domain.actors import Actor, is_client_label
 from ..domain.disclosure import partner_reason
@@ -152,11 +153,15 @@ class Created:
 
 
 def _description(value: object) -> str | None:
+    """One line of at most 200 characters, under the same rule as every text field (mes.domain.inputs)."""
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 200 or any(ord(c) < 32 for c in value):
-        raise ValidationFailed("description must be text of at most 200 characters on one line.",
-                               errors=[{"field": "description", "message": "at most 200 characters, one line"}])
+    try:
+        if not isinstance(value, str) or len(value) > 200:
+            raise ValueError("must be text of at most 200 characters")
+        inputs.check_text(value)
+    except ValueError as err:
+        raise ValidationFailed(f"description {err}.", errors=[{"field": "description", "message": str(err)}]) from None
     return value.strip() or None
 
 
