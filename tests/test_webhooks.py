@@ -433,3 +433,23 @@ def test_delivered_payloads_match_the_documents_webhooks_section(app, client, ac
         assert {p["name"] for p in operation["parameters"]} <= {k.lower() for k in headers}
         seen.add(payload["type"])
     assert seen >= {"order.status_changed", "order.cancelled", "webhook.test"}
+
+
+def test_a_claim_whose_lease_ran_out_records_nothing(app, client, accounts_, db):
+    """A worker that took longer than its lease has lost the row to another: only the new holder's
+    outcome counts, so one attempt is never recorded twice."""
+    from mes.webhook_worker import Outcome, claim, lease, record
+
+    acme = accounts_.partner()
+    endpoint = register(client, acme, "https://hooks.acme.example/mes")
+    client.post(f"/api/v1/webhook-endpoints/{endpoint['id']}/test", headers=auth(acme))
+    cfg, metrics = app.extensions["mes_settings"], WebhookMetrics()
+    now = utcnow()
+    (slow,) = claim(db, cfg, now)
+    assert claim(db, cfg, now) == []  # leased: nobody else takes it meanwhile
+    (fast,) = claim(db, cfg, now + lease(cfg) + timedelta(seconds=1))
+    assert record(db, slow, Outcome(200, 5, "ok", None), now, cfg, metrics) == "lost"
+    assert record(db, fast, Outcome(200, 5, "ok", None), now, cfg, metrics) == "delivered"
+    db.rollback()
+    (row,) = db.scalars(select(WebhookDelivery))
+    assert (row.state, row.attempts, len(row.attempt_log)) == ("delivered", 1, 1)

@@ -32,7 +32,7 @@ import requests
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, lazyload, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from .config import Settings
@@ -111,6 +111,7 @@ def claim(session: Session, settings: Settings, now: datetime) -> list[Claimed]:
         rows = list(session.scalars(
             select(WebhookDelivery).where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
             .order_by(WebhookDelivery.next_attempt_at).limit(settings.webhook_batch)
+            .options(lazyload(WebhookDelivery.attempt_log))  # the log is not needed to send
             .with_for_update(skip_locked=True, of=WebhookDelivery)))
         claimed = []
         endpoints = {e.id: e for e in session.scalars(
