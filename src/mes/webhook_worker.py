@@ -1,11 +1,11 @@
 """The webhook delivery worker (`mes deliver-webhooks`): claims due deliveries, signs and sends them, and
 records each attempt, the retry or the endpoint's failing.
 
-A hand-written claim loop rather than a job library: the outbox rows are already the queue, written in
-the change's own transaction, and procrastinate or PgQueuer would need a second copy of each event in
-their tables plus LISTEN/NOTIFY, which Pgpool-II does not carry reliably across its pooled connections.
-One `SELECT ... FOR UPDATE SKIP LOCKED` in a write transaction (so Pgpool-II sends it to the primary)
-is the whole of what they would do for us here.
+A hand-written claim loop rather than a job library: procrastinate 3.10 and PgQueuer 1.6 (the well-kept
+PostgreSQL ones on PyPI) run on psycopg 3 or asyncpg with their own job tables, so an event could not be
+queued in the change's own psycopg2 transaction and the outbox would still need a relay into theirs. The
+outbox rows already are the queue, and one `SELECT ... FOR UPDATE SKIP LOCKED` in a write transaction (which
+Pgpool-II sends to the primary) is all the locking they would add, with no LISTEN/NOTIFY to lose in a failover.
 
 Claiming moves a row's `next_attempt_at` a lease ahead (longer than a delivery can take) under a fresh
 claim token and commits; the HTTP request runs outside any transaction, and its outcome is written only
@@ -251,7 +251,8 @@ def run_once(factory: sessionmaker, settings: Settings, metrics: WebhookMetrics,
     return counts
 
 
-def serve(factory: sessionmaker, settings: Settings, metrics: WebhookMetrics, stop: threading.Event | None = None) -> None:
+def serve(factory: sessionmaker, settings: Settings, metrics: WebhookMetrics,
+          stop: threading.Event | None = None) -> None:
     """Deliver until SIGTERM or SIGINT (or `stop`); a database outage is waited out, not fatal."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():

@@ -167,7 +167,8 @@ def _description(value: object) -> str | None:
 
 def _active(value: object) -> bool:
     if not isinstance(value, bool):
-        raise ValidationFailed("active must be true or false.", errors=[{"field": "active", "message": "must be a boolean"}])
+        raise ValidationFailed("active must be true or false.",
+                               errors=[{"field": "active", "message": "must be a boolean"}])
     return value
 
 
