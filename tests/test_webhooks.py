@@ -460,3 +460,17 @@ def test_a_claim_whose_lease_ran_out_records_nothing(app, client, accounts_, db)
     db.rollback()
     (row,) = db.scalars(select(WebhookDelivery))
     assert (row.state, row.attempts, len(row.attempt_log)) == ("delivered", 1, 1)
+
+
+def test_the_connection_itself_refuses_a_peer_that_is_not_allowed(receiver):
+    """Should a name resolve to a private address only when requests connects (after the guard looked),
+    the connection checks its peer before sending anything."""
+    import requests
+
+    from mes.webhook_worker import http_session
+
+    with pytest.raises(requests.ConnectionError, match="not public and not allowed"):
+        http_session(rules.AddressPolicy(allow_http=True)).post(receiver.url, data=b"{}", timeout=2)
+    assert receiver.received == []
+    allowed = http_session(rules.AddressPolicy(allow_http=True, allowed_networks=LOOPBACK))
+    assert allowed.post(receiver.url, data=b"{}", timeout=2).status_code == 200

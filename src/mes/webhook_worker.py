@@ -12,8 +12,9 @@ claim token and commits; the HTTP request runs outside any transaction, and its 
 while the token is still the row's. Several workers never hold one delivery at once; a worker that dies
 mid-delivery leaves the row to be claimed again once its lease ends (at least once, never lost).
 
-The address guard resolves the host and refuses the delivery if any address is not allowed; requests
-resolves it once more to connect, so a name whose answers change between the two is the remaining gap.
+The address guard resolves the host and refuses the delivery if any address is not allowed; as requests
+resolves it once more to connect, the connection itself checks its peer's address again before anything is
+sent (a name whose answers changed in between gets nothing).
 """
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
@@ -229,10 +234,41 @@ def backlog_age(session: Session, now: datetime) -> float:
     return max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
 
 
-def http_session() -> requests.Session:
-    """No proxies from the environment (they would bypass the address guard), no stored cookies."""
+def _guarded(connection_class: type, pool_class: type, policy: rules.AddressPolicy) -> type:
+    """A connection pool whose connections refuse a peer the policy does not allow, once connected and
+    before a byte is sent."""
+    class Connection(connection_class):
+        def _new_conn(self):
+            sock = super()._new_conn()
+            peer = sock.getpeername()[0]
+            if not rules.address_allowed(peer.split("%")[0], policy):
+                sock.close()
+                raise NewConnectionError(self, f"address {peer} is not public and not allowed")
+            return sock
+
+    return type(f"Guarded{pool_class.__name__}", (pool_class,), {"ConnectionCls": Connection})
+
+
+class GuardedAdapter(HTTPAdapter):
+    def __init__(self, policy: rules.AddressPolicy):
+        self.policy = policy
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _guarded(HTTPConnection, HTTPConnectionPool, self.policy),
+            "https": _guarded(HTTPSConnection, HTTPSConnectionPool, self.policy)}
+
+
+def http_session(policy: rules.AddressPolicy) -> requests.Session:
+    """Connections that check their peer's address; no proxies from the environment (they would
+    bypass the address guard), no stored cookies."""
     http = requests.Session()
     http.trust_env = False
+    adapter = GuardedAdapter(policy)
+    http.mount("http://", adapter)
+    http.mount("https://", adapter)
     return http
 
 
@@ -240,7 +276,7 @@ def run_once(factory: sessionmaker, settings: Settings, metrics: WebhookMetrics,
              http: requests.Session | None = None, rng: random.Random | None = None) -> dict[str, int]:
     """One pass: claim what is due at `now` (the wall clock by default; tests move it), send, record."""
     given = now
-    http = http or http_session()
+    http = http or http_session(settings.webhook_address_policy)
     counts: dict[str, int] = {}
     with factory() as session:
         for c in claim(session, settings, given or utcnow()):
@@ -258,7 +294,7 @@ def serve(factory: sessionmaker, settings: Settings, metrics: WebhookMetrics,
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    http = http_session()
+    http = http_session(settings.webhook_address_policy)
     while not stop.is_set():
         try:
             counts = run_once(factory, settings, metrics, http=http)
