@@ -42,6 +42,7 @@ from standardwebhooks.webhooks import Webhook
 
 from .config import Settings
 from .db import begin_write
+from .metrics import BoundedLabels
 from .domain import webhooks as rules
 from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent, iso, utcnow
 from .services.webhooks import enqueue, signing_secrets
@@ -51,6 +52,7 @@ LEASE_MARGIN = timedelta(seconds=30)
 #: Seconds from an event's creation to its first successful delivery.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 3 * 86400)
 USER_AGENT = "mes-webhooks/1"
+ENDPOINT_LABELS = 200  # endpoints with a failure series of their own, per worker
 
 
 class WebhookMetrics:
@@ -71,9 +73,18 @@ class WebhookMetrics:
         self.backlog_age = Gauge(
             "mes_webhook_backlog_age_seconds", "Age of the oldest delivery that is due and not yet delivered "
             "(0: none), set after each pass", registry=self.registry)
+        self.failures = Counter(
+            "mes_webhook_endpoint_failures_total", "Failed delivery attempts per endpoint id (the first "
+            f"{ENDPOINT_LABELS} endpoints a worker sees keep their own label, later ones count as 'other')",
+            ["endpoint"], registry=self.registry)
+        self._endpoint_label = BoundedLabels(ENDPOINT_LABELS)
         self.endpoints_failing = Counter(
             "mes_webhook_endpoints_failing_total", "Endpoints marked failing (a delivery ran out of retries)",
             registry=self.registry)
+
+
+    def endpoint_label(self, endpoint_id: int) -> str:
+        return self._endpoint_label(str(endpoint_id))
 
 
 @dataclass
@@ -218,6 +229,8 @@ def record(session: Session, c: Claimed, outcome: Outcome, now: datetime, settin
         session.rollback()
         raise
     metrics.deliveries.labels(outcome=name).inc()
+    if not outcome.ok:
+        metrics.failures.labels(endpoint=metrics.endpoint_label(c.endpoint_id)).inc()
     if outcome.ok and not c.replay:
         metrics.latency.observe(max((now - c.event_created_at).total_seconds(), 0.0))
     if newly_failing:
