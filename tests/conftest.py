@@ -30,7 +30,7 @@ BACKENDS = [b for b in os.environ.get("MES_TEST_BACKENDS", "sqlite,postgresql").
 hypothesis.settings.register_profile("dev", deadline=None)
 hypothesis.settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True)
 hypothesis.settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
-TABLES = ["audit_log", "shipments", "production_records", "floor_events", "piece_rates", "stale_status", "order_events", "idempotency_keys", "orders", "api_clients", "operators", "partners",
+TABLES = ["webhook_attempts", "webhook_deliveries", "webhook_events", "webhook_endpoints", "audit_log", "shipments", "production_records", "floor_events", "piece_rates", "stale_status", "order_events", "idempotency_keys", "orders", "api_clients", "operators", "partners",
           "reason_codes", "stage_norms", "stage_flow", "job_leases",
           "forecast_checks"]
 TEST_LIMITS = {"standard": "100000/minute", "bulk": "100000/minute", "crm": "100000/minute", "tiny": "3/minute"}

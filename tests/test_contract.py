@@ -44,6 +44,14 @@ def contract_config(key: str) -> SchemathesisConfig:
             # (checked by only_cursors_refused_when_valid).
             "include-operation-id": ["listOrders", "listStatusChanges"],
             "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "429"]}},
+        }, {
+            # A schema-valid URL may still be refused: not https, or a host that is not public (or does
+            # not resolve); the endpoint named may be another partner's, or deleted meanwhile (404).
+            "include-operation-id": ["createWebhookEndpoint", "updateWebhookEndpoint"],
+            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "404", "422", "429"]}},
+        }, {
+            "include-operation-id": ["listWebhookDeliveries"],
+            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "404", "429"]}},
         }],
     }
     if CI:
@@ -108,6 +116,7 @@ def test_the_document_states_the_rules_the_server_applies():
     key = OPENAPI["components"]["parameters"]["IdempotencyKey"]["schema"]
     assert (key["pattern"], key["maxLength"]) == (idempotency.KEY_PATTERN, idempotency.MAX_KEY_LENGTH)
     assert OPENAPI["components"]["parameters"]["OrderId"]["schema"]["maximum"] == inputs.MAX_ROW_ID
+    assert schemas["WebhookEndpointCreate"]["properties"]["description"]["pattern"] == inputs.SINGLE_LINE_PATTERN
     reference = [p for p in OPENAPI["paths"]["/orders"]["get"]["parameters"] if p["name"] == "reference"][0]["schema"]
     assert (order["reference"]["pattern"], order["reference"]["maxLength"]) == (
         reference["pattern"], reference["maxLength"]) == (inputs.REFERENCE_PATTERN, inputs.MAX_REFERENCE_LENGTH)

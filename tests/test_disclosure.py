@@ -7,9 +7,13 @@ import pytest
 from conftest import auth, cancel_reason, create_order
 from test_operator_ui import Browserless
 
+from sqlalchemy import select
+
 from mes.api.routes import OPENAPI
 from mes.domain.disclosure import partner_reason
 from mes.domain.lifecycle import TRANSITIONS, Status
+from mes.domain.webhooks import SUBSCRIBABLE
+from mes.models import WebhookEvent
 
 REWORK_NOTE = "Weld porosity again, night shift skipped the preheat"
 CANCEL_NOTE = "Cancelled: their account is on credit hold"
@@ -39,14 +43,19 @@ def cancel(browser, order_id: int, reason_id: int, note: str) -> None:
     assert "is cancelled" in html, html
 
 
-def every_api_read(order_id: int) -> list[str]:
-    """Each GET of the OpenAPI document, about this order where it takes one."""
-    return ["/api/v1" + path.replace("{order_id}", str(order_id))
+def every_api_read(order_id: int, endpoint_id: int) -> list[str]:
+    """Each GET of the OpenAPI document, about this order (and this key's webhook endpoint) where it takes one."""
+    return ["/api/v1" + path.replace("{order_id}", str(order_id)).replace("{endpoint_id}", str(endpoint_id))
             for path, item in OPENAPI["paths"].items() if "get" in item and "openapi" not in path]
 
 
 def test_notes_typed_on_the_shop_floor_never_reach_an_api_key(client, accounts_, chief, db):
     partner, crm = accounts_.partner(), accounts_.crm()
+    endpoints = {}
+    for headers in (partner, crm):  # the webhooks of every change, and their delivery logs, are read too
+        endpoints[headers["_client_id"]] = client.post(
+            "/api/v1/webhook-endpoints", headers=auth(headers),
+            json={"url": "https://hooks.example.com/mes", "event_types": list(SUBSCRIBABLE)}).get_json()["id"]
     reworked = create_order(client, partner, reference="R1").get_json()["id"]
     cancelled = create_order(client, partner, reference="R2").get_json()["id"]
     move(chief, reworked, [("queued", None), ("in_production", "Line 3, the good jig"),
@@ -55,12 +64,18 @@ def test_notes_typed_on_the_shop_floor_never_reach_an_api_key(client, accounts_,
 
     for headers in (partner, crm):
         for order_id in (reworked, cancelled):
-            for url in every_api_read(order_id):
+            for url in every_api_read(order_id, endpoints[headers["_client_id"]]):
                 response = client.get(url, headers=auth(headers))
                 assert response.status_code == 200, (url, response.status_code)
                 text = response.get_data(as_text=True)
                 for note in (REWORK_NOTE, CANCEL_NOTE, "Line 3, the good jig"):
                     assert note not in text and json.dumps(note)[1:-1] not in text, (url, note)
+
+    db.rollback()  # a fresh snapshot: the changes above committed after this session's last read
+    payloads = [e.payload for e in db.scalars(select(WebhookEvent))]  # what webhooks send
+    assert len(payloads) >= 6
+    for note in (REWORK_NOTE, CANCEL_NOTE, "Line 3, the good jig"):
+        assert not [p for p in payloads if note in p or json.dumps(note)[1:-1] in p], note
 
     feed = client.get("/api/v1/status-changes", headers=auth(partner)).get_json()["items"]
     reasons = {(e["order_id"], e["from_status"], e["to_status"]): e["reason"] for e in feed}

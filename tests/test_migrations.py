@@ -73,3 +73,18 @@ def test_0011_fills_who_confirmed_a_delivery_from_its_event_and_goes_back_withou
         assert conn.execute(indexes).scalars().all() == before
         assert conn.execute(text("SELECT count(*) FROM orders")).scalar() == 2
     engine.dispose()
+
+
+def test_0012_adds_the_webhook_tables_and_goes_back_to_0011(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "head")
+    engine = create_engine(url)
+    tables = text("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'webhook%' ORDER BY name")
+    with engine.connect() as conn:
+        assert conn.execute(tables).scalars().all() == [
+            "webhook_attempts", "webhook_deliveries", "webhook_endpoints", "webhook_events"]
+    command.downgrade(alembic_config(url), "0011")
+    with engine.connect() as conn:
+        assert conn.execute(tables).scalars().all() == []
+    command.upgrade(alembic_config(url), "head")
+    engine.dispose()

@@ -7,6 +7,7 @@ from flask.cli import FlaskGroup, with_appcontext
 
 from . import create_app, demo, migrate
 from .domain.errors import DomainError
+from .domain.webhooks import SUBSCRIBABLE
 from .web import db_session
 
 
@@ -220,6 +221,134 @@ def seed_demo(count):
     """For development: a demo operator, a demo supervisor, a demo partner key, and some orders."""
     for line in demo.seed(db_session(), current_app.extensions["mes_engine"], count):
         click.echo(line)
+
+
+# ----------------------------------------------------------------------------------------------- webhooks
+@main.group("webhook-endpoints")
+def webhook_endpoints():
+    """Webhook endpoints of partners and the CRM: where order events are sent, signed."""
+
+
+def _endpoint_line(e) -> str:
+    state = "active" if e.active else "inactive"
+    if e.failing_since is not None:
+        state += f", failing since {e.failing_since:%Y-%m-%d %H:%M} UTC"
+    return f"{e.id}\t{e.partner_id or 'crm'}\t{e.url}\t{','.join(e.types)}\t{state}"
+
+
+@webhook_endpoints.command("list")
+@with_appcontext
+def list_webhook_endpoints():
+    """Every endpoint: id, partner (crm: every partner), URL, event types, state."""
+    from .services import webhooks
+
+    click.echo("id\tpartner\turl\tevent_types\tstate")
+    for e in webhooks.list_endpoints(db_session(), None):
+        click.echo(_endpoint_line(e))
+
+
+@webhook_endpoints.command("add")
+@click.argument("url")
+@click.option("--partner", "partner_name", help="The partner whose orders it hears (default: every partner, "
+                                               "as the CRM's).")
+@click.option("--events", default=",".join(SUBSCRIBABLE),
+              show_default=True, help="Comma-separated event types.")
+@click.option("--description")
+@click.option("--inactive", is_flag=True, help="Register it without sending to it yet.")
+@with_appcontext
+def add_webhook_endpoint(url, partner_name, events, description, inactive):
+    """Register an endpoint and print its signing secret (shown only this once)."""
+    from sqlalchemy import select
+
+    from .models import Partner
+    from .services import webhooks
+
+    session = db_session()
+    partner_id = None
+    if partner_name:
+        partner_id = session.scalar(select(Partner.id).where(Partner.name == partner_name.strip()))
+        session.rollback()
+        if partner_id is None:
+            raise click.BadParameter(f"no partner {partner_name!r}", param_hint="--partner")
+    fields = {"url": url, "event_types": [t.strip() for t in events.split(",") if t.strip()],
+              "description": description, "active": not inactive}
+    created = _run(lambda: webhooks.create_endpoint(session, None, fields,
+                                                    current_app.extensions["mes_settings"].webhook_address_policy,
+                                                    partner_id=partner_id))
+    click.echo(f"endpoint {created.endpoint.id} registered; its signing secret, shown only now:")
+    click.echo(created.secret)
+
+
+@webhook_endpoints.command("set")
+@click.argument("endpoint_id", type=int)
+@click.option("--url")
+@click.option("--events", help="Comma-separated event types.")
+@click.option("--active/--inactive", default=None)
+@with_appcontext
+def set_webhook_endpoint(endpoint_id, url, events, active):
+    """Change an endpoint's URL, event types or active flag."""
+    from .services import webhooks
+
+    fields = {}
+    if url is not None:
+        fields["url"] = url
+    if events is not None:
+        fields["event_types"] = [t.strip() for t in events.split(",") if t.strip()]
+    if active is not None:
+        fields["active"] = active
+    e = _run(lambda: webhooks.update_endpoint(db_session(), None, endpoint_id, fields,
+                                              current_app.extensions["mes_settings"].webhook_address_policy))
+    click.echo(_endpoint_line(e))
+
+
+@webhook_endpoints.command("remove")
+@click.argument("endpoint_id", type=int)
+@with_appcontext
+def remove_webhook_endpoint(endpoint_id):
+    """Delete an endpoint and its pending deliveries."""
+    from .services import webhooks
+
+    _run(lambda: webhooks.delete_endpoint(db_session(), None, endpoint_id))
+    click.echo(f"endpoint {endpoint_id} removed")
+
+
+@webhook_endpoints.command("rotate-secret")
+@click.argument("endpoint_id", type=int)
+@with_appcontext
+def rotate_webhook_secret(endpoint_id):
+    """Print a new signing secret; the old one signs too for MES_WEBHOOK_SECRET_OVERLAP_HOURS (24 by default)."""
+    from datetime import timedelta
+
+    from .services import webhooks
+
+    cfg = current_app.extensions["mes_settings"]
+    created = _run(lambda: webhooks.rotate_secret(db_session(), None, endpoint_id,
+                                                  timedelta(hours=cfg.webhook_secret_overlap_hours)))
+    click.echo(f"new secret of endpoint {endpoint_id} (the old one signs too until "
+               f"{created.endpoint.previous_secret_until:%Y-%m-%d %H:%M} UTC):")
+    click.echo(created.secret)
+
+
+@main.command("deliver-webhooks")
+@click.option("--once", is_flag=True, help="One pass over what is due, then exit.")
+@click.option("--metrics-port", type=int, help="Serve the worker's Prometheus metrics on this port.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@with_appcontext
+def deliver_webhooks(once, metrics_port, metrics_host):
+    """Send due webhook deliveries until stopped (several workers may run at once on PostgreSQL)."""
+    from . import webhook_worker
+
+    metrics = webhook_worker.WebhookMetrics()
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
+    factory, cfg = current_app.extensions["mes_sessionmaker"], current_app.extensions["mes_settings"]
+    if once:
+        counts = webhook_worker.run_once(factory, cfg, metrics)
+        click.echo(", ".join(f"{n} {name}" for name, n in sorted(counts.items())) or "nothing due")
+        return
+    webhook_worker.serve(factory, cfg, metrics)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ cache and rate-limit storage, so that `make dev` needs nothing else.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from datetime import timedelta
 
 from .domain.forecast import Policy
 from .domain.pay import PeriodRule, parse_period_rule
+from .domain.webhooks import AddressPolicy, RetryPolicy
 
 POOLS = ("operator", "public")
 
@@ -47,6 +49,25 @@ def _pay_period(value: str) -> str:
     except ValueError as err:
         raise RuntimeError(f"MES_PAY_PERIOD: {err}") from None
     return value
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    """`127.0.0.1/32,10.1.0.0/16`: networks that webhooks may reach although they are not public."""
+    networks = tuple(n.strip() for n in value.split(",") if n.strip())
+    for net in networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise RuntimeError(f"MES_WEBHOOK_ALLOWED_NETWORKS: {net!r} is not a network") from None
+    return networks
+
+
+def _retry_hours(value: str) -> float:
+    """Partners are promised three days of retries: a shorter setting is a mistake."""
+    hours = float(value)
+    if hours < 72:
+        raise RuntimeError(f"MES_WEBHOOK_RETRY_HOURS must be at least 72 (three days), got {value}")
+    return hours
 
 
 @dataclass
@@ -110,6 +131,21 @@ class Settings:
     log_level: str = "INFO"
     # How many proxies (HAProxy) stand in front and set X-Forwarded-For; 0 when clients connect directly.
     trusted_proxies: int = 0
+    # Webhooks (mes.webhook_worker): https only unless allowed; no private, loopback or link-local address
+    # unless inside one of these networks (CIDR, comma-separated in MES_WEBHOOK_ALLOWED_NETWORKS).
+    webhook_allow_http: bool = False
+    webhook_allowed_networks: tuple[str, ...] = ()
+    webhook_connect_timeout: float = 3.0
+    webhook_read_timeout: float = 10.0
+    webhook_excerpt_bytes: int = 4096  # of a response body, kept in the delivery log
+    # Retries: a random wait up to min(cap, base * 2^n) (full jitter), until the event is this old.
+    webhook_backoff_base_seconds: float = 30.0
+    webhook_backoff_cap_seconds: float = 6 * 3600.0
+    webhook_retry_hours: float = 72.0
+    # After a rotation the previous secret signs too for this long.
+    webhook_secret_overlap_hours: float = 24.0
+    webhook_batch: int = 20  # deliveries a worker claims at once
+    webhook_poll_seconds: float = 1.0  # a worker's pause when nothing is due
 
     @property
     def idempotency_retention(self) -> timedelta:
@@ -123,6 +159,16 @@ class Settings:
     @property
     def pay_period_rule(self) -> PeriodRule:
         return parse_period_rule(self.pay_period)
+
+    @property
+    def webhook_address_policy(self) -> AddressPolicy:
+        return AddressPolicy(allow_http=self.webhook_allow_http, allowed_networks=self.webhook_allowed_networks)
+
+    @property
+    def webhook_retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(base=timedelta(seconds=self.webhook_backoff_base_seconds),
+                           cap=timedelta(seconds=self.webhook_backoff_cap_seconds),
+                           give_up_after=timedelta(hours=self.webhook_retry_hours))
 
     @property
     def is_sqlite(self) -> bool:
@@ -175,4 +221,18 @@ class Settings:
             pay_period=_pay_period(_env("MES_PAY_PERIOD", defaults.pay_period)),
             log_level=_env("LOG_LEVEL", "INFO"),
             trusted_proxies=int(_env("MES_TRUSTED_PROXIES", "0")),
+            webhook_allow_http=_env("MES_WEBHOOK_ALLOW_HTTP", "0") == "1",
+            webhook_allowed_networks=_networks(_env("MES_WEBHOOK_ALLOWED_NETWORKS", "")),
+            webhook_connect_timeout=float(_env("MES_WEBHOOK_CONNECT_TIMEOUT", str(defaults.webhook_connect_timeout))),
+            webhook_read_timeout=float(_env("MES_WEBHOOK_READ_TIMEOUT", str(defaults.webhook_read_timeout))),
+            webhook_excerpt_bytes=int(_env("MES_WEBHOOK_EXCERPT_BYTES", str(defaults.webhook_excerpt_bytes))),
+            webhook_backoff_base_seconds=float(_env("MES_WEBHOOK_BACKOFF_BASE_SECONDS",
+                                                    str(defaults.webhook_backoff_base_seconds))),
+            webhook_backoff_cap_seconds=float(_env("MES_WEBHOOK_BACKOFF_CAP_SECONDS",
+                                                   str(defaults.webhook_backoff_cap_seconds))),
+            webhook_retry_hours=_retry_hours(_env("MES_WEBHOOK_RETRY_HOURS", str(defaults.webhook_retry_hours))),
+            webhook_secret_overlap_hours=float(_env("MES_WEBHOOK_SECRET_OVERLAP_HOURS",
+                                                    str(defaults.webhook_secret_overlap_hours))),
+            webhook_batch=int(_env("MES_WEBHOOK_BATCH", str(defaults.webhook_batch))),
+            webhook_poll_seconds=float(_env("MES_WEBHOOK_POLL_SECONDS", str(defaults.webhook_poll_seconds))),
         )

@@ -409,3 +409,89 @@ class Shipment(Base):
         CheckConstraint("quantity > 0", name="quantity_positive"),
         Index("ix_shipments_order_id_id", "order_id", "id"),
     )
+
+
+class WebhookEndpoint(Base):
+    """Where a partner (or, with no partner, the CRM: every partner's orders) wants events sent.
+
+    The signing secret is kept as it is, unlike API keys: the sender needs the secret itself to sign
+    (README, "Webhooks"). After a rotation the previous secret signs too until `previous_secret_until`."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    partner_id: Mapped[int | None] = mapped_column(ForeignKey("partners.id"))
+    url: Mapped[str] = mapped_column(String(2000))
+    event_types: Mapped[str] = mapped_column(Text)  # space-separated (mes.domain.webhooks.SUBSCRIBABLE)
+    description: Mapped[str | None] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Set when a delivery gave up (its retries ran out); cleared by the next successful delivery.
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    __table_args__ = (Index("ix_webhook_endpoints_partner_id", "partner_id"),)
+
+    @property
+    def types(self) -> list[str]:
+        return self.event_types.split()
+
+
+class WebhookEvent(Base):
+    """The outbox: one event, written in the transaction of the change that caused it
+    (mes.services.webhooks). `msg_id` is its `webhook-id`, the same on every delivery and replay."""
+
+    __tablename__ = "webhook_events"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    msg_id: Mapped[str] = mapped_column(String(40), unique=True)
+    type: Mapped[str] = mapped_column(String(40))
+    partner_id: Mapped[int | None] = mapped_column(Integer)
+    order_id: Mapped[int | None] = mapped_column(BigInteger)
+    payload: Mapped[str] = mapped_column(Text)  # the JSON body as sent
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    __table_args__ = (Index("ix_webhook_events_created", "created_at"),)
+
+
+class WebhookDelivery(Base):
+    """One event owed to one endpoint: pending until delivered, or failed once its retries ran out.
+    A worker claims a due row by moving `next_attempt_at` a lease ahead under a fresh `claim` token
+    (mes.webhook_worker); only the holder of that token records the outcome."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("webhook_events.id"))
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(12), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claim: Mapped[str | None] = mapped_column(String(40))
+    replay: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_status_code: Mapped[int | None] = mapped_column(SmallInteger)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    event: Mapped[WebhookEvent] = relationship(lazy="joined")
+    attempt_log: Mapped[list[WebhookAttempt]] = relationship(lazy="selectin", order_by="WebhookAttempt.id",
+                                                             passive_deletes=True)
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="state"),
+        # What the workers claim: the due pending rows, oldest first.
+        Index("ix_webhook_deliveries_due", "next_attempt_at",
+              postgresql_where=text("state = 'pending'"), sqlite_where=text("state = 'pending'")),
+        Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),
+    )
+
+
+class WebhookAttempt(Base):
+    """One try of a delivery: the answer's status (none when no answer came), how long it took, the start
+    of the response body, or why nothing was sent."""
+
+    __tablename__ = "webhook_attempts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"))
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status_code: Mapped[int | None] = mapped_column(SmallInteger)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(500))
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "id"),)

@@ -10,6 +10,7 @@ from werkzeug.routing import IntegerConverter
 from .config import Settings
 from .db import make_engine, make_sessionmaker
 from .models import utcnow
+from .services.webhooks import capture_order_events
 
 
 def settings() -> Settings:
@@ -21,7 +22,9 @@ def init_db(app: Flask, cfg: Settings, pool: str) -> None:
     engine = make_engine(cfg.database_url, application_name=cfg.db_application_name or f"mes-{pool}",
                          pool_size=cfg.db_pool_size, max_overflow=cfg.db_max_overflow)
     app.extensions["mes_engine"] = engine
-    app.extensions["mes_sessionmaker"] = make_sessionmaker(engine, info={"promise_policy": cfg.promise_policy})
+    factory = make_sessionmaker(engine, info={"promise_policy": cfg.promise_policy})
+    app.extensions["mes_sessionmaker"] = factory
+    capture_order_events(factory)  # every change partners hear of writes its webhooks' outbox
 
     @app.teardown_appcontext
     def _close_session(_exc):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib.resources import files
 
 import yaml
@@ -43,6 +44,7 @@ def _documented_query_params(spec: dict) -> dict[tuple[str, str], set[str]]:
 
 
 QUERY_PARAMS = _documented_query_params(OPENAPI)
+PATH_VARIABLE = re.compile(r"<(?:\w+:)?(\w+)>")  # werkzeug's <id:order_id> is OpenAPI's {order_id}
 
 
 # Views that never read a replica: the status cache is never older than the last acknowledged
@@ -63,7 +65,7 @@ def reject_unknown_query_parameters():
     """A misspelt filter (`?stauts=queued`) must not silently return everything."""
     if request.url_rule is None:
         return
-    template = request.url_rule.rule.removeprefix(bp.url_prefix).replace("<id:order_id>", "{order_id}")
+    template = PATH_VARIABLE.sub(r"{\1}", request.url_rule.rule.removeprefix(bp.url_prefix))
     method = "GET" if request.method == "HEAD" else request.method
     unknown = set(request.args) - QUERY_PARAMS.get((template, method), set())
     if unknown:

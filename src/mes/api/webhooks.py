@@ -1,0 +1,129 @@
+"""Webhook endpoints of API v1: register, list, change, delete, rotate the secret, read the delivery log,
+replay a delivery, send a test event. A partner sees only its own endpoints (mes.services.webhooks)."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import Response, g, jsonify, request, url_for
+
+from .. import query_params
+from ..domain.errors import ValidationFailed
+from ..models import WebhookDelivery, WebhookEndpoint, iso
+from ..services import webhooks as svc
+from ..web import db_session, settings
+from . import bp
+from .schemas import json_body
+
+CREATE_FIELDS = {"url", "event_types", "description", "active"}
+
+
+def endpoint_json(endpoint: WebhookEndpoint) -> dict:
+    base = f"/api/v1/webhook-endpoints/{endpoint.id}"
+    return {
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "event_types": endpoint.types,
+        "description": endpoint.description,
+        "active": endpoint.active,
+        "partner_id": endpoint.partner_id,
+        "failing_since": iso(endpoint.failing_since) if endpoint.failing_since else None,
+        "previous_secret_expires_at": iso(endpoint.previous_secret_until) if endpoint.previous_secret_until else None,
+        "created_at": iso(endpoint.created_at),
+        "updated_at": iso(endpoint.updated_at),
+        "links": {"self": base, "deliveries": f"{base}/deliveries"},
+    }
+
+
+def delivery_json(delivery: WebhookDelivery) -> dict:
+    return {
+        "id": delivery.id,
+        "event_id": delivery.event.msg_id,
+        "event_type": delivery.event.type,
+        "state": delivery.state,
+        "replay": delivery.replay,
+        "attempts": delivery.attempts,
+        "last_status_code": delivery.last_status_code,
+        "next_attempt_at": iso(delivery.next_attempt_at) if delivery.state == "pending" and delivery.next_attempt_at
+        else None,
+        "delivered_at": iso(delivery.delivered_at) if delivery.delivered_at else None,
+        "created_at": iso(delivery.created_at),
+        "attempt_log": [{"attempted_at": iso(a.attempted_at), "status_code": a.status_code,
+                         "latency_ms": a.latency_ms, "error": a.error, "response_excerpt": a.response_excerpt}
+                        for a in delivery.attempt_log],
+    }
+
+
+def _object_body() -> dict:
+    data = json_body()
+    if not isinstance(data, dict):
+        raise ValidationFailed("The body must be a JSON object.",
+                               errors=[{"field": "(body)", "message": "expected an object"}])
+    return data
+
+
+def _with_secret(created: svc.Created, status: int) -> Response:
+    response = jsonify(endpoint_json(created.endpoint) | {"secret": created.secret})
+    response.status_code = status
+    return response
+
+
+@bp.post("/webhook-endpoints")
+def create_webhook_endpoint():
+    data = _object_body()
+    unknown = sorted(set(data) - CREATE_FIELDS)
+    if unknown:
+        raise ValidationFailed(f"Some fields are invalid: {', '.join(unknown)}.",
+                               errors=[{"field": f, "message": "may not be set by clients"} for f in unknown])
+    created = svc.create_endpoint(db_session(), g.actor, data, settings().webhook_address_policy)
+    response = _with_secret(created, 201)
+    response.headers["Location"] = url_for("api.webhook_endpoint", endpoint_id=created.endpoint.id)
+    return response
+
+
+@bp.get("/webhook-endpoints")
+def list_webhook_endpoints():
+    return jsonify({"items": [endpoint_json(e) for e in svc.list_endpoints(db_session(), g.actor)]})
+
+
+# One rule for the three methods: an id out of range is then a 404 whatever the method, not a 405 from
+# werkzeug finding another method's rule with the same path.
+@bp.route("/webhook-endpoints/<id:endpoint_id>", methods=["GET", "PATCH", "DELETE"])
+def webhook_endpoint(endpoint_id: int):
+    session = db_session()
+    if request.method == "PATCH":
+        endpoint = svc.update_endpoint(session, g.actor, endpoint_id, _object_body(), settings().webhook_address_policy)
+        return jsonify(endpoint_json(endpoint))
+    if request.method == "DELETE":
+        svc.delete_endpoint(session, g.actor, endpoint_id)
+        return Response(status=204)
+    return jsonify(endpoint_json(svc.get_endpoint(session, g.actor, endpoint_id)))
+
+
+@bp.post("/webhook-endpoints/<id:endpoint_id>/rotate-secret")
+def rotate_webhook_secret(endpoint_id: int):
+    """The new secret, shown once; the old one keeps signing beside it for the overlap."""
+    if request.content_length or request.data:
+        json_body()  # a body is not needed, but a malformed one is still refused
+    overlap = timedelta(hours=settings().webhook_secret_overlap_hours)
+    return _with_secret(svc.rotate_secret(db_session(), g.actor, endpoint_id, overlap), 200)
+
+
+@bp.get("/webhook-endpoints/<id:endpoint_id>/deliveries")
+def list_webhook_deliveries(endpoint_id: int):
+    page = svc.deliveries(db_session(), g.actor, endpoint_id, after=query_params.cursor("cursor"),
+                          limit=query_params.integer("limit", default=50, low=1, high=200))
+    return jsonify({"items": [delivery_json(d) for d in page.items], "next_cursor": page.next_cursor})
+
+
+@bp.post("/webhook-endpoints/<id:endpoint_id>/deliveries/<id:delivery_id>/replay")
+def replay_webhook_delivery(endpoint_id: int, delivery_id: int):
+    response = jsonify(delivery_json(svc.replay(db_session(), g.actor, endpoint_id, delivery_id)))
+    response.status_code = 202
+    return response
+
+
+@bp.post("/webhook-endpoints/<id:endpoint_id>/test")
+def send_webhook_test(endpoint_id: int):
+    response = jsonify(delivery_json(svc.send_test(db_session(), g.actor, endpoint_id)))
+    response.status_code = 202
+    return response

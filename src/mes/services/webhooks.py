@@ -1,0 +1,320 @@
+"""Webhooks: the outbox written with every order change, the endpoints partners register, and their
+delivery log, replays and test events. Sending is mes.webhook_worker's.
+
+The outbox is filled by a session hook rather than by each write path: every change a partner hears of
+(status, promise, hold, release, shipping) writes an OrderEvent, so the hook collects the events each
+flush writes and, just before the transaction commits, adds one outbox row per webhook event and one
+delivery row per endpoint that wants it. They commit or roll back with the change itself, and no new
+write path can forget them."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import event, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..db import begin_write
+from ..domain import inputs
+from ..domain import webhooks as rules
+from ..domain.actors import Actor, is_client_label
+from ..domain.disclosure import partner_reason
+from ..domain.errors import Forbidden, NotFound, ValidationFailed
+from ..domain.holds import EventKind
+from ..domain.lifecycle import Status
+from ..models import (Order, OrderEvent, Shipment, WebhookDelivery, WebhookEndpoint, WebhookEvent, iso,
+                      utcnow)
+from . import cursors
+
+PENDING = "mes_webhook_pending"
+
+
+# --------------------------------------------------------------------------------------------- outbox
+def capture_order_events(factory: sessionmaker) -> None:
+    """Make every session of `factory` write the outbox of its order events in their own transaction."""
+    event.listen(factory, "after_flush", _collect)
+    event.listen(factory, "before_commit", _write_outbox)
+    event.listen(factory, "after_transaction_end", _forget)
+
+
+def _collect(session: Session, _flush_context) -> None:
+    # The shipments recorded with a change to shipped may be flushed after its event (autoflush): both
+    # are kept until the commit.
+    written = [o for o in session.new if isinstance(o, (OrderEvent, Shipment))]
+    if written:
+        session.info.setdefault(PENDING, []).extend(written)
+
+
+def _forget(session: Session, transaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(PENDING, None)
+
+
+def _write_outbox(session: Session) -> None:
+    session.flush()
+    pending = session.info.pop(PENDING, None)
+    if not pending:
+        return
+    events = [e for e in pending if isinstance(e, OrderEvent)]
+    if not events:
+        return
+    shipments = [s for s in pending if isinstance(s, Shipment)]
+    references = dict(session.execute(select(Order.id, Order.reference)
+                                      .where(Order.id.in_({e.order_id for e in events}))).all())
+    endpoints = _subscribers(session, {e.partner_id for e in events})
+    for ev in events:
+        for kind in rules.types_of(ev.kind or EventKind.STATUS.value, ev.from_status, ev.to_status,
+                                   ev.from_promise, ev.to_promise):
+            data = event_data(ev, references.get(ev.order_id, ""),
+                              [s for s in shipments if s.order_id == ev.order_id]
+                              if kind == rules.EventType.SHIPPED.value else None)
+            enqueue(session, kind, data, ev.created_at,
+                    [p for p in endpoints if kind in p.types and p.partner_id in (None, ev.partner_id)])
+
+
+def _subscribers(session: Session, partner_ids: set[int]) -> list[WebhookEndpoint]:
+    return list(session.scalars(select(WebhookEndpoint).where(
+        WebhookEndpoint.active.is_(True),
+        or_(WebhookEndpoint.partner_id.is_(None), WebhookEndpoint.partner_id.in_(partner_ids)))))
+
+
+def enqueue(session: Session, kind: str, data: dict, at: datetime, endpoints: list[WebhookEndpoint]) -> WebhookEvent:
+    """One outbox event and a delivery of it, due now, to each endpoint."""
+    row = WebhookEvent(msg_id=rules.new_message_id(), type=kind, partner_id=data.get("partner_id"),
+                       order_id=data.get("order_id"), created_at=at,
+                       payload=json.dumps({"type": kind, "timestamp": iso(at), "data": data}, separators=(",", ":")))
+    session.add(row)
+    for endpoint in endpoints:
+        session.add(WebhookDelivery(event=row, endpoint_id=endpoint.id, state="pending", attempts=0,
+                                    next_attempt_at=at, replay=False, created_at=at))
+    return row
+
+
+def event_data(ev: OrderEvent, reference: str, shipments: list[Shipment] | None) -> dict:
+    """What a webhook says of an order event: the feed item's facts (mes.api.render.event_json), whose
+    order it is, and what partners may read of reasons (the shop floor's notes stay inside)."""
+    kind = ev.kind or EventKind.STATUS.value
+    if kind == EventKind.STATUS.value:
+        current = Status(ev.from_status) if ev.from_status else None
+        reason = partner_reason(current, Status(ev.to_status), ev.reason, written_by_client=is_client_label(ev.actor))
+    elif kind == EventKind.PROMISE.value:
+        reason = ev.reason
+    else:
+        reason = ev.reason_code.label if ev.reason_code else None
+    data = {"order_id": ev.order_id, "partner_id": ev.partner_id, "reference": reference,
+            "from_status": ev.from_status, "to_status": ev.to_status, "status_version": ev.status_version,
+            "reason": reason, "previous_promise_status": ev.from_promise, "promise_status": ev.to_promise,
+            "estimated_completion": iso(ev.estimated_completion) if ev.estimated_completion else None,
+            "occurred_at": iso(ev.created_at)}
+    if shipments is not None:
+        data["shipments"] = [{"id": s.id, "carrier": s.carrier, "tracking_number": s.tracking_number,
+                              "tracking_url": s.tracking_url, "packages": s.packages, "quantity": s.quantity,
+                              "shipped_at": iso(s.created_at)} for s in shipments]
+    return data
+
+
+# --------------------------------------------------------------------------------------------- endpoints
+#: Who manages endpoints: an API client (a partner: its own; the CRM: its own, which hear every partner),
+#: or the CLI (None: every endpoint).
+Owner = Actor | None
+
+
+def _owner_partner(actor: Owner) -> int | None:
+    return actor.partner_id if actor is not None else None
+
+
+def _visible(stmt, actor: Owner):
+    if actor is None:
+        return stmt
+    if actor.kind != "client":
+        raise Forbidden("Webhook endpoints are managed by API clients and the CLI.")
+    pid = _owner_partner(actor)
+    return stmt.where(WebhookEndpoint.partner_id == pid if pid is not None else WebhookEndpoint.partner_id.is_(None))
+
+
+def list_endpoints(session: Session, actor: Owner) -> list[WebhookEndpoint]:
+    return list(session.scalars(_visible(select(WebhookEndpoint), actor).order_by(WebhookEndpoint.id)))
+
+
+def get_endpoint(session: Session, actor: Owner, endpoint_id: int, *, for_update: bool = False) -> WebhookEndpoint:
+    """The endpoint if this caller may see it; another partner's is as missing as a missing one."""
+    stmt = _visible(select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id), actor)
+    found = session.scalar(stmt.with_for_update() if for_update else stmt)
+    if found is None:
+        raise NotFound(f"Webhook endpoint {endpoint_id} does not exist.")
+    return found
+
+
+@dataclass
+class Created:
+    endpoint: WebhookEndpoint
+    secret: str  # shown once
+
+
+def _description(value: object) -> str | None:
+    """One line of at most 200 characters, under the same rule as every text field (mes.domain.inputs)."""
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str) or len(value) > 200:
+            raise ValueError("must be text of at most 200 characters")
+        inputs.check_text(value)
+    except ValueError as err:
+        raise ValidationFailed(f"description {err}.", errors=[{"field": "description", "message": str(err)}]) from None
+    return value.strip() or None
+
+
+def _active(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationFailed("active must be true or false.",
+                               errors=[{"field": "active", "message": "must be a boolean"}])
+    return value
+
+
+def create_endpoint(session: Session, actor: Owner, fields: dict, policy: rules.AddressPolicy,
+                    *, partner_id: int | None = None) -> Created:
+    """Register an endpoint (the CLI names the partner; a client registers for itself)."""
+    url = rules.parse_url(fields.get("url"), policy)
+    types = rules.parse_event_types(fields.get("event_types"))
+    secret = rules.new_secret()
+    now = utcnow()
+    begin_write(session)
+    try:
+        endpoint = WebhookEndpoint(partner_id=_owner_partner(actor) if actor is not None else partner_id, url=url,
+                                   event_types=" ".join(types), description=_description(fields.get("description")),
+                                   active=_active(fields.get("active", True)), secret=secret, created_at=now,
+                                   updated_at=now)
+        session.add(endpoint)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return Created(endpoint, secret)
+
+
+def update_endpoint(session: Session, actor: Owner, endpoint_id: int, fields: dict,
+                    policy: rules.AddressPolicy) -> WebhookEndpoint:
+    """Change the URL, the event types, the description or the active flag (only those given)."""
+    unknown = sorted(set(fields) - {"url", "event_types", "description", "active"})
+    if unknown:
+        raise ValidationFailed(f"{unknown[0]} cannot be changed.",
+                               errors=[{"field": f, "message": "may not be set by clients"} for f in unknown])
+    url = rules.parse_url(fields["url"], policy) if "url" in fields else None
+    types = rules.parse_event_types(fields["event_types"]) if "event_types" in fields else None
+    description = _description(fields.get("description")) if "description" in fields else None
+    active = _active(fields["active"]) if "active" in fields else None
+    begin_write(session)
+    try:
+        endpoint = get_endpoint(session, actor, endpoint_id, for_update=True)
+        if url is not None:
+            endpoint.url = url
+        if types is not None:
+            endpoint.event_types = " ".join(types)
+        if "description" in fields:
+            endpoint.description = description
+        if active is not None:
+            endpoint.active = active
+        endpoint.updated_at = utcnow()
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return endpoint
+
+
+def delete_endpoint(session: Session, actor: Owner, endpoint_id: int) -> None:
+    """Remove an endpoint with its deliveries (the events stay in the outbox)."""
+    begin_write(session)
+    try:
+        endpoint = get_endpoint(session, actor, endpoint_id, for_update=True)
+        session.execute(WebhookDelivery.__table__.delete().where(WebhookDelivery.endpoint_id == endpoint.id))
+        session.delete(endpoint)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def rotate_secret(session: Session, actor: Owner, endpoint_id: int, overlap: timedelta,
+                  now: datetime | None = None) -> Created:
+    """A new secret; the one it replaces keeps signing beside it for `overlap`, so that receivers can
+    switch without losing a delivery."""
+    now = now or utcnow()
+    begin_write(session)
+    try:
+        endpoint = get_endpoint(session, actor, endpoint_id, for_update=True)
+        secret = rules.new_secret()
+        endpoint.previous_secret, endpoint.previous_secret_until = endpoint.secret, now + overlap
+        endpoint.secret, endpoint.updated_at = secret, now
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return Created(endpoint, secret)
+
+
+def signing_secrets(endpoint: WebhookEndpoint, now: datetime) -> list[str]:
+    """The secrets that sign a delivery now: the current one, and the previous during its overlap."""
+    found = [endpoint.secret]
+    if endpoint.previous_secret and endpoint.previous_secret_until and now < endpoint.previous_secret_until:
+        found.append(endpoint.previous_secret)
+    return found
+
+
+# --------------------------------------------------------------------------------------------- log
+@dataclass
+class DeliveryPage:
+    items: list[WebhookDelivery]
+    next_cursor: str | None
+
+
+def deliveries(session: Session, actor: Owner, endpoint_id: int, *, after: str | None, limit: int) -> DeliveryPage:
+    """An endpoint's deliveries, newest first, each with its attempts."""
+    get_endpoint(session, actor, endpoint_id)
+    stmt = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
+    if after:
+        (last,) = cursors.decode(after, cursors.row_id)
+        stmt = stmt.where(WebhookDelivery.id < last)
+    rows = list(session.scalars(stmt.order_by(WebhookDelivery.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return DeliveryPage(rows, cursors.encode(rows[-1].id) if more else None)
+
+
+def replay(session: Session, actor: Owner, endpoint_id: int, delivery_id: int) -> WebhookDelivery:
+    """Send one event again to this endpoint, now (the same webhook-id: receivers may drop it as seen)."""
+    begin_write(session)
+    try:
+        endpoint = get_endpoint(session, actor, endpoint_id)
+        earlier = session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == delivery_id,
+                                                               WebhookDelivery.endpoint_id == endpoint.id))
+        if earlier is None:
+            raise NotFound(f"Delivery {delivery_id} of endpoint {endpoint_id} does not exist.")
+        now = utcnow()
+        again = WebhookDelivery(event_id=earlier.event_id, endpoint_id=endpoint.id, state="pending", attempts=0,
+                                next_attempt_at=now, replay=True, created_at=now)
+        session.add(again)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return again
+
+
+def send_test(session: Session, actor: Owner, endpoint_id: int) -> WebhookDelivery:
+    """A `webhook.test` event for this endpoint alone, whatever it subscribed to."""
+    begin_write(session)
+    try:
+        endpoint = get_endpoint(session, actor, endpoint_id)
+        now = utcnow()
+        ev = enqueue(session, rules.TEST_EVENT, {"endpoint_id": endpoint.id, "partner_id": endpoint.partner_id,
+                                                 "sent_at": iso(now)}, now, [])
+        delivery = WebhookDelivery(event=ev, endpoint_id=endpoint.id, state="pending", attempts=0,
+                                   next_attempt_at=now, replay=False, created_at=now)
+        session.add(delivery)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return delivery

@@ -1,0 +1,319 @@
+"""The webhook delivery worker (`mes deliver-webhooks`): claims due deliveries, signs and sends them, and
+records each attempt, the retry or the endpoint's failing.
+
+A hand-written claim loop rather than a job library: procrastinate 3.10 and PgQueuer 1.6 (the well-kept
+PostgreSQL ones on PyPI) run on psycopg 3 or asyncpg with their own job tables, so an event could not be
+queued in the change's own psycopg2 transaction and the outbox would still need a relay into theirs. The
+outbox rows already are the queue, and one `SELECT ... FOR UPDATE SKIP LOCKED` in a write transaction (which
+Pgpool-II sends to the primary) is all the locking they would add, with no LISTEN/NOTIFY to lose in a failover.
+
+Claiming moves a row's `next_attempt_at` a lease ahead (longer than a delivery can take) under a fresh
+claim token and commits; the HTTP request runs outside any transaction, and its outcome is written only
+while the token is still the row's. Several workers never hold one delivery at once; a worker that dies
+mid-delivery leaves the row to be claimed again once its lease ends (at least once, never lost).
+
+The address guard resolves the host and refuses the delivery if any address is not allowed; as requests
+resolves it once more to connect, the connection itself checks its peer's address again before anything is
+sent (a name whose answers changed in between gets nothing).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, lazyload, sessionmaker
+from standardwebhooks.webhooks import Webhook
+
+from .config import Settings
+from .db import begin_write
+from .metrics import BoundedLabels
+from .domain import webhooks as rules
+from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent, iso, utcnow
+from .services.webhooks import enqueue, signing_secrets
+
+log = logging.getLogger("mes.webhooks")
+LEASE_MARGIN = timedelta(seconds=30)
+#: Seconds from an event's creation to its first successful delivery.
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 3 * 86400)
+USER_AGENT = "mes-webhooks/1"
+ENDPOINT_LABELS = 200  # endpoints with a failure series of their own, per worker
+
+
+class WebhookMetrics:
+    """The worker's metrics (its own registry, served by `--metrics-port`). The backlog age is a gauge
+    the worker sets after each pass, not an exporter query: it is the age of the oldest due delivery."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.deliveries = Counter(
+            "mes_webhook_deliveries_total", "Delivery attempts by outcome: delivered, retry (failed, tried again "
+            "later), failed (retries ran out), refused (the address guard sent nothing)", ["outcome"],
+            registry=self.registry)
+        for outcome in ("delivered", "retry", "failed", "refused"):
+            self.deliveries.labels(outcome=outcome)
+        self.latency = Histogram(
+            "mes_webhook_delivery_latency_seconds", "From an event's creation to its first successful delivery "
+            "to an endpoint (replays left out)", buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.backlog_age = Gauge(
+            "mes_webhook_backlog_age_seconds", "Age of the oldest delivery that is due and not yet delivered "
+            "(0: none), set after each pass", registry=self.registry)
+        self.failures = Counter(
+            "mes_webhook_endpoint_failures_total", "Failed delivery attempts per endpoint id (the first "
+            f"{ENDPOINT_LABELS} endpoints a worker sees keep their own label, later ones count as 'other')",
+            ["endpoint"], registry=self.registry)
+        self._endpoint_label = BoundedLabels(ENDPOINT_LABELS)
+        self.endpoints_failing = Counter(
+            "mes_webhook_endpoints_failing_total", "Endpoints marked failing (a delivery ran out of retries)",
+            registry=self.registry)
+
+
+    def endpoint_label(self, endpoint_id: int) -> str:
+        return self._endpoint_label(str(endpoint_id))
+
+
+@dataclass
+class Claimed:
+    delivery_id: int
+    claim: str
+    endpoint_id: int
+    url: str
+    secrets: list[str]
+    msg_id: str
+    payload: str
+    event_created_at: datetime
+    queued_at: datetime
+    attempts: int
+    replay: bool
+
+
+@dataclass
+class Outcome:
+    status_code: int | None
+    latency_ms: int | None
+    excerpt: str | None
+    error: str | None
+    refused: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def lease(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.webhook_connect_timeout + settings.webhook_read_timeout) + LEASE_MARGIN
+
+
+def claim(session: Session, settings: Settings, now: datetime) -> list[Claimed]:
+    """Take up to a batch of due deliveries for this worker (SKIP LOCKED: rows another worker is
+    claiming are passed over, not waited for)."""
+    begin_write(session)
+    try:
+        rows = list(session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
+            .order_by(WebhookDelivery.next_attempt_at).limit(settings.webhook_batch)
+            .options(lazyload(WebhookDelivery.attempt_log))  # the log is not needed to send
+            .with_for_update(skip_locked=True, of=WebhookDelivery)))
+        claimed = []
+        endpoints = {e.id: e for e in session.scalars(
+            select(WebhookEndpoint).where(WebhookEndpoint.id.in_({r.endpoint_id for r in rows})))} if rows else {}
+        until = now + lease(settings)
+        for row in rows:
+            endpoint = endpoints[row.endpoint_id]
+            row.claim, row.next_attempt_at = uuid.uuid4().hex, until
+            claimed.append(Claimed(row.id, row.claim, endpoint.id, endpoint.url, signing_secrets(endpoint, now),
+                                   row.event.msg_id, row.event.payload, row.event.created_at, row.created_at,
+                                   row.attempts, row.replay))
+        session.commit()
+        return claimed
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def signed_headers(c: Claimed, sent_at: datetime) -> dict[str, str]:
+    """The Standard Webhooks headers: one signature per secret that signs now, space-separated."""
+    signatures = " ".join(Webhook(s).sign(c.msg_id, sent_at, c.payload) for s in c.secrets)
+    return {"webhook-id": c.msg_id, "webhook-timestamp": str(int(sent_at.timestamp())),
+            "webhook-signature": signatures, "content-type": "application/json", "user-agent": USER_AGENT}
+
+
+def refused_address(url: str, policy: rules.AddressPolicy) -> str | None:
+    """Why this URL may not be sent to now (its scheme, or an address its host resolves to), or None."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not (parts.scheme == "http" and policy.allow_http):
+        return f"scheme {parts.scheme!r} is not allowed"
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                                   type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        return f"cannot resolve {parts.hostname}: {err}"
+    for info in infos:
+        address = info[4][0].split("%")[0]
+        if not rules.address_allowed(address, policy):
+            return f"address {address} is not public and not allowed"
+    return None
+
+
+def send(http: requests.Session, c: Claimed, settings: Settings) -> Outcome:
+    """POST the event once: no redirects followed, connect and read timeouts, the body read up to the
+    excerpt's length."""
+    why = refused_address(c.url, settings.webhook_address_policy)
+    if why is not None:
+        return Outcome(None, None, None, why, refused=True)
+    started = time.monotonic()
+    try:
+        with http.post(c.url, data=c.payload.encode(), headers=signed_headers(c, utcnow()), allow_redirects=False,
+                       stream=True, timeout=(settings.webhook_connect_timeout, settings.webhook_read_timeout)) as resp:
+            body = resp.raw.read(settings.webhook_excerpt_bytes, decode_content=True) or b""
+            latency = int((time.monotonic() - started) * 1000)
+            return Outcome(resp.status_code, latency, rules.excerpt(body, settings.webhook_excerpt_bytes), None)
+    except requests.RequestException as err:
+        return Outcome(None, int((time.monotonic() - started) * 1000), None, f"{type(err).__name__}: {err}"[:500])
+
+
+def record(session: Session, c: Claimed, outcome: Outcome, now: datetime, settings: Settings,
+           metrics: WebhookMetrics, rng: random.Random | None = None) -> str:
+    """Write the attempt and what follows from it; the outcome's name. Nothing is written when the claim
+    was lost (the lease ran out and another worker took the row)."""
+    attempts = c.attempts + 1
+    values: dict = {"attempts": attempts, "last_status_code": outcome.status_code, "claim": None}
+    failing = False
+    if outcome.ok:
+        name = "delivered"
+        values.update(state="delivered", delivered_at=now, next_attempt_at=None)
+    else:
+        nxt = settings.webhook_retry_policy.next_attempt(attempts, c.queued_at, now, rng)
+        if nxt is None:
+            name, failing = "failed", True
+            values.update(state="failed", next_attempt_at=None)
+        else:
+            name = "refused" if outcome.refused else "retry"
+            values.update(next_attempt_at=nxt)
+    begin_write(session)
+    try:
+        won = session.execute(update(WebhookDelivery).where(WebhookDelivery.id == c.delivery_id,
+                                                             WebhookDelivery.claim == c.claim)
+                              .values(**values).execution_options(synchronize_session=False)).rowcount == 1
+        if not won:
+            session.rollback()
+            return "lost"
+        session.add(WebhookAttempt(delivery_id=c.delivery_id, attempted_at=now, status_code=outcome.status_code,
+                                   latency_ms=outcome.latency_ms, error=outcome.error,
+                                   response_excerpt=outcome.excerpt))
+        endpoint = session.get(WebhookEndpoint, c.endpoint_id)
+        newly_failing = False
+        if outcome.ok and endpoint.failing_since is not None:
+            endpoint.failing_since = None
+        if failing and endpoint.failing_since is None:
+            endpoint.failing_since, newly_failing = now, True
+            enqueue(session, rules.ENDPOINT_FAILING, {"endpoint_id": endpoint.id, "partner_id": endpoint.partner_id,
+                                                      "url": endpoint.url, "since": iso(now)}, now, [])
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    metrics.deliveries.labels(outcome=name).inc()
+    if not outcome.ok:
+        metrics.failures.labels(endpoint=metrics.endpoint_label(c.endpoint_id)).inc()
+    if outcome.ok and not c.replay:
+        metrics.latency.observe(max((now - c.event_created_at).total_seconds(), 0.0))
+    if newly_failing:
+        metrics.endpoints_failing.inc()
+        log.warning("webhook endpoint %s is failing: a delivery ran out of retries", c.endpoint_id)
+    return name
+
+
+def backlog_age(session: Session, now: datetime) -> float:
+    """Seconds since the oldest due, undelivered delivery was queued (0 when none is due)."""
+    oldest = session.scalar(select(func.min(WebhookDelivery.created_at)).where(
+        WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now))
+    session.rollback()
+    return max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+
+
+def _guarded(connection_class: type, pool_class: type, policy: rules.AddressPolicy) -> type:
+    """A connection pool whose connections refuse a peer the policy does not allow, once connected and
+    before a byte is sent."""
+    class Connection(connection_class):
+        def _new_conn(self):
+            sock = super()._new_conn()
+            peer = sock.getpeername()[0]
+            if not rules.address_allowed(peer.split("%")[0], policy):
+                sock.close()
+                raise NewConnectionError(self, f"address {peer} is not public and not allowed")
+            return sock
+
+    return type(f"Guarded{pool_class.__name__}", (pool_class,), {"ConnectionCls": Connection})
+
+
+class GuardedAdapter(HTTPAdapter):
+    def __init__(self, policy: rules.AddressPolicy):
+        self.policy = policy
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _guarded(HTTPConnection, HTTPConnectionPool, self.policy),
+            "https": _guarded(HTTPSConnection, HTTPSConnectionPool, self.policy)}
+
+
+def http_session(policy: rules.AddressPolicy) -> requests.Session:
+    """Connections that check their peer's address; no proxies from the environment (they would
+    bypass the address guard), no stored cookies."""
+    http = requests.Session()
+    http.trust_env = False
+    adapter = GuardedAdapter(policy)
+    http.mount("http://", adapter)
+    http.mount("https://", adapter)
+    return http
+
+
+def run_once(factory: sessionmaker, settings: Settings, metrics: WebhookMetrics, *, now: datetime | None = None,
+             http: requests.Session | None = None, rng: random.Random | None = None) -> dict[str, int]:
+    """One pass: claim what is due at `now` (the wall clock by default; tests move it), send, record."""
+    given = now
+    http = http or http_session(settings.webhook_address_policy)
+    counts: dict[str, int] = {}
+    with factory() as session:
+        for c in claim(session, settings, given or utcnow()):
+            outcome = send(http, c, settings)
+            name = record(session, c, outcome, given or utcnow(), settings, metrics, rng)
+            counts[name] = counts.get(name, 0) + 1
+        metrics.backlog_age.set(backlog_age(session, given or utcnow()))
+    return counts
+
+
+def serve(factory: sessionmaker, settings: Settings, metrics: WebhookMetrics,
+          stop: threading.Event | None = None) -> None:
+    """Deliver until SIGTERM or SIGINT (or `stop`); a database outage is waited out, not fatal."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    http = http_session(settings.webhook_address_policy)
+    while not stop.is_set():
+        try:
+            counts = run_once(factory, settings, metrics, http=http)
+        except DBAPIError as err:
+            log.warning("webhook worker: database unavailable (%s); retrying", type(err.orig).__name__)
+            stop.wait(max(settings.webhook_poll_seconds, 1.0))
+            continue
+        if not counts:
+            stop.wait(settings.webhook_poll_seconds)

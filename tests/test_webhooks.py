@@ -1,0 +1,477 @@
+"""Webhooks end to end on both databases: endpoints through the API and the CLI, the outbox written in the
+change's own transaction, the worker delivering to a receiver in this process (on loopback, allowed by the
+settings) that verifies each signature with the standardwebhooks library, retries on the backoff schedule
+until the endpoint is failing, redirects, the address guard, replays, test events, secret rotation, and two
+workers at once on PostgreSQL."""
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import replace
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from click.testing import CliRunner
+from conftest import auth, cancel_reason, create_order
+from sqlalchemy import func, select
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from mes.cli import main
+from mes.domain import webhooks as rules
+from mes.domain.errors import ValidationFailed
+from mes.domain.lifecycle import Status
+from mes.models import Order, WebhookDelivery, WebhookEndpoint, WebhookEvent, utcnow
+from mes.services import holds, shipments
+from mes.services import orders as svc
+from mes.services.accounts import operator_actor
+from mes.webhook_worker import WebhookMetrics, run_once
+
+S = Status
+LOOPBACK = ("127.0.0.1/32",)
+ALL_TYPES = list(rules.SUBSCRIBABLE)
+
+
+class Receiver:
+    """An HTTP receiver on 127.0.0.1: answers each POST with the next planned status (200 once the plan
+    runs out) and keeps what it got."""
+
+    def __init__(self):
+        self.received: list[tuple[str, dict, bytes]] = []
+        self.plan: list[int] = []
+        self.delay = 0.0
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.lock:
+                    receiver.received.append((self.path, dict(self.headers), body))
+                    status = receiver.plan.pop(0) if receiver.plan else 200
+                time.sleep(receiver.delay)
+                self.send_response(status)
+                if status in (301, 302, 307, 308):
+                    self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Type", "text/plain")
+                reply = b"x" * 10000 if status >= 500 else b"ok"
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def bodies(self, path: str = "/hooks") -> list[dict]:
+        return [json.loads(b) for p, _, b in self.received if p == path]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def settings(backend):
+    """The tests' receiver is plain http on loopback: both allowed here, and only here."""
+    return backend.settings(webhook_allow_http=True, webhook_allowed_networks=LOOPBACK)
+
+
+@pytest.fixture
+def boss(accounts_):
+    return operator_actor(accounts_.operator("chief", role="supervisor"))
+
+
+def register(client, headers, url, types=None, **extra):
+    response = client.post("/api/v1/webhook-endpoints", headers=auth(headers),
+                           json={"url": url, "event_types": types or ALL_TYPES, **extra})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def deliver(app, **kw):
+    kw.setdefault("metrics", WebhookMetrics())
+    metrics = kw.pop("metrics")
+    return run_once(app.extensions["mes_sessionmaker"], kw.pop("settings", app.extensions["mes_settings"]),
+                    metrics, **kw)
+
+
+def log_of(client, headers, endpoint) -> list[dict]:
+    page = client.get(f"/api/v1/webhook-endpoints/{endpoint['id']}/deliveries", headers=auth(headers))
+    return page.get_json()["items"]
+
+
+def verified(secret: str, headers: dict, body: bytes) -> dict:
+    return Webhook(secret).verify(body, headers)
+
+
+# ----------------------------------------------------------------------------------------------- rules
+def test_event_types_of_an_order_event():
+    assert rules.types_of("status", None, "received", None, "on_track") == []  # creation
+    assert rules.types_of("status", "packed", "shipped", "on_track", "met") == [
+        "order.status_changed", "order.shipped", "order.promise_changed"]
+    assert rules.types_of("status", "queued", "cancelled", "at_risk", "at_risk") == [
+        "order.status_changed", "order.cancelled"]
+    assert rules.types_of("hold", "queued", "queued", "on_track", "on_track") == ["order.on_hold"]
+    assert rules.types_of("release", "queued", "queued", "late", "late") == ["order.hold_released"]
+    assert rules.types_of("promise", "queued", "queued", "on_track", "at_risk") == ["order.promise_changed"]
+
+
+def test_urls_and_addresses():
+    strict = rules.AddressPolicy()
+    assert rules.parse_url("https://hooks.example.com/mes", strict) == "https://hooks.example.com/mes"
+    for bad in ("http://hooks.example.com/", "ftp://x/", "https://user:pw@x.example/", "https:///x",
+                "https://10.0.0.5/", "https://127.0.0.1/", "https://[::1]/", "https://169.254.169.254/", 5, ""):
+        with pytest.raises(ValidationFailed):
+            rules.parse_url(bad, strict)
+    assert not rules.address_allowed("192.168.1.1", strict)
+    assert not rules.address_allowed("::ffff:127.0.0.1", strict)
+    assert rules.address_allowed("8.8.8.8", strict)
+    assert rules.address_allowed("127.0.0.1", rules.AddressPolicy(allowed_networks=LOOPBACK))
+
+
+def test_the_backoff_grows_with_full_jitter_and_gives_up_after_three_days():
+    policy = rules.RetryPolicy()
+    start = utcnow()
+    rng = random.Random(7)
+    waits = [policy.next_attempt(n, start, start, rng) - start for n in range(1, 12)]
+    assert all(timedelta(0) <= w <= policy.ceiling(n) for n, w in zip(range(1, 12), waits))
+    assert policy.ceiling(1) == timedelta(seconds=30) and policy.ceiling(2) == timedelta(seconds=60)
+    assert policy.ceiling(20) == timedelta(hours=6)
+    assert policy.next_attempt(30, start, start + timedelta(days=3) - timedelta(seconds=1), rng) is not None
+    assert policy.next_attempt(30, start, start + timedelta(days=3), rng) is None
+
+
+# ----------------------------------------------------------------------------------------------- API
+def test_a_partner_manages_its_own_endpoints_and_sees_no_one_elses(client, accounts_):
+    acme, other = accounts_.partner(), accounts_.partner("globex-erp", "Globex")
+    created = register(client, acme, "https://hooks.acme.example/mes", ["order.shipped"], description="ERP")
+    assert created["secret"].startswith("whsec_") and created["event_types"] == ["order.shipped"]
+    assert created["partner_id"] == acme["_partner_id"]
+    path = f"/api/v1/webhook-endpoints/{created['id']}"
+    shown = client.get(path, headers=auth(acme)).get_json()
+    assert "secret" not in shown and shown["url"] == "https://hooks.acme.example/mes"
+    assert client.get("/api/v1/webhook-endpoints", headers=auth(other)).get_json()["items"] == []
+    assert client.get(path, headers=auth(other)).status_code == 404
+    assert client.delete(path, headers=auth(other)).status_code == 404
+
+    changed = client.patch(path, headers=auth(acme), json={"active": False, "event_types": ["order.on_hold"]})
+    assert changed.status_code == 200 and changed.get_json()["active"] is False
+    assert changed.get_json()["event_types"] == ["order.on_hold"]
+    for body in ({"url": "ftp://hooks.acme.example/"}, {"event_types": ["order.exploded"]}, {"secret": "x"}):
+        refused = client.patch(path, headers=auth(acme), json=body)
+        assert refused.status_code == 422, body
+    assert client.post("/api/v1/webhook-endpoints", headers=auth(acme),
+                       json={"url": "https://10.1.2.3/", "event_types": ALL_TYPES}).status_code == 422
+    assert client.delete(path, headers=auth(acme)).status_code == 204
+    assert client.get(path, headers=auth(acme)).status_code == 404
+
+
+def test_the_cli_registers_rotates_lists_and_removes(app, backend, accounts_):
+    accounts_.partner()
+    env = {"DATABASE_URL": backend.app_url, "SECRET_KEY": "cli-test", "LOG_LEVEL": "WARNING"}
+    run = lambda *a: CliRunner().invoke(main, list(a), env=env, catch_exceptions=False)  # noqa: E731
+    added = run("webhook-endpoints", "add", "https://hooks.acme.example/mes", "--partner", "ACME",
+                "--events", "order.shipped,order.cancelled")
+    assert added.exit_code == 0, added.output
+    secret = added.output.strip().splitlines()[-1]
+    assert secret.startswith("whsec_")
+    listed = run("webhook-endpoints", "list")
+    assert "https://hooks.acme.example/mes" in listed.output and "order.shipped,order.cancelled" in listed.output
+    endpoint_id = listed.output.splitlines()[1].split("\t")[0]
+    rotated = run("webhook-endpoints", "rotate-secret", endpoint_id)
+    assert rotated.exit_code == 0 and rotated.output.strip().splitlines()[-1] not in (secret, "")
+    bad = run("webhook-endpoints", "add", "http://hooks.acme.example/")
+    assert bad.exit_code == 1 and "https" in bad.output
+    assert run("webhook-endpoints", "remove", endpoint_id).exit_code == 0
+    assert run("webhook-endpoints", "list").output.strip().count("\n") == 0
+    assert run("deliver-webhooks", "--once").output.strip() == "nothing due"
+
+
+# ----------------------------------------------------------------------------------------------- outbox
+def test_a_change_writes_its_events_and_one_delivery_per_matching_endpoint(client, accounts_, db, boss):
+    acme, other = accounts_.partner(), accounts_.partner("globex-erp", "Globex")
+    crm = accounts_.crm()
+    every = register(client, acme, "https://a.example/h")
+    only_cancel = register(client, acme, "https://b.example/h", ["order.cancelled"])
+    register(client, other, "https://c.example/h")  # another partner's: hears nothing of ACME's orders
+    everyone = register(client, crm, "https://crm.example/h", ["order.status_changed"])
+    oid = create_order(client, acme).get_json()["id"]
+    assert db.scalar(select(func.count()).select_from(WebhookEvent)) == 0  # creation is no event
+    svc.change_status(db, boss, oid, S.QUEUED)
+    db.rollback()
+    events = list(db.scalars(select(WebhookEvent)))
+    assert [e.type for e in events] == ["order.status_changed"]
+    assert events[0].msg_id.startswith("msg_") and events[0].order_id == oid
+    payload = json.loads(events[0].payload)
+    assert payload["type"] == "order.status_changed"
+    assert payload["data"]["partner_id"] == acme["_partner_id"] and payload["data"]["reference"] == "PO-1"
+    assert payload["data"]["to_status"] == "queued"
+    to = sorted(d.endpoint_id for d in db.scalars(select(WebhookDelivery)))
+    assert to == sorted([every["id"], everyone["id"]])
+    assert only_cancel["id"] not in to
+
+
+def test_a_rolled_back_change_writes_no_outbox_row(client, accounts_, db, boss):
+    acme = accounts_.partner()
+    register(client, acme, "https://a.example/h")
+    oid = create_order(client, acme).get_json()["id"]
+
+    def fail(_order):
+        raise RuntimeError("the change fails after its event was flushed")
+
+    with pytest.raises(RuntimeError):
+        svc.change_status(db, boss, oid, S.QUEUED, before_commit=fail)
+    db.rollback()
+    assert db.scalar(select(func.count()).select_from(WebhookEvent)) == 0
+    assert db.scalar(select(func.count()).select_from(WebhookDelivery)) == 0
+    svc.change_status(db, boss, oid, S.QUEUED)  # the same session writes the next change's events only
+    db.rollback()
+    assert db.scalar(select(func.count()).select_from(WebhookEvent)) == 1
+
+
+def test_holds_and_shipping_make_their_events_with_shipments(client, accounts_, db, boss):
+    from mes.models import ReasonCode
+
+    acme = accounts_.partner()
+    register(client, acme, "https://a.example/h")
+    oid = create_order(client, acme, quantity=5).get_json()["id"]
+    machine_down = db.scalar(select(ReasonCode.id).where(ReasonCode.kind == "hold", ReasonCode.code == "machine_down"))
+    holds.put_on_hold(db, boss, oid, machine_down, "spindle")
+    holds.release_hold(db, boss, oid)
+    for step in (S.QUEUED, S.IN_PRODUCTION, S.QUALITY_CHECK, S.PACKED):
+        svc.change_status(db, boss, oid, step)
+    db.rollback()
+    version = db.get(Order, oid).status_version
+    shipments.record(db, boss, oid, fields={"carrier": "DHL", "tracking_number": "JD1", "packages": "1",
+                                            "quantity": "5"}, expected_version=version)
+    db.rollback()
+    by_type = {}
+    for e in db.scalars(select(WebhookEvent).order_by(WebhookEvent.id)):
+        by_type.setdefault(e.type, []).append(json.loads(e.payload)["data"])
+    assert by_type["order.on_hold"][0]["reason"] == "Machine down" or by_type["order.on_hold"][0]["reason"]
+    assert "spindle" not in json.dumps(by_type)  # the floor's note stays inside
+    assert len(by_type["order.hold_released"]) == 1
+    shipped = by_type["order.shipped"][0]
+    assert [s["carrier"] for s in shipped["shipments"]] == ["DHL"] and shipped["to_status"] == "shipped"
+
+
+# ----------------------------------------------------------------------------------------------- worker
+def test_an_event_is_delivered_once_signed_and_logged(app, client, accounts_, db, boss, receiver):
+    acme = accounts_.partner()
+    endpoint = register(client, acme, receiver.url)
+    oid = create_order(client, acme).get_json()["id"]
+    svc.change_status(db, boss, oid, S.QUEUED)
+    metrics = WebhookMetrics()
+    assert deliver(app, metrics=metrics) == {"delivered": 1}
+    assert deliver(app, metrics=metrics) == {}
+    assert len(receiver.received) == 1
+    _, headers, body = receiver.received[0]
+    payload = verified(endpoint["secret"], headers, body)
+    assert payload["type"] == "order.status_changed" and payload["data"]["order_id"] == oid
+    assert headers["webhook-id"].startswith("msg_")
+    assert metrics.deliveries.labels(outcome="delivered")._value.get() == 1
+    assert metrics.latency._sum.get() >= 0 and metrics.backlog_age._value.get() == 0
+
+    log = client.get(f"/api/v1/webhook-endpoints/{endpoint['id']}/deliveries", headers=auth(acme)).get_json()
+    (item,) = log["items"]
+    assert item["state"] == "delivered" and item["attempts"] == 1 and item["event_id"] == headers["webhook-id"]
+    assert item["attempt_log"][0]["status_code"] == 200 and item["attempt_log"][0]["response_excerpt"] == "ok"
+    assert item["attempt_log"][0]["latency_ms"] >= 0 and item["next_attempt_at"] is None
+
+
+def test_a_failing_receiver_is_retried_on_the_schedule_then_marked_failing(app, client, accounts_, db, receiver):
+    acme = accounts_.partner()
+    endpoint = register(client, acme, receiver.url)
+    queued = client.post(f"/api/v1/webhook-endpoints/{endpoint['id']}/test", headers=auth(acme))
+    assert queued.status_code == 202
+    receiver.plan = [500] * 1000
+    policy = app.extensions["mes_settings"].webhook_retry_policy
+    metrics, rng = WebhookMetrics(), random.Random(3)
+    now, attempts = utcnow(), 0
+    start = now
+    while True:
+        assert deliver(app, now=now, metrics=metrics, rng=rng)
+        attempts += 1
+        db.rollback()
+        row = db.scalar(select(WebhookDelivery))
+        assert row.attempts == attempts
+        if row.state == "failed":
+            break
+        assert timedelta(0) <= row.next_attempt_at - now <= policy.ceiling(attempts)
+        assert deliver(app, now=row.next_attempt_at - timedelta(microseconds=1), metrics=metrics) == {}  # not due
+        now = row.next_attempt_at
+        assert attempts < 200
+    assert now - start >= timedelta(days=3)
+    assert attempts == len(receiver.received)
+    assert db.get(WebhookEndpoint, endpoint["id"]).failing_since is not None
+    failing = select(func.count()).select_from(WebhookEvent).where(WebhookEvent.type == "webhook_endpoint.failing")
+    assert db.scalar(failing) == 1
+    assert metrics.endpoints_failing._value.get() == 1
+    assert metrics.deliveries.labels(outcome="failed")._value.get() == 1
+    assert metrics.failures.labels(endpoint=str(endpoint["id"]))._value.get() == attempts
+    excerpt = client.get(f"/api/v1/webhook-endpoints/{endpoint['id']}/deliveries",
+                         headers=auth(acme)).get_json()["items"][0]["attempt_log"][0]["response_excerpt"]
+    assert len(excerpt) == 4096  # the body is read up to the limit
+
+    receiver.plan = []  # it recovers: a replay of the event gets through and the endpoint is healthy again
+    replayed = client.post(f"/api/v1/webhook-endpoints/{endpoint['id']}/deliveries/{row.id}/replay",
+                           headers=auth(acme))
+    assert replayed.status_code == 202 and replayed.get_json()["replay"] is True
+    assert deliver(app, metrics=metrics) == {"delivered": 1}
+    db.rollback()
+    assert db.get(WebhookEndpoint, endpoint["id"]).failing_since is None
+    ids = {h["webhook-id"] for _, h, _ in receiver.received}
+    assert len(ids) == 1  # a replay is the same event: the receiver can tell it has seen it
+    stranger = auth(accounts_.partner("x", "X"))
+    assert client.get(f"/api/v1/webhook-endpoints/{endpoint['id']}/deliveries", headers=stranger).status_code == 404
+
+
+def test_redirects_are_not_followed(app, client, accounts_, receiver):
+    acme = accounts_.partner()
+    endpoint = register(client, acme, receiver.url)
+    client.post(f"/api/v1/webhook-endpoints/{endpoint['id']}/test", headers=auth(acme))
+    receiver.plan = [302]
+    assert deliver(app) == {"retry": 1}
+    assert [p for p, _, _ in receiver.received] == ["/hooks"]
+    item = log_of(client, acme, endpoint)[0]
+    assert item["last_status_code"] == 302 and item["state"] == "pending" and item["next_attempt_at"]
+
+
+def test_a_private_address_is_refused_unless_allowed(app, client, accounts_, receiver):
+    acme = accounts_.partner()
+    by_name = receiver.url.replace("127.0.0.1", "localhost")
+    endpoint = register(client, acme, by_name)
+    client.post(f"/api/v1/webhook-endpoints/{endpoint['id']}/test", headers=auth(acme))
+    strict = replace(app.extensions["mes_settings"], webhook_allowed_networks=())
+    assert deliver(app, settings=strict) == {"refused": 1}
+    assert receiver.received == []
+    item = log_of(client, acme, endpoint)[0]
+    assert "not public" in item["attempt_log"][0]["error"] and item["attempt_log"][0]["status_code"] is None
+    # With loopback allowed (the tests' settings) the same delivery goes through on its next try.
+    later = utcnow() + timedelta(hours=7)
+    assert deliver(app, now=later) == {"delivered": 1}
+    assert len(receiver.received) == 1
+    strict_app_url = client.post("/api/v1/webhook-endpoints", headers=auth(acme),
+                                 json={"url": "http://127.0.0.1:9/x", "event_types": ALL_TYPES})
+    assert strict_app_url.status_code == 201  # allowed by these settings; refused by default (test_urls_and_addresses)
+
+
+def test_a_rotated_secret_overlaps_then_only_the_new_one_signs(app, client, accounts_, receiver):
+    acme = accounts_.partner()
+    endpoint = register(client, acme, receiver.url)
+    path = f"/api/v1/webhook-endpoints/{endpoint['id']}"
+    rotated = client.post(f"{path}/rotate-secret", headers=auth(acme)).get_json()
+    new, old = rotated["secret"], endpoint["secret"]
+    assert new != old and rotated["previous_secret_expires_at"]
+    client.post(f"{path}/test", headers=auth(acme))
+    assert deliver(app) == {"delivered": 1}
+    _, headers, body = receiver.received[0]
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert verified(old, headers, body)["type"] == "webhook.test"
+    assert verified(new, headers, body)["type"] == "webhook.test"
+
+    client.post(f"{path}/test", headers=auth(acme))
+    assert deliver(app, now=utcnow() + timedelta(hours=24, minutes=1)) == {"delivered": 1}
+    _, headers, body = receiver.received[1]
+    assert len(headers["webhook-signature"].split(" ")) == 1
+    assert verified(new, headers, body)["type"] == "webhook.test"
+    with pytest.raises(WebhookVerificationError):
+        verified(old, headers, body)
+
+
+@pytest.mark.postgresql_only
+def test_two_workers_at_once_never_deliver_one_event_twice(app, client, accounts_, receiver):
+    acme = accounts_.partner()
+    endpoint = register(client, acme, receiver.url)
+    for _ in range(30):
+        client.post(f"/api/v1/webhook-endpoints/{endpoint['id']}/test", headers=auth(acme))
+    receiver.delay = 0.01
+    small = replace(app.extensions["mes_settings"], webhook_batch=3)
+    errors = []
+
+    def worker():
+        try:
+            while deliver(app, settings=small):
+                pass
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    ids = [h["webhook-id"] for _, h, _ in receiver.received]
+    assert len(ids) == 30 and len(set(ids)) == 30
+
+
+def test_delivered_payloads_match_the_documents_webhooks_section(app, client, accounts_, db, boss, receiver):
+    import jsonschema
+
+    from mes.api.routes import OPENAPI
+
+    acme = accounts_.partner()
+    endpoint = register(client, acme, receiver.url)
+    oid = create_order(client, acme).get_json()["id"]
+    svc.change_status(db, boss, oid, S.QUEUED)
+    svc.change_status(db, boss, oid, S.CANCELLED, cancel_reason_id=cancel_reason(db))
+    client.post(f"/api/v1/webhook-endpoints/{endpoint['id']}/test", headers=auth(acme))
+    deliver(app)
+    seen = set()
+    for _, headers, body in receiver.received:
+        payload = json.loads(body)
+        operation = OPENAPI["webhooks"][payload["type"]]["post"]
+        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+        jsonschema.validate(payload, {**schema, "components": OPENAPI["components"]})
+        assert {p["name"] for p in operation["parameters"]} <= {k.lower() for k in headers}
+        seen.add(payload["type"])
+    assert seen >= {"order.status_changed", "order.cancelled", "webhook.test"}
+
+
+def test_a_claim_whose_lease_ran_out_records_nothing(app, client, accounts_, db):
+    """A worker that took longer than its lease has lost the row to another: only the new holder's
+    outcome counts, so one attempt is never recorded twice."""
+    from mes.webhook_worker import Outcome, claim, lease, record
+
+    acme = accounts_.partner()
+    endpoint = register(client, acme, "https://hooks.acme.example/mes")
+    client.post(f"/api/v1/webhook-endpoints/{endpoint['id']}/test", headers=auth(acme))
+    cfg, metrics = app.extensions["mes_settings"], WebhookMetrics()
+    now = utcnow()
+    (slow,) = claim(db, cfg, now)
+    assert claim(db, cfg, now) == []  # leased: nobody else takes it meanwhile
+    (fast,) = claim(db, cfg, now + lease(cfg) + timedelta(seconds=1))
+    assert record(db, slow, Outcome(200, 5, "ok", None), now, cfg, metrics) == "lost"
+    assert record(db, fast, Outcome(200, 5, "ok", None), now, cfg, metrics) == "delivered"
+    db.rollback()
+    (row,) = db.scalars(select(WebhookDelivery))
+    assert (row.state, row.attempts, len(row.attempt_log)) == ("delivered", 1, 1)
+
+
+def test_the_connection_itself_refuses_a_peer_that_is_not_allowed(receiver):
+    """Should a name resolve to a private address only when requests connects (after the guard looked),
+    the connection checks its peer before sending anything."""
+    import requests
+
+    from mes.webhook_worker import http_session
+
+    with pytest.raises(requests.ConnectionError, match="not public and not allowed"):
+        http_session(rules.AddressPolicy(allow_http=True)).post(receiver.url, data=b"{}", timeout=2)
+    assert receiver.received == []
+    allowed = http_session(rules.AddressPolicy(allow_http=True, allowed_networks=LOOPBACK))
+    assert allowed.post(receiver.url, data=b"{}", timeout=2).status_code == 200
