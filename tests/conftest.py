@@ -89,8 +89,16 @@ def postgres_server(tmp_path_factory):
         yield server
 
 
+#: Each backend's database, made once per session: pytest may set a session-scoped parametrized fixture
+#: up again when the order of the tests switches between its parameters (postgresql_only tests do), and
+#: the PostgreSQL server's roles outlive the first setup.
+_MADE: dict[str, Backend] = {}
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request, tmp_path_factory) -> Backend:
+    if request.param in _MADE:
+        return _MADE[request.param]
     if request.param == "sqlite":
         path = tmp_path_factory.mktemp("sqlite") / "mes.db"
         be = Backend("sqlite", f"sqlite:///{path}", f"sqlite:///{path}")
@@ -100,6 +108,7 @@ def backend(request, tmp_path_factory) -> Backend:
         owner_url, app_url = create_mes_database(server)
         be = Backend("postgresql", app_url, owner_url)
         upgrade(be.settings(app_db_role="mes_app"))
+    _MADE[request.param] = be
     return be
 
 
