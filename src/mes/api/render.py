@@ -5,11 +5,10 @@ from datetime import datetime
 
 from ..domain import preconditions
 from ..domain.actors import is_client_label
-from ..domain.disclosure import partner_reason
-from ..domain.lifecycle import Status
 from ..domain.holds import EventKind
 from ..domain.priority import Priority
 from ..models import Order, OrderEvent, Shipment, iso
+from ..services.event_facts import event_facts, shipment_facts
 
 
 def order_json(order: Order) -> dict:
@@ -39,16 +38,7 @@ def order_json(order: Order) -> dict:
 
 
 def shipment_json(shipment: Shipment) -> dict:
-    """A shipment as partners see it: the carrier's facts, never the name of the operator who recorded it."""
-    return {
-        "id": shipment.id,
-        "carrier": shipment.carrier,
-        "tracking_number": shipment.tracking_number,
-        "tracking_url": shipment.tracking_url,
-        "packages": shipment.packages,
-        "quantity": shipment.quantity,
-        "shipped_at": iso(shipment.created_at),
-    }
+    return shipment_facts(shipment)
 
 
 def delivery_json(order: Order) -> dict | None:
@@ -68,35 +58,9 @@ def hold_json(order: Order) -> dict | None:
 
 
 def event_json(event: OrderEvent, reference: str, cursor: str, shipments: list[Shipment] | None = None) -> dict:
-    """A status change as every API key sees it: whose order it is (partner_id and the partner's reference,
-    so that a reader of every partner's feed needs no lookup), the shop floor's notes replaced
-    (mes.domain.disclosure); a hold or release carries its reason code's label, the internal note stays
-    inside; every event says the order's promise status before and after it and the estimate after it.
-    A change to shipped carries the shipments recorded with it."""
-    kind = event.kind or EventKind.STATUS.value
-    if kind == EventKind.STATUS.value:
-        current = Status(event.from_status) if event.from_status else None
-        reason = partner_reason(current, Status(event.to_status), event.reason,
-                                written_by_client=is_client_label(event.actor))
-    elif kind == EventKind.PROMISE.value:
-        reason = event.reason  # written in partners' words (mes.domain.forecast.partner_reason)
-    else:
-        reason = event.reason_code.label if event.reason_code else None
-    return {
-        "cursor": cursor,
-        "type": kind,
-        "order_id": event.order_id,
-        "partner_id": event.partner_id,
-        "reference": reference,
-        "from_status": event.from_status,
-        "to_status": event.to_status,
-        "status_version": event.status_version,
-        "reason": reason,
-        "previous_promise_status": event.from_promise,
-        "promise_status": event.to_promise,
-        "estimated_completion": iso(event.estimated_completion) if event.estimated_completion else None,
-        "occurred_at": iso(event.created_at),
-    } | ({"shipments": [shipment_json(s) for s in shipments]} if shipments is not None else {})
+    """A feed item: its cursor and kind, and what partners read of the event (mes.services.event_facts)."""
+    return {"cursor": cursor, "type": event.kind or EventKind.STATUS.value,
+            **event_facts(event, reference, shipments)}
 
 
 def etag(order_id: int, version: int) -> str:

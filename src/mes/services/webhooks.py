@@ -18,14 +18,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..db import begin_write
 from ..domain import inputs
 from ..domain import webhooks as rules
-from ..domain.actors import Actor, is_client_label
-from ..domain.disclosure import partner_reason
+from ..domain.actors import Actor
 from ..domain.errors import Forbidden, NotFound, ValidationFailed
 from ..domain.holds import EventKind
-from ..domain.lifecycle import Status
 from ..models import (Order, OrderEvent, Shipment, WebhookDelivery, WebhookEndpoint, WebhookEvent, iso,
                       utcnow)
 from . import cursors
+from .event_facts import event_facts
 
 PENDING = "mes_webhook_pending"
 
@@ -66,7 +65,7 @@ def _write_outbox(session: Session) -> None:
     for ev in events:
         for kind in rules.types_of(ev.kind or EventKind.STATUS.value, ev.from_status, ev.to_status,
                                    ev.from_promise, ev.to_promise):
-            data = event_data(ev, references.get(ev.order_id, ""),
+            data = event_facts(ev, references.get(ev.order_id, ""),
                               [s for s in shipments if s.order_id == ev.order_id]
                               if kind == rules.EventType.SHIPPED.value else None)
             enqueue(session, kind, data, ev.created_at,
@@ -89,29 +88,6 @@ def enqueue(session: Session, kind: str, data: dict, at: datetime, endpoints: li
         session.add(WebhookDelivery(event=row, endpoint_id=endpoint.id, state="pending", attempts=0,
                                     next_attempt_at=at, replay=False, created_at=at))
     return row
-
-
-def event_data(ev: OrderEvent, reference: str, shipments: list[Shipment] | None) -> dict:
-    """What a webhook says of an order event: the feed item's facts (mes.api.render.event_json), whose
-    order it is, and what partners may read of reasons (the shop floor's notes stay inside)."""
-    kind = ev.kind or EventKind.STATUS.value
-    if kind == EventKind.STATUS.value:
-        current = Status(ev.from_status) if ev.from_status else None
-        reason = partner_reason(current, Status(ev.to_status), ev.reason, written_by_client=is_client_label(ev.actor))
-    elif kind == EventKind.PROMISE.value:
-        reason = ev.reason
-    else:
-        reason = ev.reason_code.label if ev.reason_code else None
-    data = {"order_id": ev.order_id, "partner_id": ev.partner_id, "reference": reference,
-            "from_status": ev.from_status, "to_status": ev.to_status, "status_version": ev.status_version,
-            "reason": reason, "previous_promise_status": ev.from_promise, "promise_status": ev.to_promise,
-            "estimated_completion": iso(ev.estimated_completion) if ev.estimated_completion else None,
-            "occurred_at": iso(ev.created_at)}
-    if shipments is not None:
-        data["shipments"] = [{"id": s.id, "carrier": s.carrier, "tracking_number": s.tracking_number,
-                              "tracking_url": s.tracking_url, "packages": s.packages, "quantity": s.quantity,
-                              "shipped_at": iso(s.created_at)} for s in shipments]
-    return data
 
 
 # --------------------------------------------------------------------------------------------- endpoints
