@@ -16,8 +16,9 @@ Both are stopped and their folders removed at the end, also on an error, Ctrl-C,
 Phases (the numbering of BENCHMARKS.md, "Topology: split vs single"):
 
 1. Isolation: the operator orders page (GET /operator/, logged in) at a fixed 10 req/s, idle and
-   while the public API is flooded (a crowd of well-behaved clients that saturates the public pool
-   plus a runaway client in a tight loop).  Goal: flooded p95 <= 1.5x idle p95, no operator errors.
+   while the public API is flooded: a crowd of well-behaved clients that saturates the public pool
+   plus a runaway client paced at 10x the measured capacity (phase flood, the goal's flood), or the runaway in a tight loop (phase flood_unbounded: the offered load grows as fast as
+   refusals come back, 100x and more).  Goal: flooded p95 <= 1.5x idle p95, no operator errors.
 2. Shedding: which share of the flood is refused (429/503) and how fast, per status, from
    HAProxy's own log and from a client that samples the public API during the flood; then a
    deeper queue (-c 1500) to reach the queue timeout (503).
@@ -88,6 +89,7 @@ RUNAWAY_SOURCE_BASE = 100  # the runaway client's addresses: 127.0.1.101 ..
 RUNAWAY_SOURCES = 4
 OPERATOR_LOGIN = ("demo", "demo-pass")
 GOAL_ISOLATION = 1.5       # flooded p95 / idle p95 of the operator page
+FLOOD_TIMES = 10           # the goal's flood: offered load = 10 x the public API's measured capacity
 GOAL_CACHED_VS_NOOP = 0.7  # cached status reads / no-op throughput
 LIST_PATH = "/api/v1/orders?limit=50"
 
@@ -321,6 +323,12 @@ local function lines(path)
   return t
 end
 
+-- BENCH_DELAY_MS paces each connection (a fixed flood rate); without it, a tight loop
+local pace = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if pace then
+  function delay() return pace end
+end
+
 function setup(thread)
   thread:set("id", #threads)
   table.insert(threads, thread)
@@ -383,9 +391,11 @@ class Wrk:
         self._n = 0
 
     def start(self, base_url: str, paths: list[str], headers: list[str], *, seconds: float, connections: int,
-              threads: int = 2, sources: int = SOURCES, source_base: int = 0, nice: int = 0) -> "WrkRun":
+              threads: int = 2, sources: int = SOURCES, source_base: int = 0, nice: int = 0,
+              rate: float | None = None) -> "WrkRun":
         """Start wrk in the background; `nice` > 0 lets the servers win the CPU over the load
-        generator, which in production runs on other machines."""
+        generator, which in production runs on other machines.  `rate` (requests per second over all
+        connections) paces each connection; fast answers then cannot turn into a bigger flood."""
         self._n += 1
         stem = self.workdir / f"run{self._n:03d}"
         stem.with_suffix(".paths").write_text("\n".join(paths) + "\n")
@@ -395,6 +405,8 @@ class Wrk:
                "BENCH_HEADERS": str(stem.with_suffix(".headers")), "BENCH_OUT": str(out),
                "BENCH_THREADS": str(threads), "BENCH_SOURCES": str(sources),
                "BENCH_SOURCE_BASE": str(source_base), "LD_PRELOAD": str(self.shim)}
+        if rate:
+            env["BENCH_DELAY_MS"] = str(max(1, round(connections * 1000 / rate)))
         argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "35s",
                 "-s", str(self.lua), base_url + "/"]
         if nice:
@@ -800,19 +812,24 @@ def idle_operator(stack: Stack, timing: Timing) -> dict:
     return result
 
 
-def flood(stack: Stack, wrk: Wrk, timing: Timing, capacity_ok_per_s: float) -> dict:
+def flood(stack: Stack, wrk: Wrk, timing: Timing, capacity_ok_per_s: float, *, paced: bool = True) -> dict:
     """1 + 2. The public API flooded by
-    - a runaway client: one key in a tight loop on 50 connections from 4 addresses, started first,
-      alone, so that on split it is over its limits (the app's 100/s for tier crm, then HAProxy's
-      per-key and per-address rates) by the time we measure, and from then on answered at once;
+    - a runaway client: one key on 50 connections from 4 addresses, started first, alone, so that on
+      split it is over its limits (the app's 100/s for tier crm, then HAProxy's per-key and
+      per-address rates) by the time we measure, and from then on answered at once.  `paced`: it
+      aims at FLOOD_TIMES times the capacity, the goal's "10x flood" (it reaches a little less, as
+      each connection waits for its answers, and the crowd adds its own share); otherwise a tight
+      loop, whose offered load grows as fast as the refusals come back;
     - a crowd: 24 keys, each well below its limits, on 200 connections from 32 addresses, which
       alone keeps every public worker busy and a queue in front of them;
     while the operator page is probed at a fixed rate and a sampler reads statuses with the flood's
     keys.  wrk runs at nice 10: on this 2-core machine the load generator should lose the CPU to
     the servers (in production it is on other machines).  Measured over the probe window only."""
     seconds = timing.runaway_head_start + timing.crowd_head_start + timing.probe + 3
+    rate = FLOOD_TIMES * capacity_ok_per_s if paced else None
     runaway = wrk.start(stack.public, public_mix(), auth_headers(stack.keys["runaway"]), seconds=seconds,
-                        connections=50, threads=1, sources=RUNAWAY_SOURCES, source_base=RUNAWAY_SOURCE_BASE, nice=10)
+                        connections=50, threads=1, sources=RUNAWAY_SOURCES, source_base=RUNAWAY_SOURCE_BASE, nice=10,
+                        rate=rate)
     time.sleep(timing.runaway_head_start)
     crowd = wrk.start(stack.public, public_mix(), auth_headers(stack.keys["reader"]),
                       seconds=seconds - timing.runaway_head_start, connections=200, nice=10)
@@ -831,10 +848,11 @@ def flood(stack: Stack, wrk: Wrk, timing: Timing, capacity_ok_per_s: float) -> d
     result = {"operator": operator, "public_sampler": sampled, **window,
               "wrk_runaway": runaway.result(), "wrk_crowd": crowd.result()}
     offered = window["haproxy_public"]["req_per_s"]
+    result["runaway_target_req_per_s"] = round(rate) if rate else None
     result["offered_vs_capacity"] = round(offered / capacity_ok_per_s, 1) if capacity_ok_per_s else None
     result["refused_share"] = round(sum(k["share"] for kind, k in window["haproxy_public"]["kinds"].items()
                                         if kind.split()[0] in ("429", "503")), 4)
-    log(f"    {stack.topology:<6} operator page, flooded: p50 {operator['p50']} p95 {operator['p95']} "
+    log(f"    {stack.topology:<6} operator page, flooded ({'paced' if paced else 'tight loop'}): p50 {operator['p50']} p95 {operator['p95']} "
         f"p99 {operator['p99']} ms, errors {operator['errors']}; public offered {offered:.0f}/s "
         f"({result['offered_vs_capacity']}x capacity), refused {result['refused_share']:.1%}; "
         f"runaway {result['wrk_runaway']['statuses']}, crowd {result['wrk_crowd']['statuses']}")
@@ -933,6 +951,10 @@ def goals(report: dict) -> dict:
             mine.update(isolation_p95_ratio=round(ratio, 2) if ratio else None,
                         isolation_met=bool(ratio and ratio <= GOAL_ISOLATION and flooded["errors"] == 0),
                         operator_errors_flooded=flooded["errors"])
+        if "isolation_idle" in r and "flood_unbounded" in r:
+            idle, flooded = r["isolation_idle"], r["flood_unbounded"]["operator"]
+            mine.update(unbounded_flood_p95_ratio=round(flooded["p95"] / idle["p95"], 2) if idle["p95"] else None,
+                        operator_errors_unbounded_flood=flooded["errors"])
         if "status_reads" in r:
             cached = r["status_reads"]["status, hot ids"]["vs_noop"]
             mine.update(hot_status_vs_noop=cached, status_goal_met=bool(cached and cached >= GOAL_CACHED_VS_NOOP))
@@ -944,7 +966,8 @@ def disturbance(report: dict, threshold: float = 0.25) -> dict[str, float]:
     than `threshold` cores (of 2): their numbers are disturbed by other work on the machine."""
     out = {}
     for topology, r in report["topologies"].items():
-        windows = {name: r[name]["cpu"] for name in ("capacity", "isolation_idle", "flood", "deep_queue") if name in r}
+        windows = {name: r[name]["cpu"] for name in ("capacity", "isolation_idle", "flood", "flood_unbounded",
+                                                      "deep_queue") if name in r}
         windows.update({f"status_reads/{k}": v["cpu"] for k, v in r.get("status_reads", {}).items()})
         for name, cpu in windows.items():
             other = cpu["cores_by_component"]["everything else"]
@@ -977,6 +1000,12 @@ def markdown(report: dict) -> str:
     row("flood offered, req/s (x capacity)", lambda r: f"{r['flood']['haproxy_public']['req_per_s']:.0f} "
                                                          f"({r['flood']['offered_vs_capacity']}x)")
     row("flood refused (429/503)", lambda r: f"{r['flood']['refused_share']:.1%}")
+    row("tight-loop flood: operator p95 ms (x idle)",
+        lambda r: f"{r['flood_unbounded']['operator']['p95']} "
+                  f"({report['goals'][r['topology']]['unbounded_flood_p95_ratio']}x)")
+    row("tight-loop flood offered, req/s (x capacity)",
+        lambda r: f"{r['flood_unbounded']['haproxy_public']['req_per_s']:.0f} "
+                  f"({r['flood_unbounded']['offered_vs_capacity']}x)")
     for name in ("noop /healthz/live", "status, hot ids", "status, cold ids (each once)"):
         row(f"{name}: ok/s, p95 ms", lambda r, n=name: f"{r['status_reads'][n]['ok_per_s']:.0f}, "
                                                       f"{r['status_reads'][n]['latency_ms']['p95']}")
@@ -1042,8 +1071,9 @@ def phase_disturbed(results: dict[str, dict], threshold: float = 0.25) -> float:
 
 
 # ============================================================================================ main
-PHASES = ("warm_up", "status_reads", "capacity", "isolation_idle", "flood", "deep_queue", "read_offload")
-HEAVY = ("capacity", "flood", "deep_queue")  # afterwards, wait until the 10 s stick-table rates fall
+PHASES = ("warm_up", "status_reads", "capacity", "isolation_idle", "flood", "flood_unbounded", "deep_queue",
+          "read_offload")
+HEAVY = ("capacity", "flood", "flood_unbounded", "deep_queue")  # afterwards, wait until the 10 s stick-table rates fall
 
 
 def run_phase(phase: str, stack: Stack, wrk: Wrk, timing: Timing, results: dict) -> dict:
@@ -1055,8 +1085,8 @@ def run_phase(phase: str, stack: Stack, wrk: Wrk, timing: Timing, results: dict)
         return capacity(stack, wrk, timing)
     if phase == "isolation_idle":
         return idle_operator(stack, timing)
-    if phase == "flood":
-        return flood(stack, wrk, timing, results["capacity"]["ok_per_s"])
+    if phase in ("flood", "flood_unbounded"):
+        return flood(stack, wrk, timing, results["capacity"]["ok_per_s"], paced=phase == "flood")
     if phase == "deep_queue":
         return deep_queue(stack, wrk, timing)
     return read_offload(stack, wrk, timing)
@@ -1129,7 +1159,7 @@ def _phases(value: str) -> list[str]:
     unknown = wanted - set(PHASES)
     if unknown or not wanted:
         raise argparse.ArgumentTypeError(f"phases are some of {', '.join(PHASES)}")
-    if "flood" in wanted and "capacity" not in wanted:
+    if wanted & {"flood", "flood_unbounded"} and "capacity" not in wanted:
         raise argparse.ArgumentTypeError("flood is sized from capacity: run capacity too")
     return [p for p in PHASES if p in wanted]
 
