@@ -563,6 +563,18 @@ def test_prometheus_has_every_target_up(cluster):
     assert len(nodes) == len(cluster.site_hosts), [t["scrapeUrl"] for t in nodes]
     balancers = [t for t in targets if t["labels"]["job"] == "haproxy"]
     assert len(balancers) == len(LB_HOSTS), [t["scrapeUrl"] for t in balancers]   # every lb host, not the VIP
+    # Each lb host's keepalived reports its VRRP state (textfile collector): exactly one holds the address,
+    # the one whose interface has it (alerts MesVirtualAddressNotHeld / HeldTwice read this).
+    query = url(cluster, "prometheus", "/api/v1/query?query=mes_vip_held", group="monitoring")
+
+    def vip_series():
+        r = ns_client(cluster, "request", "GET", query, "--header", credentials)
+        return r["json"]["data"]["result"] if r["status"] == 200 else []
+
+    held = wait_until(lambda: len(vip_series()) == len(LB_HOSTS) and vip_series(), 60, interval=3,
+                      what="mes_vip_held from every lb host")
+    holders = {s["metric"]["instance"].split(":")[0] for s in held if s["value"][1] == "1"}
+    assert holders == {cluster.hosts[vip_holder()]}, (held, vip_holder())
 
 
 def test_the_monitoring_plane_answers_the_monitoring_user_only(cluster):
