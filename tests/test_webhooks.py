@@ -641,3 +641,47 @@ def test_the_retention_must_outlast_the_retries(monkeypatch):
         Settings.from_env()
     monkeypatch.setenv("MES_WEBHOOK_RETENTION_DAYS", "14")
     assert Settings.from_env().webhook_retention == timedelta(days=14)
+
+
+# ----------------------------------------------------------------------------------------------- tracing
+def test_the_worker_traces_each_delivery_and_its_request_and_sends_no_trace_context(backend, client, accounts_,
+                                                                                    receiver):
+    """`mes deliver-webhooks` as it runs in production, exporting to an OTLP receiver: a span per delivery
+    with the request's client span under it; the partner's receiver gets no traceparent."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mes.testing.otlp import OtlpReceiver
+
+    acme = accounts_.partner()
+    endpoint = register(client, acme, receiver.url)
+    client.post(f"/api/v1/webhook-endpoints/{endpoint['id']}/test", headers=auth(acme))
+    root = Path(__file__).resolve().parents[1]
+    with OtlpReceiver() as otlp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env.update(DATABASE_URL=backend.app_url, SECRET_KEY="worker-test", LOG_LEVEL="WARNING",
+                   PYTHONPATH=f"{root / 'src'}{os.pathsep}{env.get('PYTHONPATH', '')}",
+                   MES_WEBHOOK_ALLOW_HTTP="1", MES_WEBHOOK_ALLOWED_NETWORKS=",".join(LOOPBACK),
+                   OTEL_EXPORTER_OTLP_ENDPOINT=otlp.endpoint, OTEL_TRACES_SAMPLER="always_on",
+                   OTEL_SERVICE_NAME="mes-webhook-worker", OTEL_BSP_SCHEDULE_DELAY="200")
+        done = subprocess.run([sys.executable, "-m", "mes", "deliver-webhooks", "--once"], env=env, cwd=root,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.strip() == "1 delivered", done.stdout + done.stderr[-3000:]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(s.name == "webhook delivery" for s in list(otlp.spans)):
+            time.sleep(0.2)
+        (delivery,) = [s for s in list(otlp.spans) if s.name == "webhook delivery"]
+        spans = otlp.wait_for_trace(delivery.trace_id, lambda found: any(s.name == "POST" for s in found))
+    assert delivery.service == "mes-webhook-worker"
+    assert delivery.attributes["mes.webhook.endpoint_id"] == endpoint["id"]
+    assert delivery.attributes["mes.webhook.event_type"] == "webhook.test"
+    assert delivery.attributes["mes.webhook.attempt"] == 1
+    assert delivery.attributes["http.response.status_code"] == 200
+    assert delivery.attributes["mes.webhook.outcome"] == "delivered"
+    (request,) = [s for s in spans if s.name == "POST"]
+    assert request.kind == 3 and request.parent_id == delivery.span_id  # CLIENT, under the delivery
+    assert (request.attributes.get("http.status_code") or request.attributes.get("http.response.status_code")) == 200
+    (_, headers, _) = receiver.received[0]
+    assert not {"traceparent", "tracestate", "baggage"} & {k.lower() for k in headers}

@@ -359,6 +359,7 @@ def deliver_webhooks(once, metrics_port, metrics_host):
     """Send due webhook deliveries until stopped (several workers may run at once on PostgreSQL)."""
     from . import webhook_worker
 
+    webhook_worker.init_tracing()
     metrics = webhook_worker.WebhookMetrics()
     if metrics_port:
         from prometheus_client import start_http_server
