@@ -685,3 +685,19 @@ def test_the_worker_traces_each_delivery_and_its_request_and_sends_no_trace_cont
     assert (request.attributes.get("http.status_code") or request.attributes.get("http.response.status_code")) == 200
     (_, headers, _) = receiver.received[0]
     assert not {"traceparent", "tracestate", "baggage"} & {k.lower() for k in headers}
+
+
+def test_the_document_describes_every_event_sent_and_the_range_replay():
+    from mes.api.routes import OPENAPI
+
+    assert set(OPENAPI["webhooks"]) == {*rules.SUBSCRIBABLE, rules.TEST_EVENT}
+    assert OPENAPI["components"]["schemas"]["WebhookEventType"]["enum"] == list(rules.SUBSCRIBABLE)
+    for name, item in OPENAPI["webhooks"].items():
+        body = item["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["properties"]["type"] == {"const": name}
+        assert {p["name"] for p in item["post"]["parameters"]} == {"webhook-id", "webhook-timestamp",
+                                                                     "webhook-signature"}
+    replay = OPENAPI["paths"]["/webhook-endpoints/{endpoint_id}/replay"]["post"]
+    assert {"202", "404", "409", "422"} <= set(replay["responses"])
+    assert replay["parameters"] == [{"$ref": "#/components/parameters/IdempotencyKeyReplay"}]
+    assert "304" in OPENAPI["paths"]["/orders/{order_id}"]["get"]["responses"]
