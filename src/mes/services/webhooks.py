@@ -58,6 +58,8 @@ def _forget(session: Session, transaction) -> None:
 
 
 def _write_outbox(session: Session) -> None:
+    """One outbox row per webhook event of the transaction's order events, subscribed to or not (a range
+    replay sends them later to an endpoint registered since), and one delivery per endpoint that wants it."""
     session.flush()
     pending = session.info.pop(PENDING, None)
     if not pending:
