@@ -50,6 +50,13 @@ def contract_config(key: str) -> SchemathesisConfig:
             "include-operation-id": ["createWebhookEndpoint", "updateWebhookEndpoint"],
             "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "404", "422", "429"]}},
         }, {
+            # A schema-valid range may still be refused: longer than allowed, older than the retention,
+            # a type the endpoint does not hear, more events than the cap, a reused key (422); the
+            # endpoint may be another partner's (404) or inactive (409).
+            "include-operation-id": ["replayWebhookRange"],
+            "checks": {"positive_data_acceptance": {
+                "expected-statuses": ["2xx", "401", "404", "409", "422", "429"]}},
+        }, {
             "include-operation-id": ["listWebhookDeliveries"],
             "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "404", "429"]}},
         }],

@@ -8,14 +8,14 @@ from datetime import timedelta
 import pytest
 import requests
 from conftest import NEW_ORDER, auth, cancel_reason, create_order
-from sqlalchemy import select
+from sqlalchemy import select, update
 from test_api import assert_problem
 from test_concurrency import race
 
 from mes.domain.actors import Actor, OrderFacts, Role, Scope, check_move
 from mes.domain.errors import InvalidTransition
 from mes.domain.lifecycle import Status
-from mes.models import IdempotencyRecord, ReasonCode, utcnow
+from mes.models import IdempotencyRecord, Order, ReasonCode, utcnow
 from mes.services import forecast, holds
 from mes.services import orders as svc
 from mes.services.accounts import operator_actor
@@ -264,6 +264,30 @@ def test_a_hold_makes_the_view_stale_a_new_estimate_does_not(client, accounts_, 
     assert now.get_json()["promise_status"] == "late" and now.headers["ETag"] != moved.headers["ETag"]
     assert now.get_json()["status_version"] == moved.get_json()["status_version"]
     assert cancel(client, partner, moved.get_json()["id"], if_match=moved.headers["ETag"]).status_code == 200
+
+
+def test_if_none_match_answers_304_until_the_order_changes_its_estimate_included(client, accounts_, db):
+    partner = accounts_.partner()
+    created = create_order(client, partner)
+    oid, path = created.get_json()["id"], f"/api/v1/orders/{created.get_json()['id']}"
+    tag = client.get(path, headers=auth(partner)).headers["ETag"]
+    for sent in (tag, f"W/{tag}", f'"nothing", {tag}', "*"):
+        same = client.get(path, headers={**auth(partner), "If-None-Match": sent})
+        assert same.status_code == 304 and same.get_data() == b"" and same.headers["ETag"] == tag, sent
+    assert client.get(path, headers={**auth(partner), "If-None-Match": '"nothing"'}).status_code == 200
+    # The scheduler moves an estimate alone (no new updated_at): the tag moves with it, no stale 304.
+    db.execute(update(Order).where(Order.id == oid).values(projected_finish=utcnow() + timedelta(days=40)))
+    db.commit()
+    moved = client.get(path, headers={**auth(partner), "If-None-Match": tag})
+    assert moved.status_code == 200 and moved.headers["ETag"] != tag
+    assert moved.get_json()["estimated_completion"]
+    # The new tag still guards a cancel like any tag of the same status_version.
+    boss = operator_actor(accounts_.operator("chief", role="supervisor"))
+    svc.change_status(db, boss, oid, Status.QUEUED)
+    changed = client.get(path, headers={**auth(partner), "If-None-Match": moved.headers["ETag"]})
+    assert changed.status_code == 200 and changed.get_json()["status"] == "queued"
+    other = accounts_.partner("globex-erp", "Globex")
+    assert client.get(path, headers={**auth(other), "If-None-Match": "*"}).status_code == 404
 
 
 # ------------------------------------------------------------------------------------ conflicts and the feed

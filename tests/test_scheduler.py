@@ -65,11 +65,12 @@ def test_the_scheduler_process_runs_the_jobs_and_stops_on_sigterm(app, settings)
         make = app.extensions["mes_sessionmaker"]
         deadline = time.monotonic() + 60
         names: set[str] = set()
-        while time.monotonic() < deadline and len(names) < 4:
+        while time.monotonic() < deadline and len(names) < 5:
             with make() as session:
                 names = set(session.scalars(select(JobLease.name).where(JobLease.finished_at.is_not(None))))
             time.sleep(0.2)
-        assert names == {"recompute-norms", "recompute-promises", "purge-idempotency-keys", "backtest-forecasts"}
+        assert names == {"recompute-norms", "recompute-promises", "purge-idempotency-keys", "prune-webhook-outbox",
+                         "backtest-forecasts"}
         with make() as session:
             assert all(lease.last_ok for lease in session.scalars(select(JobLease)))
     finally:

@@ -16,15 +16,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from click.testing import CliRunner
 from conftest import auth, cancel_reason, create_order
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from mes.cli import main
 from mes.domain import webhooks as rules
 from mes.domain.errors import ValidationFailed
 from mes.domain.lifecycle import Status
-from mes.models import Order, WebhookDelivery, WebhookEndpoint, WebhookEvent, utcnow
+from mes.models import (IdempotencyRecord, Order, WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent,
+                        iso, utcnow)
 from mes.services import holds, shipments
+from mes.services import webhooks as svc_webhooks
 from mes.services import orders as svc
 from mes.services.accounts import operator_actor
 from mes.webhook_worker import WebhookMetrics, run_once
@@ -475,3 +477,227 @@ def test_the_connection_itself_refuses_a_peer_that_is_not_allowed(receiver):
     assert receiver.received == []
     allowed = http_session(rules.AddressPolicy(allow_http=True, allowed_networks=LOOPBACK))
     assert allowed.post(receiver.url, data=b"{}", timeout=2).status_code == 200
+
+
+# ----------------------------------------------------------------------------------------------- range replay
+def replay_range(client, headers, endpoint, key="replay-1", **body):
+    return client.post(f"/api/v1/webhook-endpoints/{endpoint['id']}/replay", json=body,
+                       headers={**auth(headers), **({"Idempotency-Key": key} if key else {})})
+
+
+def hour_around_now() -> dict:
+    now = utcnow()
+    return {"from": iso(now - timedelta(hours=1)), "to": iso(now + timedelta(minutes=1))}
+
+
+def test_a_range_replay_sends_an_endpoint_registered_later_its_partners_events(app, client, accounts_, db, boss,
+                                                                             receiver):
+    """The outbox keeps every event, subscriber or not: an endpoint registered afterwards gets the range
+    again, its own partner's events only, each with the event's webhook-id; a retry with the key
+    replays the answer and queues nothing."""
+    acme, other, crm = accounts_.partner(), accounts_.partner("globex-erp", "Globex"), accounts_.crm()
+    for who, ref in ((acme, "PO-1"), (acme, "PO-2"), (other, "PO-9")):
+        oid = create_order(client, who, reference=ref).get_json()["id"]
+        svc.change_status(db, boss, oid, S.QUEUED)
+    svc.change_status(db, boss, oid, S.CANCELLED, cancel_reason_id=cancel_reason(db))  # Globex's
+    db.rollback()
+    assert db.scalar(select(func.count()).select_from(WebhookDelivery)) == 0  # nobody listened
+    endpoint = register(client, acme, receiver.url)
+
+    queued = replay_range(client, acme, endpoint, **hour_around_now())
+    assert queued.status_code == 202, queued.get_json()
+    body = queued.get_json()
+    assert body["queued"] == 2 and body["endpoint_id"] == endpoint["id"] and body["event_types"] == ALL_TYPES
+    again = replay_range(client, acme, endpoint, **{k: body[k] for k in ("from", "to")})
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == body
+    assert deliver(app) == {"delivered": 2}
+    acme_events = {e.msg_id for e in db.scalars(select(WebhookEvent).where(
+        WebhookEvent.partner_id == acme["_partner_id"]))}
+    assert {h["webhook-id"] for _, h, _ in receiver.received} == acme_events
+    for _, headers, raw in receiver.received:
+        assert verified(endpoint["secret"], headers, raw)["data"]["partner_id"] == acme["_partner_id"]
+    assert all(item["replay"] for item in log_of(client, acme, endpoint))
+
+    reused = replay_range(client, acme, endpoint, event_types=["order.cancelled"], **hour_around_now())
+    assert reused.status_code == 422 and reused.get_json()["type"] == "/problems/idempotency-key-reused"
+    # The CRM's endpoint hears every partner; a type filter narrows the range.
+    everyone = register(client, crm, receiver.url + "/crm", ["order.status_changed", "order.cancelled"])
+    assert replay_range(client, crm, everyone, **hour_around_now()).get_json()["queued"] == 5
+    only = replay_range(client, crm, everyone, key="replay-2", event_types=["order.cancelled"],
+                        **hour_around_now())
+    assert only.get_json()["queued"] == 1 and only.get_json()["event_types"] == ["order.cancelled"]
+
+
+def test_a_range_replay_refuses_what_it_cannot_do_and_queues_nothing(client, accounts_, db, boss, settings):
+    acme = accounts_.partner()
+    for ref in ("PO-1", "PO-2", "PO-3"):
+        svc.change_status(db, boss, create_order(client, acme, reference=ref).get_json()["id"], S.QUEUED)
+    endpoint = register(client, acme, "https://hooks.acme.example/mes", ["order.status_changed"])
+    now = utcnow()
+
+    def refused(status, slug, field=None, key="k", **body):
+        r = replay_range(client, acme, endpoint, key=key, **body)
+        assert r.status_code == status and r.mimetype == "application/problem+json", r.get_data(as_text=True)
+        assert r.get_json()["type"] == f"/problems/{slug}", r.get_json()
+        if field:
+            assert [e["field"] for e in r.get_json()["errors"]] == [field]
+        return r.get_json()
+
+    refused(400, "idempotency-key-missing", key=None, **hour_around_now())
+    refused(422, "validation-failed", "to", **{"from": iso(now), "to": iso(now - timedelta(seconds=1))})
+    refused(422, "validation-failed", "to", **{"from": iso(now - timedelta(days=8)), "to": iso(now)})
+    too_old = refused(422, "validation-failed", "from", **{"from": iso(now - timedelta(days=31)),
+                                                           "to": iso(now - timedelta(days=30, hours=12))})
+    assert "retention of 30 days" in too_old["detail"]
+    refused(422, "validation-failed", "from", **{"from": "yesterday", "to": iso(now)})
+    refused(422, "validation-failed", "event_types", event_types=["order.shipped"], **hour_around_now())
+    refused(422, "validation-failed", "since", since=iso(now), **hour_around_now())
+    stranger = accounts_.partner("globex-erp", "Globex")
+    assert replay_range(client, stranger, endpoint, **hour_around_now()).status_code == 404
+    settings.webhook_replay_max_events = 2  # beyond the cap: refused whole, never cut short
+    big = refused(422, "replay-too-large", **hour_around_now())
+    assert big["events"] == 3 and big["max_events"] == 2 and "shorter ranges" in big["detail"]
+    client.patch(f"/api/v1/webhook-endpoints/{endpoint['id']}", headers=auth(acme), json={"active": False})
+    refused(409, "conflict", **hour_around_now())
+    db.rollback()
+    assert db.scalar(select(func.count()).select_from(WebhookDelivery)) == 0
+    assert db.scalar(select(func.count()).select_from(IdempotencyRecord).where(IdempotencyRecord.key == "k")) == 0
+
+
+def test_the_cli_replays_a_range(app, backend, client, accounts_, db, boss):
+    acme = accounts_.partner()
+    svc.change_status(db, boss, create_order(client, acme).get_json()["id"], S.QUEUED)
+    endpoint = register(client, acme, "https://hooks.acme.example/mes")
+    env = {"DATABASE_URL": backend.app_url, "SECRET_KEY": "cli-test", "LOG_LEVEL": "WARNING"}
+    run = lambda *a: CliRunner().invoke(main, list(a), env=env, catch_exceptions=False)  # noqa: E731
+    span = hour_around_now()
+    done = run("webhook-endpoints", "replay", str(endpoint["id"]), "--from", span["from"], "--to", span["to"],
+               "--events", "order.status_changed")
+    assert done.exit_code == 0, done.output
+    assert done.output.strip() == f"1 deliveries queued for endpoint {endpoint['id']}"
+    backwards = run("webhook-endpoints", "replay", str(endpoint["id"]), "--from", span["to"], "--to", span["from"])
+    assert backwards.exit_code == 1 and "to must be later than from" in backwards.output
+    db.rollback()
+    assert [d.replay for d in db.scalars(select(WebhookDelivery))] == [True]
+
+
+# ----------------------------------------------------------------------------------------------- retention
+def age(db, days: float, *event_ids: int) -> None:
+    db.execute(update(WebhookEvent).where(WebhookEvent.id.in_(event_ids))
+               .values(created_at=utcnow() - timedelta(days=days)))
+    db.commit()
+
+
+def test_finished_events_past_the_retention_are_pruned_in_batches_and_pending_ones_kept(app, client, accounts_, db,
+                                                                                       settings):
+    from mes.scheduler import jobs
+
+    acme = accounts_.partner()
+    endpoint = register(client, acme, "https://hooks.acme.example/mes")
+    path = f"/api/v1/webhook-endpoints/{endpoint['id']}"
+    for _ in range(6):
+        client.post(f"{path}/test", headers=auth(acme))
+    cfg, metrics = app.extensions["mes_settings"], WebhookMetrics()
+    from mes.webhook_worker import Outcome, claim, record
+
+    for c in claim(db, replace(cfg, webhook_batch=4), utcnow()):  # four delivered, two left pending
+        record(db, c, Outcome(200, 5, "ok", None), utcnow(), cfg, metrics)
+    db.rollback()
+    delivered = [d.event_id for d in db.scalars(select(WebhookDelivery).where(WebhookDelivery.state == "delivered"))]
+    pending = [d.event_id for d in db.scalars(select(WebhookDelivery).where(WebhookDelivery.state == "pending"))]
+    recent = delivered.pop()  # finished but inside the retention
+    age(db, 31, *delivered, *pending)
+    bare = enqueue_old_event(db)  # no endpoint wanted it
+
+    assert svc_webhooks.prune_outbox(db, cfg.webhook_retention, batch=2, max_batches=1) == 2
+    (job,) = [j for j in jobs(cfg) if j.name == "prune-webhook-outbox"]
+    assert job.run(db) == "2 webhook events pruned"
+    db.rollback()
+    left = set(db.scalars(select(WebhookEvent.id)))
+    assert left == {recent, *pending}
+    assert bare not in left
+    assert db.scalar(select(func.count()).select_from(WebhookAttempt)) == 1  # the recent one's
+    # A single replay does not reach past the retention either.
+    old_delivery = db.scalar(select(WebhookDelivery.id).where(WebhookDelivery.event_id == pending[0]))
+    stale = client.post(f"{path}/deliveries/{old_delivery}/replay", headers=auth(acme))
+    assert stale.status_code == 409 and "retention" in stale.get_json()["detail"]
+
+
+def enqueue_old_event(db) -> int:
+    from mes.services.webhooks import enqueue
+
+    ev = enqueue(db, "order.status_changed", {"order_id": 1, "partner_id": None}, utcnow() - timedelta(days=40), [])
+    db.commit()
+    return ev.id
+
+
+def test_the_retention_must_outlast_the_retries(monkeypatch):
+    from mes.config import Settings
+
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///unused.db")
+    monkeypatch.setenv("MES_WEBHOOK_RETENTION_DAYS", "3")
+    with pytest.raises(RuntimeError, match="MES_WEBHOOK_RETENTION_DAYS must be longer than the retries"):
+        Settings.from_env()
+    monkeypatch.setenv("MES_WEBHOOK_RETENTION_DAYS", "14")
+    assert Settings.from_env().webhook_retention == timedelta(days=14)
+
+
+# ----------------------------------------------------------------------------------------------- tracing
+def test_the_worker_traces_each_delivery_and_its_request_and_sends_no_trace_context(backend, client, accounts_,
+                                                                                    receiver):
+    """`mes deliver-webhooks` as it runs in production, exporting to an OTLP receiver: a span per delivery
+    with the request's client span under it; the partner's receiver gets no traceparent."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mes.testing.otlp import OtlpReceiver
+
+    acme = accounts_.partner()
+    endpoint = register(client, acme, receiver.url)
+    client.post(f"/api/v1/webhook-endpoints/{endpoint['id']}/test", headers=auth(acme))
+    root = Path(__file__).resolve().parents[1]
+    with OtlpReceiver() as otlp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env.update(DATABASE_URL=backend.app_url, SECRET_KEY="worker-test", LOG_LEVEL="WARNING",
+                   PYTHONPATH=f"{root / 'src'}{os.pathsep}{env.get('PYTHONPATH', '')}",
+                   MES_WEBHOOK_ALLOW_HTTP="1", MES_WEBHOOK_ALLOWED_NETWORKS=",".join(LOOPBACK),
+                   OTEL_EXPORTER_OTLP_ENDPOINT=otlp.endpoint, OTEL_TRACES_SAMPLER="always_on",
+                   OTEL_SERVICE_NAME="mes-webhook-worker", OTEL_BSP_SCHEDULE_DELAY="200")
+        done = subprocess.run([sys.executable, "-m", "mes", "deliver-webhooks", "--once"], env=env, cwd=root,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.strip() == "1 delivered", done.stdout + done.stderr[-3000:]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(s.name == "webhook delivery" for s in list(otlp.spans)):
+            time.sleep(0.2)
+        (delivery,) = [s for s in list(otlp.spans) if s.name == "webhook delivery"]
+        spans = otlp.wait_for_trace(delivery.trace_id, lambda found: any(s.name == "POST" for s in found))
+    assert delivery.service == "mes-webhook-worker"
+    assert delivery.attributes["mes.webhook.endpoint_id"] == endpoint["id"]
+    assert delivery.attributes["mes.webhook.event_type"] == "webhook.test"
+    assert delivery.attributes["mes.webhook.attempt"] == 1
+    assert delivery.attributes["http.response.status_code"] == 200
+    assert delivery.attributes["mes.webhook.outcome"] == "delivered"
+    (request,) = [s for s in spans if s.name == "POST"]
+    assert request.kind == 3 and request.parent_id == delivery.span_id  # CLIENT, under the delivery
+    assert (request.attributes.get("http.status_code") or request.attributes.get("http.response.status_code")) == 200
+    (_, headers, _) = receiver.received[0]
+    assert not {"traceparent", "tracestate", "baggage"} & {k.lower() for k in headers}
+
+
+def test_the_document_describes_every_event_sent_and_the_range_replay():
+    from mes.api.routes import OPENAPI
+
+    assert set(OPENAPI["webhooks"]) == {*rules.SUBSCRIBABLE, rules.TEST_EVENT}
+    assert OPENAPI["components"]["schemas"]["WebhookEventType"]["enum"] == list(rules.SUBSCRIBABLE)
+    for name, item in OPENAPI["webhooks"].items():
+        body = item["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["properties"]["type"] == {"const": name}
+        assert {p["name"] for p in item["post"]["parameters"]} == {"webhook-id", "webhook-timestamp",
+                                                                     "webhook-signature"}
+    replay = OPENAPI["paths"]["/webhook-endpoints/{endpoint_id}/replay"]["post"]
+    assert {"202", "404", "409", "422"} <= set(replay["responses"])
+    assert replay["parameters"] == [{"$ref": "#/components/parameters/IdempotencyKeyReplay"}]
+    assert "304" in OPENAPI["paths"]["/orders/{order_id}"]["get"]["responses"]

@@ -329,6 +329,27 @@ def rotate_webhook_secret(endpoint_id):
     click.echo(created.secret)
 
 
+@webhook_endpoints.command("replay")
+@click.argument("endpoint_id", type=int)
+@click.option("--from", "start", required=True, help="Start of the range, RFC 3339 (2026-01-31T00:00:00Z).")
+@click.option("--to", "end", required=True, help="End of the range (excluded), RFC 3339.")
+@click.option("--events", help="Comma-separated event types (default: every type the endpoint subscribes to).")
+@with_appcontext
+def replay_webhook_range(endpoint_id, start, end, events):
+    """Send an endpoint the events of a time range again (each with its own webhook-id)."""
+    from .services import webhooks
+
+    cfg = current_app.extensions["mes_settings"]
+    fields = {"from": start, "to": end}
+    if events is not None:
+        fields["event_types"] = [t.strip() for t in events.split(",") if t.strip()]
+    limits = webhooks.ReplayLimits(max_days=cfg.webhook_replay_max_days, max_events=cfg.webhook_replay_max_events,
+                                   retention=cfg.webhook_retention)
+    answer = _run(lambda: webhooks.replay_range(db_session(), None, endpoint_id, fields, limits,
+                                                lambda q: {"queued": q.queued}))
+    click.echo(f"{answer.body['queued']} deliveries queued for endpoint {endpoint_id}")
+
+
 @main.command("deliver-webhooks")
 @click.option("--once", is_flag=True, help="One pass over what is due, then exit.")
 @click.option("--metrics-port", type=int, help="Serve the worker's Prometheus metrics on this port.")
@@ -338,6 +359,7 @@ def deliver_webhooks(once, metrics_port, metrics_host):
     """Send due webhook deliveries until stopped (several workers may run at once on PostgreSQL)."""
     from . import webhook_worker
 
+    webhook_worker.init_tracing()
     metrics = webhook_worker.WebhookMetrics()
     if metrics_port:
         from prometheus_client import start_http_server

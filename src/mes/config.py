@@ -62,6 +62,15 @@ def _networks(value: str) -> tuple[str, ...]:
     return networks
 
 
+def _retention_days(value: str, retry_hours: float) -> float:
+    """Pruning a delivery that may still be retried would lose it: retention outlasts the retries."""
+    days = float(value)
+    if days * 24 <= retry_hours:
+        raise RuntimeError(f"MES_WEBHOOK_RETENTION_DAYS must be longer than the retries "
+                           f"(MES_WEBHOOK_RETRY_HOURS = {retry_hours:g}), got {value}")
+    return days
+
+
 def _retry_hours(value: str) -> float:
     """Partners are promised three days of retries: a shorter setting is a mistake."""
     hours = float(value)
@@ -145,6 +154,13 @@ class Settings:
     # After a rotation the previous secret signs too for this long.
     webhook_secret_overlap_hours: float = 24.0
     webhook_batch: int = 20  # deliveries a worker claims at once
+    # The outbox keeps every event this long (longer than the retries), so that a range can be replayed,
+    # then the scheduler prunes finished ones, in batches of this many events, each its own transaction.
+    webhook_retention_days: float = 30.0
+    webhook_prune_batch: int = 1000
+    # A range replay spans at most this many days and queues at most this many deliveries (more: refused).
+    webhook_replay_max_days: float = 7.0
+    webhook_replay_max_events: int = 10000
     webhook_poll_seconds: float = 1.0  # a worker's pause when nothing is due
 
     @property
@@ -163,6 +179,10 @@ class Settings:
     @property
     def webhook_address_policy(self) -> AddressPolicy:
         return AddressPolicy(allow_http=self.webhook_allow_http, allowed_networks=self.webhook_allowed_networks)
+
+    @property
+    def webhook_retention(self) -> timedelta:
+        return timedelta(days=self.webhook_retention_days)
 
     @property
     def webhook_retry_policy(self) -> RetryPolicy:
@@ -185,6 +205,7 @@ class Settings:
         if secret is None and not database_url.startswith("sqlite"):
             # Several gunicorn workers must share one key or sessions break between them.
             raise RuntimeError("SECRET_KEY must be set when DATABASE_URL points to a server")
+        retry_hours = _retry_hours(_env("MES_WEBHOOK_RETRY_HOURS", str(defaults.webhook_retry_hours)))
         return cls(
             pools=_pools(_env("MES_POOLS", ",".join(POOLS))),
             database_url=database_url,
@@ -230,9 +251,15 @@ class Settings:
                                                     str(defaults.webhook_backoff_base_seconds))),
             webhook_backoff_cap_seconds=float(_env("MES_WEBHOOK_BACKOFF_CAP_SECONDS",
                                                    str(defaults.webhook_backoff_cap_seconds))),
-            webhook_retry_hours=_retry_hours(_env("MES_WEBHOOK_RETRY_HOURS", str(defaults.webhook_retry_hours))),
+            webhook_retry_hours=retry_hours,
             webhook_secret_overlap_hours=float(_env("MES_WEBHOOK_SECRET_OVERLAP_HOURS",
                                                     str(defaults.webhook_secret_overlap_hours))),
             webhook_batch=int(_env("MES_WEBHOOK_BATCH", str(defaults.webhook_batch))),
             webhook_poll_seconds=float(_env("MES_WEBHOOK_POLL_SECONDS", str(defaults.webhook_poll_seconds))),
+            webhook_retention_days=_retention_days(_env("MES_WEBHOOK_RETENTION_DAYS",
+                                                        str(defaults.webhook_retention_days)), retry_hours),
+            webhook_prune_batch=int(_env("MES_WEBHOOK_PRUNE_BATCH", str(defaults.webhook_prune_batch))),
+            webhook_replay_max_days=float(_env("MES_WEBHOOK_REPLAY_MAX_DAYS", str(defaults.webhook_replay_max_days))),
+            webhook_replay_max_events=int(_env("MES_WEBHOOK_REPLAY_MAX_EVENTS",
+                                               str(defaults.webhook_replay_max_events))),
         )

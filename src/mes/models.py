@@ -450,7 +450,10 @@ class WebhookEvent(Base):
     order_id: Mapped[int | None] = mapped_column(BigInteger)
     payload: Mapped[str] = mapped_column(Text)  # the JSON body as sent
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    __table_args__ = (Index("ix_webhook_events_created", "created_at"),)
+    __table_args__ = (
+        Index("ix_webhook_events_created", "created_at"),
+        Index("ix_webhook_events_partner_created", "partner_id", "created_at"),  # range replays
+    )
 
 
 class WebhookDelivery(Base):
@@ -479,6 +482,7 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_due", "next_attempt_at",
               postgresql_where=text("state = 'pending'"), sqlite_where=text("state = 'pending'")),
         Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),
+        Index("ix_webhook_deliveries_event", "event_id"),  # the outbox's pruning
     )
 
 

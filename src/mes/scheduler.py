@@ -25,6 +25,7 @@ from .db import begin_write
 from .models import JobLease, utcnow
 from .services import backtest as backtest_svc
 from .services import forecast
+from .services import webhooks as webhooks_svc
 from .services.orders import purge_idempotency_keys
 
 log = logging.getLogger("mes.scheduler")
@@ -49,6 +50,10 @@ def jobs(cfg: Settings) -> tuple[Job, ...]:
     def idempotency(session: Session) -> str:
         return f"{purge_idempotency_keys(session, cfg.idempotency_retention)} idempotency keys purged"
 
+    def webhook_outbox(session: Session) -> str:
+        removed = webhooks_svc.prune_outbox(session, cfg.webhook_retention, cfg.webhook_prune_batch)
+        return f"{removed} webhook events pruned"
+
     def backtest(session: Session) -> str:
         c = backtest_svc.backtest(session)
         return f"{c.orders} orders scored, mean absolute error {c.mean_abs_error_days} days"
@@ -57,6 +62,7 @@ def jobs(cfg: Settings) -> tuple[Job, ...]:
         Job("recompute-norms", timedelta(seconds=cfg.norms_recompute_seconds), norms),
         Job("recompute-promises", timedelta(seconds=cfg.promise_recompute_seconds), promises),
         Job("purge-idempotency-keys", timedelta(hours=1), idempotency),
+        Job("prune-webhook-outbox", timedelta(hours=1), webhook_outbox),
         Job("backtest-forecasts", timedelta(days=1), backtest),
     )
 

@@ -15,6 +15,12 @@ mid-delivery leaves the row to be claimed again once its lease ends (at least on
 The address guard resolves the host and refuses the delivery if any address is not allowed; as requests
 resolves it once more to connect, the connection itself checks its peer's address again before anything is
 sent (a name whose answers changed in between gets nothing).
+
+Tracing (`init_tracing`): each delivery is a span (endpoint, event type, attempt, status code) with the
+HTTP request as its child (opentelemetry-instrumentation-requests). No trace context goes to the receiver:
+partners' receivers are outside our systems, our trace ids mean nothing there and would only hand out
+internal identifiers in headers the signature does not cover, so the adapter drops the propagation
+headers the instrumentation adds.
 """
 from __future__ import annotations
 
@@ -34,6 +40,9 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
+from opentelemetry import trace
+from opentelemetry.propagate import get_global_textmap
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
@@ -53,6 +62,19 @@ LEASE_MARGIN = timedelta(seconds=30)
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 3 * 86400)
 USER_AGENT = "mes-webhooks/1"
 ENDPOINT_LABELS = 200  # endpoints with a failure series of their own, per worker
+_tracer = trace.get_tracer("mes.webhooks")  # the process's provider once tracing is set up
+
+
+def init_tracing() -> None:
+    """Export the worker's spans like the app's (mes.tracing: OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is
+    set; the service name from OTEL_SERVICE_NAME) and trace its outgoing requests."""
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+    from .tracing import tracer_provider
+
+    provider = tracer_provider("mes-webhook-worker")
+    if not RequestsInstrumentor().is_instrumented_by_opentelemetry:
+        RequestsInstrumentor().instrument(tracer_provider=provider)
 
 
 class WebhookMetrics:
@@ -95,6 +117,7 @@ class Claimed:
     url: str
     secrets: list[str]
     msg_id: str
+    event_type: str
     payload: str
     event_created_at: datetime
     queued_at: datetime
@@ -137,7 +160,7 @@ def claim(session: Session, settings: Settings, now: datetime) -> list[Claimed]:
             endpoint = endpoints[row.endpoint_id]
             row.claim, row.next_attempt_at = uuid.uuid4().hex, until
             claimed.append(Claimed(row.id, row.claim, endpoint.id, endpoint.url, signing_secrets(endpoint, now),
-                                   row.event.msg_id, row.event.payload, row.event.created_at, row.created_at,
+                                   row.event.msg_id, row.event.type, row.event.payload, row.event.created_at, row.created_at,
                                    row.attempts, row.replay))
         session.commit()
         return claimed
@@ -267,6 +290,12 @@ class GuardedAdapter(HTTPAdapter):
         self.policy = policy
         super().__init__()
 
+    def send(self, request, *args, **kwargs):
+        """Send without the trace context the requests instrumentation added (see the module's doc)."""
+        for name in get_global_textmap().fields:
+            request.headers.pop(name, None)
+        return super().send(request, *args, **kwargs)
+
     def init_poolmanager(self, *args, **kwargs):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {
@@ -293,8 +322,17 @@ def run_once(factory: sessionmaker, settings: Settings, metrics: WebhookMetrics,
     counts: dict[str, int] = {}
     with factory() as session:
         for c in claim(session, settings, given or utcnow()):
-            outcome = send(http, c, settings)
-            name = record(session, c, outcome, given or utcnow(), settings, metrics, rng)
+            with _tracer.start_as_current_span("webhook delivery", kind=SpanKind.INTERNAL, attributes={
+                    "mes.webhook.endpoint_id": c.endpoint_id, "mes.webhook.event_type": c.event_type,
+                    "mes.webhook.event_id": c.msg_id, "mes.webhook.attempt": c.attempts + 1,
+                    "mes.webhook.replay": c.replay}) as span:
+                outcome = send(http, c, settings)
+                name = record(session, c, outcome, given or utcnow(), settings, metrics, rng)
+                if outcome.status_code is not None:
+                    span.set_attribute("http.response.status_code", outcome.status_code)
+                span.set_attribute("mes.webhook.outcome", name)
+                if not outcome.ok:
+                    span.set_status(StatusCode.ERROR, outcome.error or f"HTTP {outcome.status_code}")
             counts[name] = counts.get(name, 0) + 1
         metrics.backlog_age.set(backlog_age(session, given or utcnow()))
     return counts

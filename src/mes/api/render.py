@@ -70,4 +70,6 @@ def etag(order_id: int, version: int) -> str:
 
 def order_etag(body: dict) -> str:
     """The tag of an order as rendered by order_json (a stored answer has no row to read it from)."""
-    return preconditions.order_tag(body["id"], body["status_version"], datetime.fromisoformat(body["updated_at"]))
+    estimate = body.get("estimated_completion")
+    return preconditions.order_tag(body["id"], body["status_version"], datetime.fromisoformat(body["updated_at"]),
+                                   datetime.fromisoformat(estimate) if estimate else None)

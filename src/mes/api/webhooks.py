@@ -1,5 +1,5 @@
 """Webhook endpoints of API v1: register, list, change, delete, rotate the secret, read the delivery log,
-replay a delivery, send a test event. A partner sees only its own endpoints (mes.services.webhooks)."""
+replay a delivery or a time range, send a test event. A partner sees only its own endpoints (mes.services.webhooks)."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -7,7 +7,8 @@ from datetime import timedelta
 from flask import Response, g, jsonify, request, url_for
 
 from .. import query_params
-from ..domain.errors import ValidationFailed
+from ..domain.errors import IdempotencyKeyMissing, ValidationFailed
+from ..domain.idempotency import fingerprint, optional_key
 from ..models import WebhookDelivery, WebhookEndpoint, iso
 from ..services import webhooks as svc
 from ..web import db_session, settings
@@ -117,8 +118,39 @@ def list_webhook_deliveries(endpoint_id: int):
 
 @bp.post("/webhook-endpoints/<id:endpoint_id>/deliveries/<id:delivery_id>/replay")
 def replay_webhook_delivery(endpoint_id: int, delivery_id: int):
-    response = jsonify(delivery_json(svc.replay(db_session(), g.actor, endpoint_id, delivery_id)))
+    again = svc.replay(db_session(), g.actor, endpoint_id, delivery_id, retention=settings().webhook_retention)
+    response = jsonify(delivery_json(again))
     response.status_code = 202
+    return response
+
+
+def replay_limits() -> svc.ReplayLimits:
+    cfg = settings()
+    return svc.ReplayLimits(max_days=cfg.webhook_replay_max_days, max_events=cfg.webhook_replay_max_events,
+                            retention=cfg.webhook_retention)
+
+
+def range_json(queued: svc.RangeQueued) -> dict:
+    return {"endpoint_id": queued.endpoint_id, "from": iso(queued.range.start), "to": iso(queued.range.end),
+            "event_types": list(queued.range.types), "queued": queued.queued,
+            "links": {"deliveries": f"/api/v1/webhook-endpoints/{queued.endpoint_id}/deliveries"}}
+
+
+@bp.post("/webhook-endpoints/<id:endpoint_id>/replay")
+def replay_webhook_range(endpoint_id: int):
+    """The events of a time range again, one delivery each. A key is required: a retried bulk replay
+    without one would queue every event twice."""
+    key = optional_key(request.headers.get("Idempotency-Key"))
+    if key is None:
+        raise IdempotencyKeyMissing("A replay needs an Idempotency-Key header (for example a UUID) so that a "
+                                    "retry never queues the range twice.")
+    data = _object_body()
+    answer = svc.replay_range(db_session(), g.actor, endpoint_id, data, replay_limits(), range_json, key=key,
+                              fingerprint=fingerprint({"replay": endpoint_id, "body": data}))
+    response = jsonify(answer.body)
+    response.status_code = 202
+    if answer.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return response
 
 

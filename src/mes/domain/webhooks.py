@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from .errors import ValidationFailed
+from . import inputs
+from .errors import DomainError, ValidationFailed
 from .holds import EventKind
 from .lifecycle import Status
 
@@ -79,6 +80,63 @@ def parse_event_types(value: object) -> list[str]:
         raise ValidationFailed(f"Unknown event type {unknown[0]!r}; known: {', '.join(SUBSCRIBABLE)}.",
                                errors=[{"field": "event_types", "message": f"unknown type {unknown[0]!r}"}])
     return [t for t in SUBSCRIBABLE if t in value]
+
+
+class ReplayTooLarge(DomainError):
+    """A range replay would queue more deliveries than one request may: nothing was queued."""
+
+    status, slug, title = 422, "replay-too-large", "Too many events in the range"
+
+
+@dataclass(frozen=True)
+class ReplayRange:
+    """Which events of the outbox a range replay sends again: created in [start, end), of these types."""
+
+    start: datetime
+    end: datetime
+    types: tuple[str, ...]
+
+
+REPLAY_FIELDS = {"from", "to", "event_types"}
+
+
+def parse_replay_range(fields: dict, subscribed: list[str], now: datetime, max_days: float,
+                       retention: timedelta) -> ReplayRange:
+    """A replay's range as asked: `from` before `to`, at most `max_days` long, not reaching back past
+    the outbox's retention (older events are gone), and only types the endpoint subscribes to (all of
+    them when none are named)."""
+    def bad(field: str, message: str) -> ValidationFailed:
+        return ValidationFailed(f"{field} {message}.", errors=[{"field": field, "message": message}])
+
+    unknown = sorted(set(fields) - REPLAY_FIELDS)
+    if unknown:
+        raise ValidationFailed(f"Unknown field {unknown[0]!r}; a replay takes from, to and event_types.",
+                               errors=[{"field": f, "message": "unknown field"} for f in unknown])
+    bounds = {}
+    for name in ("from", "to"):
+        raw = fields.get(name)
+        if not isinstance(raw, str):
+            raise bad(name, "must be an RFC 3339 date-time with a zone, e.g. 2026-01-31T12:00:00Z")
+        try:
+            bounds[name] = inputs.parse_instant(raw)
+        except ValueError as err:
+            raise bad(name, str(err)) from None
+    start, end = bounds["from"], bounds["to"]
+    if end <= start:
+        raise bad("to", "must be later than from")
+    if end - start > timedelta(days=max_days):
+        raise bad("to", f"must be at most {max_days:g} days after from (replay a longer time in several requests)")
+    oldest = now - retention
+    if start < oldest:
+        raise bad("from", f"must not be older than the outbox's retention of {retention.days} days "
+                          f"(events before {oldest:%Y-%m-%dT%H:%M:%SZ} are no longer kept)")
+    if fields.get("event_types") is None:
+        return ReplayRange(start, end, tuple(subscribed))
+    types = parse_event_types(fields["event_types"])
+    others = [t for t in types if t not in subscribed]
+    if others:
+        raise bad("event_types", f"names {others[0]!r}, which this endpoint does not subscribe to")
+    return ReplayRange(start, end, tuple(types))
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ def _attempt(session: Session, actor: Actor, order_id: int, target: Status, requ
             return Answer(body, False, None)
         if request.if_match is not None:
             request.if_match.check(order_id=order.id, version=order.status_version, status=order.status,
-                                   updated_at=order.updated_at)
+                                   updated_at=order.updated_at, estimate=order.projected_finish)
         actors.check_move(actor, facts(order), target, request.reason)
         seen = order.status_version
     finally:

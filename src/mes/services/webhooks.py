@@ -5,24 +5,31 @@ The outbox is filled by a session hook rather than by each write path: every cha
 (status, promise, hold, release, shipping) writes an OrderEvent, so the hook collects the events each
 flush writes and, just before the transaction commits, adds one outbox row per webhook event and one
 delivery row per endpoint that wants it. They commit or roll back with the change itself, and no new
-write path can forget them."""
+write path can forget them.
+
+Every webhook event gets its outbox row even when no endpoint wants it yet: that is what lets an endpoint
+registered later replay a time range it missed. The outbox keeps events for `webhook_retention_days`
+(longer than the retries), after which `prune_outbox` (a scheduler job) removes finished ones."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import event, or_, select
+from sqlalchemy import delete, event, func, insert, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..db import begin_write
 from ..domain import inputs
 from ..domain import webhooks as rules
 from ..domain.actors import Actor
-from ..domain.errors import Forbidden, NotFound, ValidationFailed
+from ..domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from ..domain.holds import EventKind
-from ..models import (Order, OrderEvent, Shipment, WebhookDelivery, WebhookEndpoint, WebhookEvent, iso,
-                      utcnow)
+from ..domain.idempotency import check_replay
+from ..models import (IdempotencyRecord, Order, OrderEvent, Shipment, WebhookAttempt, WebhookDelivery,
+                      WebhookEndpoint, WebhookEvent, iso, utcnow)
 from . import cursors
 from .event_facts import event_facts
 
@@ -51,6 +58,8 @@ def _forget(session: Session, transaction) -> None:
 
 
 def _write_outbox(session: Session) -> None:
+    """One outbox row per webhook event of the transaction's order events, subscribed to or not (a range
+    replay sends them later to an endpoint registered since), and one delivery per endpoint that wants it."""
     session.flush()
     pending = session.info.pop(PENDING, None)
     if not pending:
@@ -258,8 +267,10 @@ def deliveries(session: Session, actor: Owner, endpoint_id: int, *, after: str |
     return DeliveryPage(rows, cursors.encode(rows[-1].id) if more else None)
 
 
-def replay(session: Session, actor: Owner, endpoint_id: int, delivery_id: int) -> WebhookDelivery:
-    """Send one event again to this endpoint, now (the same webhook-id: receivers may drop it as seen)."""
+def replay(session: Session, actor: Owner, endpoint_id: int, delivery_id: int,
+           retention: timedelta | None = None) -> WebhookDelivery:
+    """Send one event again to this endpoint, now (the same webhook-id: receivers may drop it as seen).
+    An event past the outbox's `retention` is not replayed: the pruning may be removing it."""
     begin_write(session)
     try:
         endpoint = get_endpoint(session, actor, endpoint_id)
@@ -268,6 +279,9 @@ def replay(session: Session, actor: Owner, endpoint_id: int, delivery_id: int) -
         if earlier is None:
             raise NotFound(f"Delivery {delivery_id} of endpoint {endpoint_id} does not exist.")
         now = utcnow()
+        if retention is not None and earlier.event.created_at < now - retention:
+            raise Conflict(f"The event of delivery {delivery_id} is older than the outbox's retention of "
+                           f"{retention.days} days and is no longer replayed.")
         again = WebhookDelivery(event_id=earlier.event_id, endpoint_id=endpoint.id, state="pending", attempts=0,
                                 next_attempt_at=now, replay=True, created_at=now)
         session.add(again)
@@ -294,3 +308,113 @@ def send_test(session: Session, actor: Owner, endpoint_id: int) -> WebhookDelive
         session.rollback()
         raise
     return delivery
+
+
+# --------------------------------------------------------------------------------------------- range replay
+@dataclass(frozen=True)
+class ReplayLimits:
+    max_days: float
+    max_events: int
+    retention: timedelta
+
+
+@dataclass(frozen=True)
+class RangeQueued:
+    endpoint_id: int
+    range: rules.ReplayRange
+    queued: int
+
+
+@dataclass
+class RangeAnswer:
+    body: dict
+    replayed: bool  # the stored answer to an earlier request with this Idempotency-Key
+
+
+def replay_range(session: Session, actor: Owner, endpoint_id: int, fields: dict, limits: ReplayLimits,
+                 render: Callable[[RangeQueued], dict], *, key: str | None = None, fingerprint: str = "",
+                 now: datetime | None = None) -> RangeAnswer:
+    """Send the events of a time range again to one endpoint: one new delivery per event, each with the
+    event's own webhook-id. Only events the endpoint may hear (its partner's; every partner's for the
+    CRM's) of the types asked. More than `limits.max_events` is refused whole, never cut short.
+    With an Idempotency-Key the answer is stored in the same transaction and a retry gets it back."""
+    now = now or utcnow()
+    begin_write(session)
+    try:
+        endpoint = get_endpoint(session, actor, endpoint_id)
+        if key is not None:
+            earlier = session.get(IdempotencyRecord, (actor.id, key))
+            if earlier is not None:
+                check_replay(earlier.fingerprint, fingerprint)
+                return RangeAnswer(json.loads(earlier.response_body), True)
+        wanted = rules.parse_replay_range(fields, endpoint.types, now, limits.max_days, limits.retention)
+        if not endpoint.active:
+            raise Conflict(f"Webhook endpoint {endpoint_id} is not active: activate it before replaying to it.")
+        events = select(WebhookEvent.id).where(WebhookEvent.created_at >= wanted.start,
+                                               WebhookEvent.created_at < wanted.end,
+                                               WebhookEvent.type.in_(wanted.types))
+        if endpoint.partner_id is not None:
+            events = events.where(WebhookEvent.partner_id == endpoint.partner_id)
+        ids = list(session.scalars(events.order_by(WebhookEvent.id).limit(limits.max_events + 1)))
+        if len(ids) > limits.max_events:
+            total = session.scalar(select(func.count()).select_from(events.subquery()))
+            raise rules.ReplayTooLarge(
+                f"The range holds {total} events; one replay queues at most {limits.max_events}. Nothing was "
+                "queued: replay shorter ranges.", events=total, max_events=limits.max_events)
+        if ids:
+            session.execute(insert(WebhookDelivery), [
+                {"event_id": i, "endpoint_id": endpoint.id, "state": "pending", "attempts": 0,
+                 "next_attempt_at": now, "replay": True, "created_at": now} for i in ids])
+        body = render(RangeQueued(endpoint.id, wanted, len(ids)))
+        if key is not None:
+            session.add(IdempotencyRecord(client_id=actor.id, key=key, fingerprint=fingerprint,
+                                          response_status=202, response_body=json.dumps(body)))
+        session.commit()
+        return RangeAnswer(body, False)
+    except IntegrityError:
+        # A concurrent request with this key committed first (the only row that can collide): its answer.
+        session.rollback()
+        earlier = session.get(IdempotencyRecord, (actor.id, key)) if key is not None else None
+        if earlier is None:
+            raise
+        check_replay(earlier.fingerprint, fingerprint)
+        return RangeAnswer(json.loads(earlier.response_body), True)
+    finally:
+        session.rollback()  # a no-op after the commit; ends the read of a replayed answer or an error
+
+
+# --------------------------------------------------------------------------------------------- retention
+def prune_outbox(session: Session, retention: timedelta, batch: int, *, now: datetime | None = None,
+                 max_batches: int = 100) -> int:
+    """Remove events older than `retention` whose deliveries are all finished (delivered or given up),
+    with their deliveries and attempts: `batch` events per transaction, at most `max_batches` of them
+    per call (the rest wait for the next run). Returns the number of events removed.
+
+    The events taken are locked (SKIP LOCKED: one that a replay is adding a delivery to is left for
+    the next run), and replays do not reach past the retention, so nothing pending is removed."""
+    cutoff = (now or utcnow()) - retention
+    pending = select(WebhookDelivery.id).where(WebhookDelivery.event_id == WebhookEvent.id,
+                                               WebhookDelivery.state == "pending").exists()
+    removed = 0
+    for _ in range(max_batches):
+        begin_write(session)
+        try:
+            ids = list(session.scalars(
+                select(WebhookEvent.id).where(WebhookEvent.created_at < cutoff, ~pending)
+                .order_by(WebhookEvent.created_at).limit(batch).with_for_update(skip_locked=True)))
+            if ids:
+                deliveries = select(WebhookDelivery.id).where(WebhookDelivery.event_id.in_(ids))
+                session.execute(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(deliveries))
+                                .execution_options(synchronize_session=False))
+                session.execute(delete(WebhookDelivery).where(WebhookDelivery.event_id.in_(ids))
+                                .execution_options(synchronize_session=False))
+                session.execute(delete(WebhookEvent).where(WebhookEvent.id.in_(ids))
+                                .execution_options(synchronize_session=False))
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        removed += len(ids)
+        if len(ids) < batch:
+            break
+    return removed
