@@ -10,7 +10,7 @@ import time
 from . import backup, dbtier, monauth, pki, priority, services
 from .base import Ctx, StackError
 from .services import (AlertReceiver, Alertmanager, AppInstance, HAProxy, NodeExporter, Prometheus, Redis, RedisExporter,
-                       Scheduler)
+                       Scheduler, WebhookWorker)
 from .topology import make_ctx, wipe
 
 DEMO_ORDERS = 2000
@@ -23,11 +23,13 @@ def components(ctx: Ctx) -> list:
     urls = dbtier.database_urls(ctx)
     if t["single"]:
         apps = [AppInstance("single", i, urls["app"], None) for i in t["app_single"]]
-        return [*database, NodeExporter(), *apps, Scheduler(apps[0]), HAProxy(), *alerting(), Prometheus()]
+        return [*database, NodeExporter(), *apps, Scheduler(apps[0]), WebhookWorker(apps[0]), HAProxy(),
+                *alerting(), Prometheus()]
     redis_url = services.redis_url(ctx)
     operator = [AppInstance("operator", i, urls["app"], redis_url) for i in t["app_operator"]]
     public = [AppInstance("public", i, urls["app"], redis_url) for i in t["app_public"]]
-    return [*database, Redis(), RedisExporter(), NodeExporter(), *operator, *public, Scheduler(operator[0]), HAProxy(),
+    return [*database, Redis(), RedisExporter(), NodeExporter(), *operator, *public, Scheduler(operator[0]),
+            WebhookWorker(public[0]), HAProxy(),
             *alerting(), Prometheus()]
 
 

@@ -196,6 +196,41 @@ class Scheduler(Daemon):
         return "periodic jobs: mes jobs lists them"
 
 
+class WebhookWorker(Daemon):
+    """`mes deliver-webhooks` (mes.webhook_worker): sends the outbox's due deliveries, with the settings
+    of a public instance (as on the VMs, where it runs on the public hosts); its metrics on its own port."""
+
+    name = "webhooks"
+
+    def __init__(self, app: AppInstance):
+        self.app = app
+
+    def worker(self, ctx) -> dict:
+        return ctx.vars["mes_topology"]["webhooks"][0]
+
+    def prepare(self, ctx):
+        if self.app.pool in ctx.vars["mes_pools"]:
+            priority.ensure(ctx)  # in the public pool's cgroup, as on the VMs in its slice
+
+    def env(self, ctx):
+        # Not a gunicorn worker: no multiprocess metric files (the worker has a registry of its own).
+        env = {k: v for k, v in self.app.env(ctx).items() if not k.startswith("GUNICORN_")}
+        return {**env, "PROMETHEUS_MULTIPROC_DIR": ""}
+
+    def argv(self, ctx):
+        w = self.worker(ctx)
+        return [*priority.launcher(ctx, self.app.pool), sys.executable, "-m", "mes", "deliver-webhooks",
+                "--metrics-host", w["host"], "--metrics-port", str(w["port"])]
+
+    def ready(self, ctx):
+        w = self.worker(ctx)
+        return http_ok(f"http://{w['host']}:{w['port']}/metrics")
+
+    def detail(self, ctx):
+        w = self.worker(ctx)
+        return f"webhook deliveries, metrics http://{w['host']}:{w['port']}/metrics"
+
+
 class HAProxy(Daemon):
     """Master-worker mode (-W): a changed configuration is reloaded (SIGUSR2 to the master: new workers,
     the old ones finish their requests), never restarted, so that no request is dropped."""

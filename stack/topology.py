@@ -14,6 +14,9 @@ import yaml
 from .base import GROUP_VARS, LOCAL_LAYOUT, ROOT, Ctx, load_secrets
 
 TOPOLOGIES = ("split", "single")
+# The local stack is a copy for trying receivers on: plain http to loopback is allowed here, over
+# group_vars' mes_webhooks (as an inventory's mes_webhooks_site would).
+LOCAL_WEBHOOKS = {"allow_http": True, "allowed_networks": ["127.0.0.0/8", "::1/128"]}
 
 
 def pg_bindir() -> str:
@@ -69,7 +72,9 @@ def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.
         # pgBackRest's repository: on VMs another host; here a folder of its own.
         backup={**shape.backup_repository(str(state / "backup" / "repo"), str(state / "backup" / "log"),
                                           str(state / "backup" / "lock")),
-                "dir": str(state / "backup")})
+                "dir": str(state / "backup")},
+        # One webhook delivery worker (stack/services.py: WebhookWorker), with the public pool's settings.
+        webhooks=[shape.app("webhooks", host, p["webhooks"])])
 
 
 def state_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -100,7 +105,10 @@ def make_ctx(topology: str | None = None, environ: Mapping[str, str] = os.enviro
     variables = {**settings, "mes_topology": build(state, topology, environ), "mes_secrets": load_secrets(state),
                  # Local only: the stack's webhook receiver of Alertmanager's notifications (stack/alertsink.py).
                  "stack_alert_receiver": {"host": yaml.safe_load(LOCAL_LAYOUT.read_text())["host"],
-                                          "port": ports(environ)["alert_receiver"]}}
+                                          "port": ports(environ)["alert_receiver"]},
+                 # Local only: webhooks may go to receivers on this machine over plain http (group_vars'
+                 # mes_webhooks stay production's: https only, no private address).
+                 "mes_webhooks_site": LOCAL_WEBHOOKS}
     return Ctx(state=state, vars=variables)
 
 

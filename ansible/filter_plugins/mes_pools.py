@@ -5,7 +5,8 @@ A Pgpool-II child serves one client connection at a time and the app keeps its c
 pool holds at most processes x (db_pool_size + db_max_overflow) slots. Every app host runs its own
 Pgpool-II, used by the instances on that host; the local stack runs one for all of them, which also
 share one address: instances are counted per address either way. Each host with operator instances runs
-one scheduler with the operator pool's settings. Plain Python, no Ansible import: the role `pgpool`
+one scheduler with the operator pool's settings, each host with public instances one webhook delivery worker
+with the public pool's settings (mes_topology's `webhooks`: they run there). Plain Python, no Ansible import: the role `pgpool`
 asserts it and the local stack (stack/dbtier.py, before Pgpool-II starts) loads this file as it is.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ def per_process(pool: dict) -> int:
 
 def pgpool_clients(topology: dict, pools: dict) -> dict[str, dict[str, int]]:
     """Per Pgpool-II (by the address of the instances that use it): the most client connections each
-    pool can hold; the operator pool's count includes its scheduler."""
+    pool can hold; the operator pool's count includes its scheduler, the public pool's the webhook worker."""
     hosts: dict[str, dict[str, int]] = {}
     for name in POOLS:
         for instance in topology[f"app_{name}"]:
@@ -32,6 +33,8 @@ def pgpool_clients(topology: dict, pools: dict) -> dict[str, dict[str, int]]:
     for counts in hosts.values():
         if counts["operator"]:
             counts["operator"] += per_process(pools["operator"])  # the scheduler
+        if counts["public"]:
+            counts["public"] += per_process(pools["public"])  # the webhook delivery worker
     return hosts
 
 

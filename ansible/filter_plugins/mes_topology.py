@@ -45,13 +45,14 @@ def instance(name: str, host: str) -> dict:
 def assemble(*, single: bool, pg_bindir: str, pg_nodes: list[dict], etcd: list[dict], ports: dict, dirs: dict,
              app_operator: list[dict], app_public: list[dict], app_single: list[dict],
              node_exporters: list[dict], hosts: dict, db_endpoint_instances: list[dict],
-             lb_instances: list[dict], vip: str | None = None, backup: dict | None = None) -> dict:
+             lb_instances: list[dict], vip: str | None = None, backup: dict | None = None,
+             webhooks: list[dict] | None = None) -> dict:
     """The whole structure. `hosts`: component -> address (pgpool, redis, haproxy: what HAProxy's
     frontends bind, prometheus, alertmanager, db_endpoints); `ports`: mes_ports-like names; `dirs`:
     component -> folder; `lb_instances`: the hosts that run HAProxy (its peers, Prometheus's targets);
     `vip`: the virtual address keepalived moves between them (VMs only); `backup`: pgBackRest's
     repository (repo_path, log_dir, lock_dir; on VMs also the host it is on and its TLS server's port:
-    `remote`)."""
+    `remote`); `webhooks`: the webhook delivery workers (name, host, port of their /metrics)."""
     topology = {
         "single": single,
         "pg_bindir": pg_bindir,
@@ -73,6 +74,8 @@ def assemble(*, single: bool, pg_bindir: str, pg_nodes: list[dict], etcd: list[d
                     "crt": dirs["haproxy_tls"] + "/mes.pem", "instances": lb_instances},
         "prometheus": {"host": hosts["prometheus"], "port": ports["prometheus"], "dir": dirs["prometheus"]},
         "node_exporters": node_exporters,
+        # mes deliver-webhooks: where each worker runs and serves its /metrics (Prometheus scrapes them)
+        "webhooks": webhooks or [],
     }
     if vip:
         topology["haproxy"]["vip"] = vip
@@ -146,7 +149,9 @@ def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15
         hosts={"pgpool": "127.0.0.1", "db_endpoints": "127.0.0.1", "redis": _address(hostvars, first("redis")),
                "haproxy": "0.0.0.0", "prometheus": mon, "alertmanager": mon},
         db_endpoint_instances=[instance(h, _address(hostvars, h)) for h in app_hosts],
-        lb_instances=lb_hosts, vip=_vip(groups, hostvars), backup=repository)
+        lb_instances=lb_hosts, vip=_vip(groups, hostvars), backup=repository,
+        # A delivery worker on every public host: it sends to partners, as the public pool answers them.
+        webhooks=[app(h, _address(hostvars, h), ports["webhooks"]) for h in groups.get("app_public", [])])
 
 
 class FilterModule:
