@@ -325,6 +325,7 @@ def test_a_failing_receiver_is_retried_on_the_schedule_then_marked_failing(app, 
     assert metrics.endpoints_failing._value.get() == 1
     assert metrics.deliveries.labels(outcome="failed")._value.get() == 1
     assert metrics.failures.labels(endpoint=str(endpoint["id"]))._value.get() == attempts
+    assert metrics.attempts.labels(endpoint=str(endpoint["id"]))._value.get() == attempts  # every one failed
     excerpt = client.get(f"/api/v1/webhook-endpoints/{endpoint['id']}/deliveries",
                          headers=auth(acme)).get_json()["items"][0]["attempt_log"][0]["response_excerpt"]
     assert len(excerpt) == 4096  # the body is read up to the limit

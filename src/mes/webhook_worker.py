@@ -99,6 +99,10 @@ class WebhookMetrics:
             "mes_webhook_endpoint_failures_total", "Failed delivery attempts per endpoint id (the first "
             f"{ENDPOINT_LABELS} endpoints a worker sees keep their own label, later ones count as 'other')",
             ["endpoint"], registry=self.registry)
+        self.attempts = Counter(
+            "mes_webhook_endpoint_attempts_total", "Delivery attempts per endpoint id, whatever their outcome (the "
+            "denominator of an endpoint's failure ratio; labels as mes_webhook_endpoint_failures_total)",
+            ["endpoint"], registry=self.registry)
         self._endpoint_label = BoundedLabels(ENDPOINT_LABELS)
         self.endpoints_failing = Counter(
             "mes_webhook_endpoints_failing_total", "Endpoints marked failing (a delivery ran out of retries)",
@@ -252,6 +256,7 @@ def record(session: Session, c: Claimed, outcome: Outcome, now: datetime, settin
         session.rollback()
         raise
     metrics.deliveries.labels(outcome=name).inc()
+    metrics.attempts.labels(endpoint=metrics.endpoint_label(c.endpoint_id)).inc()
     if not outcome.ok:
         metrics.failures.labels(endpoint=metrics.endpoint_label(c.endpoint_id)).inc()
     if outcome.ok and not c.replay:
