@@ -65,6 +65,9 @@ def test_the_inventory_yields_the_topology_the_templates_expect():
     assert [i["name"] for i in topology["db_endpoints"]["instances"]] == ["op1", "op2", "pub1", "pub2"]
     assert topology["redis"]["host"] == "192.168.56.50"
     assert [a["name"] for a in topology["app_public"]] == ["pub1", "pub2"]
+    # a webhook delivery worker on every public host, its /metrics on the host's address
+    assert topology["webhooks"] == [{"name": "pub1", "host": "192.168.56.31", "port": 8401},
+                                    {"name": "pub2", "host": "192.168.56.32", "port": 8401}]
     assert (topology["haproxy"]["public_port"], topology["haproxy"]["http_port"]) == (443, 80)
     assert topology["haproxy"]["crt"] == "/etc/haproxy/tls/mes.pem"
     # HAProxy on both lb hosts, bound to every address (theirs and the virtual one keepalived moves)
@@ -148,6 +151,8 @@ FLOWS = {
             ("lb2", 10000, True), ("lb2", 8404, True), ("ctl", 22, True),
             ("stranger", 8404, False), ("stranger", 10000, False), ("lb2", 22, False), ("stranger", 22, False),
             ("op1", 8404, False)],
+    "pub1": [("lb1", 8000, True), ("mon1", 8401, True),
+             ("stranger", 8401, False), ("op1", 8401, False), ("lb1", 8401, False)],
     "crmdb1": [("op1", 5432, True), ("pub2", 5432, True), ("mon1", 9187, True),
                ("lb1", 5432, False), ("stranger", 5432, False), ("db1", 5432, False)],
 }
@@ -347,6 +352,61 @@ def test_each_pool_runs_in_its_slice_with_its_cpu_weight(tmp_path):
         assert f"\nSlice=mes_{pool}.slice\n" in (tmp_path / f"{host}.mes.service").read_text()
 
 
+def test_the_webhook_worker_runs_on_the_public_hosts_in_the_public_pool_s_slice(tmp_path):
+    """mes-webhooks.service as Ansible renders it for a public host: in mes_public.slice, with the public
+    pool's environment file, its metrics on the host's address and mes_ports.webhooks; no worker on an
+    operator host."""
+    for host, runs in (("op1", False), ("pub1", True)):
+        r = adhoc(host, "ansible.builtin.debug", "msg={{ mes_app_webhooks | bool }}", "-e", "@roles/mes_app/defaults/main.yml")
+        assert r.returncode == 0 and json.loads(r.stdout.split("=>", 1)[1])["msg"] is runs, r.stdout[-3000:]
+    r = adhoc("pub1", "ansible.builtin.template",
+              f"src=roles/mes_app/templates/mes-webhooks.service.j2 dest={tmp_path}/mes-webhooks.service",
+              "-e", "@roles/mes_app/defaults/main.yml")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    unit = (tmp_path / "mes-webhooks.service").read_text()
+    assert "\nSlice=mes_public.slice\n" in unit and "\nEnvironmentFile=/etc/mes/public.env\n" in unit
+    assert "\nExecStart=/opt/mes/current/venv/bin/mes deliver-webhooks --metrics-host 192.168.56.31 " \
+           "--metrics-port 8401\n" in unit
+
+
+def webhook_env(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if line.startswith("MES_WEBHOOK_"))
+
+
+def test_webhook_settings_come_from_group_vars_with_each_site_s_own_over_them(tmp_path):
+    """One source: group_vars' mes_webhooks (production: https only, no private address) reach the app's
+    environment file as Ansible renders it; the test inventory's mes_webhooks_site allows its own network over
+    http, the local stack loopback; every other setting stays group_vars'."""
+    group = yaml.safe_load((ANSIBLE / "group_vars" / "all" / "main.yml").read_text())["mes_webhooks"]
+    assert group["allow_http"] is False and group["allowed_networks"] == [] and group["retry_hours"] >= 72
+    extra = json.dumps({"pool": "public", "instance": {"name": "pub1", "host": "h", "port": 1}, "database_url": "d",
+                        "redis_url": "r", "metrics_dir": "m"})
+    rendered = {}
+    for inventory in ("vagrant", "test"):
+        r = run(str(BIN / "ansible"), "-i", f"inventories/{inventory}/hosts.yml", "pub1", "-c", "local", "-m",
+                "ansible.builtin.template", "-a", f"src=../src/mes/gunicorn/instance.env.j2 dest={tmp_path}/{inventory}.env",
+                "-e", "ansible_become=false", "-e", extra, *VAULT)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        rendered[inventory] = webhook_env((tmp_path / f"{inventory}.env").read_text())
+    sys.path.insert(0, str(ROOT))
+    try:
+        from stack.topology import make_ctx
+    finally:
+        sys.path.remove(str(ROOT))
+    ctx = make_ctx("split", {"MES_STACK_DIR": str(tmp_path / "stack")})
+    ctx.render("src/mes/gunicorn/instance.env.j2", tmp_path / "local.env", extra=json.loads(extra))
+    rendered["local"] = webhook_env((tmp_path / "local.env").read_text())
+    same = {f"MES_WEBHOOK_{key.upper()}": str(value) for key, value in group.items()
+            if key not in ("allow_http", "allowed_networks")}
+    for name, env in rendered.items():
+        assert {k: v for k, v in env.items() if k in same} == same, name
+    assert (rendered["vagrant"]["MES_WEBHOOK_ALLOW_HTTP"], rendered["vagrant"]["MES_WEBHOOK_ALLOWED_NETWORKS"]) == ("0", "")
+    assert (rendered["test"]["MES_WEBHOOK_ALLOW_HTTP"], rendered["test"]["MES_WEBHOOK_ALLOWED_NETWORKS"]) == \
+        ("1", "10.213.0.0/24")
+    assert (rendered["local"]["MES_WEBHOOK_ALLOW_HTTP"], rendered["local"]["MES_WEBHOOK_ALLOWED_NETWORKS"]) == \
+        ("1", "127.0.0.0/8,::1/128")
+
+
 def test_the_public_pool_can_never_fill_pgpools_client_slots(tmp_path):
     """Per Pgpool-II, the operator pool and its scheduler fit in pgpool_operator_reserve and the public
     pool in the slots left: as the role pgpool's assert computes it for the inventory (one Pgpool-II per
@@ -357,7 +417,7 @@ def test_the_public_pool_can_never_fill_pgpools_client_slots(tmp_path):
     r = adhoc("op1", "ansible.builtin.debug", "msg={{ mes_topology | mes_pgpool_clients(mes_pools) }}")
     clients = json.loads(r.stdout.split("=>", 1)[1])["msg"]
     assert clients["192.168.56.21"] == {"operator": 3 * 2 + 2, "public": 0}  # 3 workers x (1 + 1), the scheduler
-    assert clients["192.168.56.31"] == {"operator": 0, "public": 3 * 1}
+    assert clients["192.168.56.31"] == {"operator": 0, "public": 3 * 1 + 1}  # 3 workers x 1, the webhook worker
 
     sys.path.insert(0, str(ROOT))
     try:
@@ -370,8 +430,8 @@ def test_the_public_pool_can_never_fill_pgpools_client_slots(tmp_path):
     dbtier.check_client_slots(ctx)
     flood = {**ctx.vars["mes_pools"], "public": {**ctx.vars["mes_pools"]["public"], "workers": 12}}
     ctx.vars["mes_pools"] = flood
-    with pytest.raises(StackError, match="the public pool can hold 24 Pgpool-II clients"):
+    with pytest.raises(StackError, match="the public pool can hold 25 Pgpool-II clients"):  # 2 x 12, the worker
         dbtier.check_client_slots(ctx)
     r = adhoc("op1", "ansible.builtin.debug", "var=pgpool_budget_errors", "-e", "@roles/pgpool/vars/main.yml",
               "-e", json.dumps({"mes_pools": {**flood, "public": {**flood["public"], "workers": 40}}}))
-    assert "the public pool can hold 40 Pgpool-II clients" in r.stdout, r.stdout
+    assert "the public pool can hold 41 Pgpool-II clients" in r.stdout, r.stdout  # 40 workers, the webhook worker

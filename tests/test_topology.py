@@ -46,7 +46,7 @@ def test_every_component_answers(stack):
     assert r.returncode == 0, r.stdout
     lines = r.stdout.splitlines()
     for name in ("pg0", "pg1", "pgpool", "redis", "operator1", "operator2", "public1", "public2", "scheduler",
-                 "haproxy", "prometheus"):
+                 "webhooks", "haproxy", "prometheus"):
         assert any(line.split()[0] == name and " UP " in line for line in lines), r.stdout
 
 
@@ -494,7 +494,7 @@ def test_prometheus_scrapes_every_target_and_the_app_metrics(stack):
     assert targets and all(t["health"] == "up" for t in targets), [(t["scrapePool"], t["health"],
                                                                      t.get("lastError")) for t in targets]
     jobs = {t["labels"]["job"] for t in targets}
-    assert {"haproxy", "mes_operator", "mes_public", "postgres", "redis", "node"} <= jobs
+    assert {"haproxy", "mes_operator", "mes_public", "webhooks", "postgres", "redis", "node"} <= jobs
     pools: set = set()
     while time.monotonic() < deadline and not {"operator", "public"} <= pools:  # the next scrape may be due
         pools = {r["metric"].get("pool") for r in prometheus_query(stack, "sum by (pool) (flask_http_request_total)")}

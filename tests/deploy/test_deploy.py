@@ -639,12 +639,17 @@ def test_the_firewall_lets_in_only_the_topologys_flows(cluster):
 
 def test_rolling_deploy_loses_no_request(cluster, extra_vars):
     need("api")
+    workers = {host: service_pid(cluster, host, "mes-webhooks.service") for host in app_hosts("app_public")}
     with steady_traffic(cluster, "deploy.yml") as summary:
         release = {"mes_app_release": f"deploytest-{int(time.time())}"}
         result = cluster.playbook("deploy.yml", extra_vars={**extra_vars, **release}, timeout=900)
     check_run(cluster, result, "deploy.yml")
     assert summary["total"] >= 100, summary
     assert summary["lost"] == 0, summary
+    # The webhook delivery worker of every public host is active and was restarted into the new release.
+    for host, before in workers.items():
+        active = cluster.ssh(host, "systemctl is-active mes-webhooks.service", check=False, quiet=True).stdout.strip()
+        assert active == "active" and service_pid(cluster, host, "mes-webhooks.service") not in (before, "0"), host
 
 
 # --- the load balancers ---------------------------------------------------------------------------------------
