@@ -1,9 +1,9 @@
 """Webhooks in the real topology (started as `make up` does, on free ports): a receiver in this process on
 plain http on 127.0.0.1 (the local stack allows loopback), an endpoint subscribed to order status changes,
-and a stream of cancels through the public API while the stack's delivery worker is killed (SIGKILL) and,
-later, the PostgreSQL primary's host is lost. Afterwards every change the API acknowledged (2xx) has
-reached the receiver at least once, counted by webhook-id: duplicates are allowed (at least once), losses
-are not."""
+and a stream of cancels through the public API while the stack's delivery worker is killed (SIGKILL) in the
+middle of a delivery and, later, the PostgreSQL primary's host is lost. Afterwards every change the API
+acknowledged (2xx) has reached the receiver at least once, counted by webhook-id: duplicates are allowed
+(at least once), losses are not."""
 from __future__ import annotations
 
 import json
@@ -31,11 +31,13 @@ DELIVERED_WITHIN = 150
 
 
 class Receiver:
-    """Plain http on 127.0.0.1: answers 200 to every POST and keeps (webhook-id, headers, body)."""
+    """Plain http on 127.0.0.1: answers 200 to every POST and keeps (webhook-id, headers, body). After
+    `hold_next()` the next request is kept and its answer held back a few seconds (`held` is set meanwhile)."""
 
     def __init__(self):
         self.received: list[tuple[str, dict, bytes]] = []
         self.lock = threading.Lock()
+        self.hold, self.held, self.held_id = False, threading.Event(), ""
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,10 +45,18 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with receiver.lock:
                     receiver.received.append((self.headers.get("webhook-id", ""), dict(self.headers), body))
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                    hold, receiver.hold = receiver.hold, False
+                if hold:
+                    receiver.held_id = self.headers.get("webhook-id", "")
+                    receiver.held.set()
+                    time.sleep(5)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:  # the held request's worker was killed meanwhile
+                    pass
 
             def log_message(self, *args):
                 pass
@@ -54,6 +64,10 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def hold_next(self) -> None:
+        with self.lock:
+            self.hold = True
 
     def snapshot(self) -> list[tuple[str, dict, bytes]]:
         with self.lock:
@@ -147,7 +161,10 @@ def run(stack: Stack, receiver: Receiver) -> None:
     stream = CancelStream(stack, headers, str(time.monotonic_ns())).start()
     try:
         assert wait_until(lambda: len(stream.acknowledged) >= 10, 60, 0.2), stream.failures
-        # The worker dies mid-stream; `make up` starts it again (on the VMs: systemd's Restart=always).
+        # The worker dies mid-delivery (the receiver has the request and holds its answer back); `make up`
+        # starts it again (on the VMs: systemd's Restart=always).
+        receiver.hold_next()
+        assert receiver.held.wait(60), "no delivery reached the receiver"
         worker = stack.pid("webhooks")
         os.kill(worker, signal.SIGKILL)
         assert wait_until(lambda: stack.pid("webhooks") is None, 10)
@@ -181,6 +198,8 @@ def run(stack: Stack, receiver: Receiver) -> None:
           f"({sum(times.values())} deliveries), {len(duplicates)} delivered more than once, {len(lost)} lost; "
           f"stream failures {dict(stream.failures)}")
     assert len(acknowledged) >= 20, stream.failures   # the stream really ran
+    # The delivery in hand when the worker died was sent again once its lease ran out: at least once.
+    assert times[receiver.held_id] >= 2, (receiver.held_id, times[receiver.held_id])
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged changes never arrived: {lost[:10]}"
     # One event per change: an order's status change arrives under one webhook-id, however often.
     assert all(len(ids) == 1 for ids in orders.values()), {o: ids for o, ids in orders.items() if len(ids) > 1}
