@@ -19,7 +19,7 @@ TEST_PACKAGES := $(STACK_PACKAGES) chromium vagrant nftables
 DEPLOY_TEST_PACKAGES := debootstrap systemd-container socat iproute2 openssh-client
 DEV_PACKAGES := python3-venv
 
-.PHONY: up down status reset dev test test-suite test-deploy packages-deploy-test test-fast bench bench-ledger bench-topology bench-failover venv packages-dev packages-test packages-stack clean
+.PHONY: up down status reset dev test test-suite test-deploy packages-deploy-test test-fast bench bench-ledger bench-topology bench-failover bench-webhooks venv packages-dev packages-test packages-stack clean
 
 define ensure_packages
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -116,6 +116,10 @@ bench-topology: packages-stack venv
 ## What each database fault costs (host loss, crash, hang, lost standby, ...) and synchronous commit's price.
 bench-failover: packages-stack venv
 	$(BIN)/python bench/failover_bench.py
+
+## Webhook delivery: events per second with 1 and 2 workers, status change to receipt, a slow receiver.
+bench-webhooks: packages-stack venv
+	$(BIN)/python bench/webhook_bench.py
 
 clean:
 	rm -rf $(VENV) $(PATRONI_VENV) var .pytest_cache src/*.egg-info

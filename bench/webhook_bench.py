@@ -23,7 +23,7 @@ Each run has an endpoint (and a receiver path) of its own; the previous run's en
 - every run counts webhook-ids received more than once (expected 0: nothing fails here), missing ones and
   signatures that do not verify.
 
-    python bench/webhook_bench.py [--backlog 5000] [--rate 20] [--seconds 20] [--slow-ms 200]
+    python bench/webhook_bench.py [--backlog 2000] [--rate 20] [--seconds 20] [--slow-ms 200]
                                   [--slow-events 60] [--out DIR]
 
 Writes bench/results/webhook_bench.json (or DIR/webhook_bench.json) and prints Markdown tables for
@@ -43,6 +43,7 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -178,17 +179,22 @@ class Shop:
         self.endpoint: int | None = None
 
     def orders(self, n: int) -> list[int]:
-        ids = []
-        for _ in range(n):
-            self.orders_made += 1
-            ref = f"WH-{self.orders_made:06d}"
-            resp = self.api.post("/api/v1/orders", headers={**self.headers, "Idempotency-Key": ref},
-                                 json={"reference": ref, "product": "BRKT-200", "material": "steel S235",
-                                       "quantity": 10})
-            if resp.status_code != 201:
-                raise SystemExit(f"creating an order: HTTP {resp.status_code} {resp.get_data(as_text=True)}")
-            ids.append(resp.get_json()["id"])
-        return ids
+        """n new orders through the API, made by a few threads (a test client each)."""
+        refs = [f"WH-{self.orders_made + i + 1:06d}" for i in range(n)]
+        self.orders_made += n
+
+        def make(part: list[str]) -> list[int]:
+            api, ids = self.app.test_client(), []
+            for ref in part:
+                resp = api.post("/api/v1/orders", headers={**self.headers, "Idempotency-Key": ref},
+                                json={"reference": ref, "product": "BRKT-200", "material": "steel S235",
+                                      "quantity": 10})
+                if resp.status_code != 201:
+                    raise SystemExit(f"creating an order: HTTP {resp.status_code} {resp.get_data(as_text=True)}")
+                ids.append(resp.get_json()["id"])
+            return ids
+
+        return [oid for part in in_threads(make, refs) for oid in part]
 
     def changes(self, n: int) -> list[tuple[int, str]]:
         """n status changes to make (order, target), on fresh orders, four per order."""
@@ -204,10 +210,21 @@ class Shop:
         return time.time()
 
     def apply(self, changes: list[tuple[int, str]]) -> None:
-        for i in range(0, len(changes), 200):
+        """Make these changes, each order's in its order, by a few threads (a session each)."""
+        by_order: dict[int, list[str]] = {}
+        for oid, step in changes:
+            by_order.setdefault(oid, []).append(step)
+
+        def make(part: list[int]) -> list[None]:
             with self.factory() as session:
-                for oid, step in changes[i:i + 200]:
-                    self.change(session, oid, step)
+                for i, oid in enumerate(part):
+                    for step in by_order[oid]:
+                        self.change(session, oid, step)
+                    if i % 50 == 49:
+                        session.close()  # a fresh identity map now and then
+            return []
+
+        in_threads(make, list(by_order))
 
     def new_endpoint(self, name: str) -> str:
         """Switch the previous run's endpoint off and register this run's; its secret to the receiver."""
@@ -226,6 +243,13 @@ class Shop:
         self.endpoint = body["id"]
         self.receiver.ask("secret", path, body["secret"])
         return path
+
+
+def in_threads(work, items: list, threads: int = 4) -> list:
+    """work(part) on `threads` interleaved parts of items, in threads: the setup overlaps its commits."""
+    parts = [items[i::threads] for i in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(work, parts))
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -375,14 +399,18 @@ def examine(receiver: Receiver, path: str, expected: dict[tuple[int, str], float
 
 # ------------------------------------------------------------------------------------------ the runs
 def drain(shop: Shop, receiver: Receiver, db: Database, postmaster: int, env: dict, *, name: str, events: int,
-          workers: int, batch: int, poll: float = 1.0) -> dict:
-    """A backlog already queued, then the workers started: how fast they empty it."""
+          workers: int, batch: int, poll: float = 1.0, async_commit: bool = False) -> dict:
+    """A backlog already queued, then the workers started: how fast they empty it. `async_commit`: the
+    workers' sessions (only theirs: the role's setting, read when they connect) commit without waiting
+    for the WAL flush, to see what the one commit per delivery costs."""
     path = shop.new_endpoint(name)
     todo = shop.changes(events)
     made = time.time()
     shop.apply(todo)
     log(f"{name}: {events} status changes queued in {time.time() - made:.1f} s; {workers} worker(s), batch {batch}")
     expected = dict.fromkeys(todo, made)
+    if async_commit:
+        db.server.psql("ALTER ROLE mes_app SET synchronous_commit = off;", dbname="mes")
     db.reset()
     base = receiver.count.value
     readings: dict[str, tuple[float, dict, dict]] = {}
@@ -392,6 +420,8 @@ def drain(shop: Shop, receiver: Receiver, db: Database, postmaster: int, env: di
                                                         cpu_seconds(postgres_pids(postmaster))))
         ended = wait_for(receiver, base + events, procs, {0.1: reading("10%"), 0.9: reading("90%")})
         statements = db.statements()
+    if async_commit:
+        db.server.psql("ALTER ROLE mes_app RESET synchronous_commit;", dbname="mes")
     seen = examine(receiver, path, expected)
     receipts = seen["receipts"]
     lo, hi = receipts[int(0.1 * (len(receipts) - 1))], receipts[int(0.9 * (len(receipts) - 1))]
@@ -400,7 +430,7 @@ def drain(shop: Shop, receiver: Receiver, db: Database, postmaster: int, env: di
     per_event = span or 1
     result = {
         "run": name, "events": events, "workers": workers, "batch": batch, "poll_seconds": poll,
-        "delay_ms": round(receiver.delay.value * 1000),
+        "synchronous_commit": "off" if async_commit else "on", "delay_ms": round(receiver.delay.value * 1000),
         "events_per_second": round(span / (hi - lo), 1) if hi > lo else None,
         "events_per_second_overall": round((len(receipts) - 1) / (receipts[-1] - receipts[0]), 1)
         if len(receipts) > 1 else None,
@@ -509,6 +539,8 @@ def main(argv: list[str] | None = None) -> None:
         for workers in (1, 2):
             runs["drain"].append(drain(shop, receiver, db, postmaster, env, name=f"drain-{workers}w",
                                        events=args.backlog, workers=workers, batch=20))
+        runs["drain"].append(drain(shop, receiver, db, postmaster, env, name="drain-2w-async-commit",
+                                   events=args.backlog, workers=2, batch=20, async_commit=True))
         for workers in (1, 2):
             runs["stream"].append(stream(shop, receiver, env, name=f"stream-{workers}w", rate=args.rate,
                                          seconds=args.seconds, workers=workers))
@@ -547,14 +579,15 @@ def git_commit() -> dict:
 
 def markdown(report: dict) -> str:
     runs = report["runs"]
-    lines = ["| run | workers | batch | events | events/s (10%-90%) | from start to drained (s) | worker CPU ms/event "
-             "| PostgreSQL CPU ms/event | statements/event | transactions/event | duplicates | missing |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in runs["drain"] + runs["slow"]:
-        lines.append(f"| {r['run']} | {r['workers']} | {r['batch']} | {r['events']} | {r['events_per_second']} | "
-                     f"{r['seconds_from_start_to_drained']} | {r['worker_cpu_ms_per_event']} | "
-                     f"{r['postgres_cpu_ms_per_event']} | {r['statements_per_event']} | "
-                     f"{r['transactions_per_event']} | {r['duplicates']} | {r['missing']} |")
+    lines = ["| run | workers | batch | synchronous_commit | events | events/s (10%-90%) | start to drained (s) "
+             "| worker CPU ms/event | PostgreSQL CPU ms/event | statements/event | transactions/event | duplicates "
+             "| missing |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs["drain"]:
+        lines.append(f"| {r['run']} | {r['workers']} | {r['batch']} | {r['synchronous_commit']} | {r['events']} | "
+                     f"{r['events_per_second']} | {r['seconds_from_start_to_drained']} | "
+                     f"{r['worker_cpu_ms_per_event']} | {r['postgres_cpu_ms_per_event']} | "
+                     f"{r['statements_per_event']} | {r['transactions_per_event']} | {r['duplicates']} | "
+                     f"{r['missing']} |")
     lines += ["", "| run | workers | poll (s) | events | rate asked / made | p50 / p95 / p99 / max (ms) "
               "| duplicates | missing |", "|---|---|---|---|---|---|---|---|"]
     for r in runs["stream"]:
@@ -562,15 +595,21 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['run']} | {r['workers']} | {r['poll_seconds']} | {r['events']} | {r['rate_asked']} / "
                      f"{r['rate_made']} | {lat.get('p50')} / {lat.get('p95')} / {lat.get('p99')} / {lat.get('max')} | "
                      f"{r['duplicates']} | {r['missing']} |")
-    top = runs["drain"][-1]["top_statements"]
-    lines += ["", "Statements per delivered event (drain, 2 workers):", ""]
-    lines += [f"- {s['per_event']}: `{s['query']}`" for s in top]
+    lines += ["", "| run | workers | batch | receiver answers in (ms) | events | events/s (10%-90%) | events/s (first "
+              "to last) | start to drained (s) | duplicates | missing |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs["slow"]:
+        lines.append(f"| {r['run']} | {r['workers']} | {r['batch']} | {r['delay_ms']} | {r['events']} | "
+                     f"{r['events_per_second']} | {r['events_per_second_overall']} | "
+                     f"{r['seconds_from_start_to_drained']} | {r['duplicates']} | {r['missing']} |")
+    two = next(r for r in runs["drain"] if r["workers"] == 2)
+    lines += ["", f"Statements per delivered event ({two['run']}):", ""]
+    lines += [f"- {s['per_event']}: `{s['query']}`" for s in two["top_statements"]]
     return "\n".join(lines)
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backlog", type=int, default=5000, help="events queued before the workers start")
+    parser.add_argument("--backlog", type=int, default=2000, help="events queued before the workers start")
     parser.add_argument("--rate", type=float, default=20.0, help="status changes per second in the stream runs")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each stream run")
     parser.add_argument("--slow-ms", type=int, default=200, help="the slow receiver's answer time")
