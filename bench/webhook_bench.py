@@ -12,10 +12,11 @@ signature with the standardwebhooks library and keeps each webhook-id with its t
 
 Each run has an endpoint (and a receiver path) of its own; the previous run's endpoint is switched off.
 
-- drain: a backlog of `--backlog` status changes already committed, then 1 or 2 workers started; the rate
-  is taken between the 10% and 90% receipts (the workers' start-up left out), CPU per event of the workers
-  and of every PostgreSQL process over the same span (from /proc), statements and transactions per event
-  (pg_stat_statements, pg_stat_database) over the whole drain;
+- drain: a backlog of `--backlog` status changes already committed, then 1 or 2 workers started, in
+  `--rounds` shuffled rounds (medians reported); the rate is taken between the 10% and 90% receipts (the
+  workers' start-up left out), CPU per event of the workers and of every PostgreSQL process over the same
+  span (from /proc), statements and transactions per event (pg_stat_statements) over the whole drain; one
+  more drain with 2 workers whose sessions commit asynchronously shows what a commit's flush costs;
 - stream: 1 or 2 workers already running, then status changes at `--rate` per second for `--seconds`
   (below capacity); latency from the change's commit (when change_status returned) to its receipt;
 - slow receiver: the receiver answers after `--slow-ms`; a backlog of `--slow-events` drained with 1 and
@@ -23,7 +24,7 @@ Each run has an endpoint (and a receiver path) of its own; the previous run's en
 - every run counts webhook-ids received more than once (expected 0: nothing fails here), missing ones and
   signatures that do not verify.
 
-    python bench/webhook_bench.py [--backlog 2000] [--rate 20] [--seconds 20] [--slow-ms 200]
+    python bench/webhook_bench.py [--backlog 1000] [--rounds 3] [--rate 20] [--seconds 20] [--slow-ms 200]
                                   [--slow-events 60] [--out DIR]
 
 Writes bench/results/webhook_bench.json (or DIR/webhook_bench.json) and prints Markdown tables for
@@ -36,6 +37,7 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import signal
 import statistics
 import subprocess
@@ -60,6 +62,7 @@ LOOPBACK = "127.0.0.1/32"
 STEPS = ("queued", "in_production", "quality_check", "packed")  # one status change each, from "new"
 TICKS = os.sysconf("SC_CLK_TCK")
 RUN_TIMEOUT = 180.0
+SEED = 20261130
 
 
 def log(message: str) -> None:
@@ -536,9 +539,11 @@ def main(argv: list[str] | None = None) -> None:
                "MES_DB_APPLICATION_NAME": "mes-webhook-worker"}
 
         runs: dict[str, list[dict]] = {"drain": [], "stream": [], "slow": []}
-        for workers in (1, 2):
-            runs["drain"].append(drain(shop, receiver, db, postmaster, env, name=f"drain-{workers}w",
-                                       events=args.backlog, workers=workers, batch=20))
+        rng = random.Random(SEED)
+        for round_ in range(1, args.rounds + 1):  # shuffled rounds: a burst of the neighbours' load hits both
+            for workers in rng.sample((1, 2), 2):
+                runs["drain"].append(drain(shop, receiver, db, postmaster, env, name=f"drain-{workers}w-r{round_}",
+                                           events=args.backlog, workers=workers, batch=20))
         runs["drain"].append(drain(shop, receiver, db, postmaster, env, name="drain-2w-async-commit",
                                    events=args.backlog, workers=2, batch=20, async_commit=True))
         for workers in (1, 2):
@@ -554,7 +559,7 @@ def main(argv: list[str] | None = None) -> None:
 
     report = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": f"python bench/webhook_bench.py --backlog {args.backlog} --rate {args.rate} --seconds "
+        "command": f"python bench/webhook_bench.py --backlog {args.backlog} --rounds {args.rounds} --rate {args.rate} --seconds "
                    f"{args.seconds} --slow-ms {args.slow_ms} --slow-events {args.slow_events}",
         "commit": git_commit(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -563,12 +568,30 @@ def main(argv: list[str] | None = None) -> None:
         "postgresql": "15, durable (fsync, synchronous_commit on)",
         "worker_defaults": {"batch": 20, "poll_seconds": 1.0},
         "run_seconds": round(time.time() - began),
+        "drain_medians": drain_medians(runs["drain"]),
         "runs": runs,
     }
     out = Path(args.out) if args.out else RESULTS
     out.mkdir(parents=True, exist_ok=True)
     (out / "webhook_bench.json").write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(report))
+
+
+def drain_medians(drains: list[dict]) -> list[dict]:
+    """Per configuration of the drain runs: the medians over its rounds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in drains:
+        groups.setdefault((r["workers"], r["synchronous_commit"]), []).append(r)
+    found = []
+    for (workers, sync), rs in groups.items():
+        rates = [r["events_per_second"] for r in rs if r["events_per_second"]]
+        found.append({"workers": workers, "synchronous_commit": sync, "runs": len(rs),
+                      "events_per_second": statistics.median(rates), "min": min(rates), "max": max(rates),
+                      **{k: statistics.median(r[k] for r in rs) for k in (
+                          "worker_cpu_ms_per_event", "postgres_cpu_ms_per_event", "statements_per_event",
+                          "transactions_per_event", "seconds_from_start_to_drained")},
+                      "duplicates": sum(r["duplicates"] for r in rs), "missing": sum(r["missing"] for r in rs)})
+    return found
 
 
 def git_commit() -> dict:
@@ -601,6 +624,15 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['run']} | {r['workers']} | {r['batch']} | {r['delay_ms']} | {r['events']} | "
                      f"{r['events_per_second']} | {r['events_per_second_overall']} | "
                      f"{r['seconds_from_start_to_drained']} | {r['duplicates']} | {r['missing']} |")
+    one = next(m for m in report["drain_medians"] if m["workers"] == 1)
+    lines += ["", "| workers | synchronous_commit | runs | events/s median (min-max) | vs 1 worker | worker CPU ms/event "
+              "| PostgreSQL CPU ms/event | statements/event | duplicates | missing |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for m in report["drain_medians"]:
+        lines.append(f"| {m['workers']} | {m['synchronous_commit']} | {m['runs']} | {m['events_per_second']} "
+                     f"({m['min']}-{m['max']}) | {m['events_per_second'] / one['events_per_second']:.2f}x | "
+                     f"{m['worker_cpu_ms_per_event']} | {m['postgres_cpu_ms_per_event']} | "
+                     f"{m['statements_per_event']} | {m['duplicates']} | {m['missing']} |")
     two = next(r for r in runs["drain"] if r["workers"] == 2)
     lines += ["", f"Statements per delivered event ({two['run']}):", ""]
     lines += [f"- {s['per_event']}: `{s['query']}`" for s in two["top_statements"]]
@@ -609,7 +641,8 @@ def markdown(report: dict) -> str:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backlog", type=int, default=2000, help="events queued before the workers start")
+    parser.add_argument("--backlog", type=int, default=1000, help="events queued before the workers start")
+    parser.add_argument("--rounds", type=int, default=3, help="drain runs of each worker count, shuffled")
     parser.add_argument("--rate", type=float, default=20.0, help="status changes per second in the stream runs")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each stream run")
     parser.add_argument("--slow-ms", type=int, default=200, help="the slow receiver's answer time")
