@@ -351,7 +351,13 @@ class Database:
         self.server = server
 
     def reset(self) -> None:
-        self.server.psql("SELECT pg_stat_statements_reset();", dbname="mes")
+        self.server.psql("SELECT pg_stat_statements_reset(); SELECT pg_stat_reset_shared('wal');", dbname="mes")
+
+    def wal_flushes(self) -> tuple[int, float]:
+        """WAL flushes (fsyncs) since the reset, and the milliseconds they took (track_wal_io_timing)."""
+        out = self.server.psql("COPY (SELECT wal_sync, wal_sync_time FROM pg_stat_wal) TO STDOUT;", dbname="mes")
+        count, ms = out.split()
+        return int(count), float(ms)
 
     def statements(self) -> list[tuple[int, str]]:
         out = self.server.psql(
@@ -423,6 +429,8 @@ def drain(shop: Shop, receiver: Receiver, db: Database, postmaster: int, env: di
                                                         cpu_seconds(postgres_pids(postmaster))))
         ended = wait_for(receiver, base + events, procs, {0.1: reading("10%"), 0.9: reading("90%")})
         statements = db.statements()
+    time.sleep(0.5)  # the workers' backends have ended and reported their WAL statistics
+    flushes, flush_ms = db.wal_flushes()
     if async_commit:
         db.server.psql("ALTER ROLE mes_app RESET synchronous_commit;", dbname="mes")
     seen = examine(receiver, path, expected)
@@ -443,6 +451,8 @@ def drain(shop: Shop, receiver: Receiver, db: Database, postmaster: int, env: di
         "cpu_window_events": span,
         "transactions_per_event": round(sum(c for c, q in statements if q in ("COMMIT", "ROLLBACK")) / events, 2),
         "statements_per_event": round(sum(c for c, _ in statements) / events, 2),
+        "wal_flushes_per_event": round(flushes / events, 2),
+        "wal_flush_ms_average": round(flush_ms / flushes, 2) if flushes else None,
         "top_statements": [{"per_event": round(c / events, 2), "query": q} for c, q in statements[:8]],
         "duplicates": seen["duplicates"], "missing": seen["missing"], "bad_signatures": seen["bad_signatures"],
         "requests": seen["requests"], "load_average": os.getloadavg()[0],
@@ -451,7 +461,8 @@ def drain(shop: Shop, receiver: Receiver, db: Database, postmaster: int, env: di
     result["last_event_waited_seconds"] = round(max(waits), 2) if waits else None
     log(f"  {result['events_per_second']} events/s (10%-90%), worker CPU {result['worker_cpu_ms_per_event']} ms/event, "
         f"PostgreSQL CPU {result['postgres_cpu_ms_per_event']} ms/event, {result['statements_per_event']} "
-        f"statements/event, duplicates {result['duplicates']}, missing {result['missing']}")
+        f"statements/event, {result['wal_flushes_per_event']} WAL flushes/event of {result['wal_flush_ms_average']} ms, "
+        f"duplicates {result['duplicates']}, missing {result['missing']}")
     return result
 
 
@@ -515,7 +526,8 @@ def main(argv: list[str] | None = None) -> None:
         receiver = Receiver(free_port())
         stack.callback(receiver.close)
         server = stack.enter_context(temporary_postgres({"shared_preload_libraries": "pg_stat_statements",
-                                                         "pg_stat_statements.track": "all"}))
+                                                         "pg_stat_statements.track": "all",
+                                                         "track_wal_io_timing": "on"}))
         owner_url, app_url = create_mes_database(server)
         server.psql("CREATE EXTENSION pg_stat_statements;", dbname="mes")
         settings = Settings(pools=("operator", "public"), database_url=app_url, migration_database_url=owner_url,
@@ -540,12 +552,11 @@ def main(argv: list[str] | None = None) -> None:
 
         runs: dict[str, list[dict]] = {"drain": [], "stream": [], "slow": []}
         rng = random.Random(SEED)
-        for round_ in range(1, args.rounds + 1):  # shuffled rounds: a burst of the neighbours' load hits both
-            for workers in rng.sample((1, 2), 2):
-                runs["drain"].append(drain(shop, receiver, db, postmaster, env, name=f"drain-{workers}w-r{round_}",
-                                           events=args.backlog, workers=workers, batch=20))
-        runs["drain"].append(drain(shop, receiver, db, postmaster, env, name="drain-2w-async-commit",
-                                   events=args.backlog, workers=2, batch=20, async_commit=True))
+        drains = {"1w": dict(workers=1), "2w": dict(workers=2), "2w-async-commit": dict(workers=2, async_commit=True)}
+        for round_ in range(1, args.rounds + 1):  # shuffled rounds: a burst of the neighbours' load hits all alike
+            for name in rng.sample(list(drains), len(drains)):
+                runs["drain"].append(drain(shop, receiver, db, postmaster, env, name=f"drain-{name}-r{round_}",
+                                           events=args.backlog, batch=20, **drains[name]))
         for workers in (1, 2):
             runs["stream"].append(stream(shop, receiver, env, name=f"stream-{workers}w", rate=args.rate,
                                          seconds=args.seconds, workers=workers))
@@ -589,7 +600,8 @@ def drain_medians(drains: list[dict]) -> list[dict]:
                       "events_per_second": statistics.median(rates), "min": min(rates), "max": max(rates),
                       **{k: statistics.median(r[k] for r in rs) for k in (
                           "worker_cpu_ms_per_event", "postgres_cpu_ms_per_event", "statements_per_event",
-                          "transactions_per_event", "seconds_from_start_to_drained")},
+                          "transactions_per_event", "seconds_from_start_to_drained", "wal_flushes_per_event")},
+                      "wal_flush_ms_average": statistics.median(r["wal_flush_ms_average"] or 0 for r in rs),
                       "duplicates": sum(r["duplicates"] for r in rs), "missing": sum(r["missing"] for r in rs)})
     return found
 
@@ -626,13 +638,14 @@ def markdown(report: dict) -> str:
                      f"{r['seconds_from_start_to_drained']} | {r['duplicates']} | {r['missing']} |")
     one = next(m for m in report["drain_medians"] if m["workers"] == 1)
     lines += ["", "| workers | synchronous_commit | runs | events/s median (min-max) | vs 1 worker | worker CPU ms/event "
-              "| PostgreSQL CPU ms/event | statements/event | duplicates | missing |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| PostgreSQL CPU ms/event | statements/event | WAL flushes/event (ms each) | duplicates | missing |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in report["drain_medians"]:
         lines.append(f"| {m['workers']} | {m['synchronous_commit']} | {m['runs']} | {m['events_per_second']} "
                      f"({m['min']}-{m['max']}) | {m['events_per_second'] / one['events_per_second']:.2f}x | "
                      f"{m['worker_cpu_ms_per_event']} | {m['postgres_cpu_ms_per_event']} | "
-                     f"{m['statements_per_event']} | {m['duplicates']} | {m['missing']} |")
+                     f"{m['statements_per_event']} | {m['wal_flushes_per_event']} ({m['wal_flush_ms_average']}) | "
+                     f"{m['duplicates']} | {m['missing']} |")
     two = next(r for r in runs["drain"] if r["workers"] == 2)
     lines += ["", f"Statements per delivered event ({two['run']}):", ""]
     lines += [f"- {s['per_event']}: `{s['query']}`" for s in two["top_statements"]]
