@@ -646,7 +646,7 @@ def markdown(report: dict) -> str:
                      f"{m['worker_cpu_ms_per_event']} | {m['postgres_cpu_ms_per_event']} | "
                      f"{m['statements_per_event']} | {m['wal_flushes_per_event']} ({m['wal_flush_ms_average']}) | "
                      f"{m['duplicates']} | {m['missing']} |")
-    two = next(r for r in runs["drain"] if r["workers"] == 2)
+    two = next(r for r in runs["drain"] if r["workers"] == 2 and r["synchronous_commit"] == "on")
     lines += ["", f"Statements per delivered event ({two['run']}):", ""]
     lines += [f"- {s['per_event']}: `{s['query']}`" for s in two["top_statements"]]
     return "\n".join(lines)
