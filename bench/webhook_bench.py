@@ -21,11 +21,13 @@ Each run has an endpoint (and a receiver path) of its own; the previous run's en
   (below capacity); latency from the change's commit (when change_status returned) to its receipt;
 - slow receiver: the receiver answers after `--slow-ms`; a backlog of `--slow-events` drained with 1 and
   2 workers and a few batch sizes (MES_WEBHOOK_BATCH): what the settings give when the receiver is slow;
+- profile: one worker's passes over a backlog of `--profile-events`, in this process under cProfile: the
+  shares of its time in claiming, sending, recording, and waiting on PostgreSQL;
 - every run counts webhook-ids received more than once (expected 0: nothing fails here), missing ones and
   signatures that do not verify.
 
     python bench/webhook_bench.py [--backlog 1000] [--rounds 3] [--rate 20] [--seconds 20] [--slow-ms 200]
-                                  [--slow-events 60] [--out DIR]
+                                  [--slow-events 60] [--profile-events 500] [--out DIR]
 
 Writes bench/results/webhook_bench.json (or DIR/webhook_bench.json) and prints Markdown tables for
 BENCHMARKS.md. Nothing is asserted about time.
@@ -461,7 +463,8 @@ def drain(shop: Shop, receiver: Receiver, db: Database, postmaster: int, env: di
     result["last_event_waited_seconds"] = round(max(waits), 2) if waits else None
     log(f"  {result['events_per_second']} events/s (10%-90%), worker CPU {result['worker_cpu_ms_per_event']} ms/event, "
         f"PostgreSQL CPU {result['postgres_cpu_ms_per_event']} ms/event, {result['statements_per_event']} "
-        f"statements/event, {result['wal_flushes_per_event']} WAL flushes/event of {result['wal_flush_ms_average']} ms, "
+        f"statements/event, {result['wal_flushes_per_event']} WAL flushes/event of "
+        f"{result['wal_flush_ms_average']} ms, "
         f"duplicates {result['duplicates']}, missing {result['missing']}")
     return result
 
@@ -503,6 +506,46 @@ def stream(shop: Shop, receiver: Receiver, env: dict, *, name: str, rate: float,
         "requests": seen["requests"], "load_average": os.getloadavg()[0],
     }
     log(f"  latency {result['latency_ms']}, duplicates {result['duplicates']}, missing {result['missing']}")
+    return result
+
+
+def profile(shop: Shop, settings, events: int) -> dict:
+    """One worker's passes in this process under cProfile, over a backlog: the shares of its time in
+    recording outcomes, in sending, and in waiting on PostgreSQL (the driver's execute and commit)."""
+    import cProfile
+    import pstats
+
+    import mes
+    from mes.webhook_worker import WebhookMetrics, http_session, run_once
+
+    shop.new_endpoint("profile")
+    shop.apply(shop.changes(events))
+    worker = mes.create_app(settings)  # as `mes deliver-webhooks` builds it
+    factory, metrics = worker.extensions["mes_sessionmaker"], WebhookMetrics()
+    http = http_session(settings.webhook_address_policy)
+    profiler, delivered = cProfile.Profile(), 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    profiler.enable()
+    while count := sum(run_once(factory, settings, metrics, http=http).values()):
+        delivered += count
+    profiler.disable()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    worker.extensions["mes_engine"].dispose()
+    stats = pstats.Stats(profiler).stats
+
+    def cumulative(module: str, name: str, own: bool = False) -> float:
+        return sum(v[2] if own else v[3] for (path, _, fn), v in stats.items() if path.endswith(module) and fn == name)
+
+    total = cumulative("webhook_worker.py", "run_once")
+    db_wait = (cumulative("~", "<method 'execute' of 'psycopg2.extensions.cursor' objects>", own=True)
+               + cumulative("~", "<method 'commit' of 'psycopg2.extensions.connection' objects>", own=True))
+    result = {"events": delivered, "wall_ms_per_event_profiled": round(wall * 1000 / delivered, 2),
+              "cpu_ms_per_event_profiled": round(cpu * 1000 / delivered, 2),
+              "share_record": round(cumulative("webhook_worker.py", "record") / total, 2),
+              "share_send": round(cumulative("webhook_worker.py", "send") / total, 2),
+              "share_claim": round(cumulative("webhook_worker.py", "claim") / total, 2),
+              "share_waiting_on_postgresql": round(db_wait / total, 2)}
+    log(f"profile: {result}")
     return result
 
 
@@ -567,11 +610,13 @@ def main(argv: list[str] | None = None) -> None:
             runs["slow"].append(drain(shop, receiver, db, postmaster, env, name=f"slow-{workers}w-batch{batch}",
                                       events=args.slow_events, workers=workers, batch=batch))
         receiver.delay.value = 0.0
+        worker_profile = profile(shop, settings, args.profile_events)
 
     report = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": f"python bench/webhook_bench.py --backlog {args.backlog} --rounds {args.rounds} --rate {args.rate} --seconds "
-                   f"{args.seconds} --slow-ms {args.slow_ms} --slow-events {args.slow_events}",
+        "command": f"python bench/webhook_bench.py --backlog {args.backlog} --rounds {args.rounds} --rate {args.rate} "
+                   f"--seconds {args.seconds} --slow-ms {args.slow_ms} --slow-events {args.slow_events} "
+                   f"--profile-events {args.profile_events}",
         "commit": git_commit(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_before": [round(v, 2) for v in load_before],
@@ -580,6 +625,7 @@ def main(argv: list[str] | None = None) -> None:
         "worker_defaults": {"batch": 20, "poll_seconds": 1.0},
         "run_seconds": round(time.time() - began),
         "drain_medians": drain_medians(runs["drain"]),
+        "worker_profile": worker_profile,
         "runs": runs,
     }
     out = Path(args.out) if args.out else RESULTS
@@ -637,8 +683,9 @@ def markdown(report: dict) -> str:
                      f"{r['events_per_second']} | {r['events_per_second_overall']} | "
                      f"{r['seconds_from_start_to_drained']} | {r['duplicates']} | {r['missing']} |")
     one = next(m for m in report["drain_medians"] if m["workers"] == 1)
-    lines += ["", "| workers | synchronous_commit | runs | events/s median (min-max) | vs 1 worker | worker CPU ms/event "
-              "| PostgreSQL CPU ms/event | statements/event | WAL flushes/event (ms each) | duplicates | missing |",
+    lines += ["", "| workers | synchronous_commit | runs | events/s median (min-max) | vs 1 worker "
+              "| worker CPU ms/event | PostgreSQL CPU ms/event | statements/event | WAL flushes/event (ms each) "
+              "| duplicates | missing |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in report["drain_medians"]:
         lines.append(f"| {m['workers']} | {m['synchronous_commit']} | {m['runs']} | {m['events_per_second']} "
@@ -649,6 +696,7 @@ def markdown(report: dict) -> str:
     two = next(r for r in runs["drain"] if r["workers"] == 2 and r["synchronous_commit"] == "on")
     lines += ["", f"Statements per delivered event ({two['run']}):", ""]
     lines += [f"- {s['per_event']}: `{s['query']}`" for s in two["top_statements"]]
+    lines += ["", f"One worker under cProfile: {json.dumps(report['worker_profile'])}"]
     return "\n".join(lines)
 
 
@@ -660,6 +708,7 @@ def parse_args(argv):
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each stream run")
     parser.add_argument("--slow-ms", type=int, default=200, help="the slow receiver's answer time")
     parser.add_argument("--slow-events", type=int, default=60, help="backlog of the slow-receiver runs")
+    parser.add_argument("--profile-events", type=int, default=500, help="backlog of the profiled pass")
     parser.add_argument("--out", help="folder of the results (default bench/results/)")
     return parser.parse_args(argv)
 
