@@ -61,7 +61,7 @@ PARTNER = "bench-partner"
 CHIEF = ("bench-chief", "bench-password")
 NO_LIMITS = {"standard": "10000000/minute", "bulk": "10000000/minute", "crm": "10000000/minute"}
 LOOPBACK = "127.0.0.1/32"
-STEPS = ("queued", "in_production", "quality_check", "packed")  # one status change each, from "new"
+STEPS = ("queued", "in_production", "quality_check", "packed")  # one status change each, from "received"
 TICKS = os.sysconf("SC_CLK_TCK")
 RUN_TIMEOUT = 180.0
 SEED = 20261130
@@ -378,9 +378,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def wait_for(receiver: Receiver, target: int, workers: Workers, marks: dict[float, callable]) -> float:
+def wait_for(receiver: Receiver, target: int, workers: Workers, marks: dict[float, callable]) -> None:
     """Until the receiver has counted `target` requests; each mark (a share of the run) calls its function
-    once when reached. The time the last one came (or the deadline's)."""
+    once when reached (those not reached by the deadline, at the end)."""
     start = receiver.count.value
     todo = sorted(marks.items())
     deadline = time.monotonic() + RUN_TIMEOUT
@@ -393,7 +393,6 @@ def wait_for(receiver: Receiver, target: int, workers: Workers, marks: dict[floa
         time.sleep(0.005)
     for _, call in todo:
         call()
-    return time.time()
 
 
 def examine(receiver: Receiver, path: str, expected: dict[tuple[int, str], float]) -> dict:
@@ -429,7 +428,7 @@ def drain(shop: Shop, receiver: Receiver, db: Database, postmaster: int, env: di
         def reading(label):
             return lambda: readings.__setitem__(label, (time.time(), cpu_seconds(procs.pids()),
                                                         cpu_seconds(postgres_pids(postmaster))))
-        ended = wait_for(receiver, base + events, procs, {0.1: reading("10%"), 0.9: reading("90%")})
+        wait_for(receiver, base + events, procs, {0.1: reading("10%"), 0.9: reading("90%")})
         statements = db.statements()
     time.sleep(0.5)  # the workers' backends have ended and reported their WAL statistics
     flushes, flush_ms = db.wal_flushes()
@@ -439,7 +438,7 @@ def drain(shop: Shop, receiver: Receiver, db: Database, postmaster: int, env: di
     receipts = seen["receipts"]
     lo, hi = receipts[int(0.1 * (len(receipts) - 1))], receipts[int(0.9 * (len(receipts) - 1))]
     span = int(0.9 * (len(receipts) - 1)) - int(0.1 * (len(receipts) - 1))
-    (t10, w10, p10), (t90, w90, p90) = readings["10%"], readings["90%"]
+    (_, w10, p10), (_, w90, p90) = readings["10%"], readings["90%"]
     per_event = span or 1
     result = {
         "run": name, "events": events, "workers": workers, "batch": batch, "poll_seconds": poll,
@@ -596,7 +595,7 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[dict]] = {"drain": [], "stream": [], "slow": []}
         rng = random.Random(SEED)
         drains = {"1w": dict(workers=1), "2w": dict(workers=2), "2w-async-commit": dict(workers=2, async_commit=True)}
-        for round_ in range(1, args.rounds + 1):  # shuffled rounds: a burst of the neighbours' load hits all alike
+        for round_ in range(1, args.rounds + 1):  # shuffled rounds: a burst of other processes' load hits all alike
             for name in rng.sample(list(drains), len(drains)):
                 runs["drain"].append(drain(shop, receiver, db, postmaster, env, name=f"drain-{name}-r{round_}",
                                            events=args.backlog, batch=20, **drains[name]))
