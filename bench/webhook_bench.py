@@ -515,11 +515,13 @@ def profile(shop: Shop, settings, events: int) -> dict:
     import pstats
 
     import mes
+    from mes import webhook_worker as worker_module
     from mes.webhook_worker import WebhookMetrics, http_session, run_once
 
     shop.new_endpoint("profile")
     shop.apply(shop.changes(events))
-    worker = mes.create_app(settings)  # as `mes deliver-webhooks` builds it
+    worker = mes.create_app(settings)  # as `mes deliver-webhooks` builds it, tracing included
+    worker_module.init_tracing()
     factory, metrics = worker.extensions["mes_sessionmaker"], WebhookMetrics()
     http = http_session(settings.webhook_address_policy)
     profiler, delivered = cProfile.Profile(), 0
@@ -532,17 +534,21 @@ def profile(shop: Shop, settings, events: int) -> dict:
     worker.extensions["mes_engine"].dispose()
     stats = pstats.Stats(profiler).stats
 
-    def cumulative(module: str, name: str, own: bool = False) -> float:
-        return sum(v[2] if own else v[3] for (path, _, fn), v in stats.items() if path.endswith(module) and fn == name)
+    def cumulative(function) -> float:
+        code = function.__code__
+        return stats.get((code.co_filename, code.co_firstlineno, code.co_name), (0, 0, 0, 0.0))[3]
 
-    total = cumulative("webhook_worker.py", "run_once")
-    db_wait = (cumulative("~", "<method 'execute' of 'psycopg2.extensions.cursor' objects>", own=True)
-               + cumulative("~", "<method 'commit' of 'psycopg2.extensions.connection' objects>", own=True))
+    def own(builtin: str) -> float:
+        return sum(v[2] for (path, _, name), v in stats.items() if path == "~" and name == builtin)
+
+    total = cumulative(run_once)
+    db_wait = (own("<method 'execute' of 'psycopg2.extensions.cursor' objects>")
+               + own("<method 'commit' of 'psycopg2.extensions.connection' objects>"))
     result = {"events": delivered, "wall_ms_per_event_profiled": round(wall * 1000 / delivered, 2),
               "cpu_ms_per_event_profiled": round(cpu * 1000 / delivered, 2),
-              "share_record": round(cumulative("webhook_worker.py", "record") / total, 2),
-              "share_send": round(cumulative("webhook_worker.py", "send") / total, 2),
-              "share_claim": round(cumulative("webhook_worker.py", "claim") / total, 2),
+              "share_record": round(cumulative(worker_module.record) / total, 2),
+              "share_send": round(cumulative(worker_module.send) / total, 2),
+              "share_claim": round(cumulative(worker_module.claim) / total, 2),
               "share_waiting_on_postgresql": round(db_wait / total, 2)}
     log(f"profile: {result}")
     return result
