@@ -44,6 +44,7 @@ class Receiver:
         self.received: list[tuple[str, dict, bytes]] = []
         self.plan: list[int] = []
         self.delay = 0.0
+        self.in_flight = self.most_in_flight = 0  # requests being answered at once
         self.lock = threading.Lock()
         receiver = self
 
@@ -53,7 +54,11 @@ class Receiver:
                 with receiver.lock:
                     receiver.received.append((self.path, dict(self.headers), body))
                     status = receiver.plan.pop(0) if receiver.plan else 200
+                    receiver.in_flight += 1
+                    receiver.most_in_flight = max(receiver.most_in_flight, receiver.in_flight)
                 time.sleep(receiver.delay)
+                with receiver.lock:
+                    receiver.in_flight -= 1
                 self.send_response(status)
                 if status in (301, 302, 307, 308):
                     self.send_header("Location", "/elsewhere")
@@ -421,6 +426,31 @@ def test_two_workers_at_once_never_deliver_one_event_twice(app, client, accounts
     assert not errors
     ids = [h["webhook-id"] for _, h, _ in receiver.received]
     assert len(ids) == 30 and len(set(ids)) == 30
+
+
+def test_a_slow_receiver_holds_up_no_other_partner_and_a_batch_is_sent_at_once(app, client, accounts_):
+    """One partner's receiver takes a second per answer and its events are the oldest: a pass still takes
+    at most `webhook_endpoint_batch` of them and the other partner's events beside them, and sends the
+    batch at once (the slow receiver has all of its requests before it answers the first)."""
+    slow, quick = Receiver(), Receiver()
+    try:
+        slow.delay = 1.0
+        acme, globex = accounts_.partner(), accounts_.partner("globex-erp", "GLOBEX")
+        slow_endpoint, quick_endpoint = register(client, acme, slow.url), register(client, globex, quick.url)
+        for _ in range(8):
+            client.post(f"/api/v1/webhook-endpoints/{slow_endpoint['id']}/test", headers=auth(acme))
+        for _ in range(3):
+            client.post(f"/api/v1/webhook-endpoints/{quick_endpoint['id']}/test", headers=auth(globex))
+        small = replace(app.extensions["mes_settings"], webhook_batch=6, webhook_endpoint_batch=3)
+        assert deliver(app, settings=small) == {"delivered": 6}
+        assert len(quick.received) == 3 and len(slow.received) == 3
+        assert slow.most_in_flight == 3
+        while deliver(app, settings=small):
+            pass
+        assert len({h["webhook-id"] for _, h, _ in slow.received}) == 8 == len(slow.received)
+    finally:
+        slow.close()
+        quick.close()
 
 
 def test_delivered_payloads_match_the_documents_webhooks_section(app, client, accounts_, db, boss, receiver):

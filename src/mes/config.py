@@ -153,7 +153,8 @@ class Settings:
     webhook_retry_hours: float = 72.0
     # After a rotation the previous secret signs too for this long.
     webhook_secret_overlap_hours: float = 24.0
-    webhook_batch: int = 20  # deliveries a worker claims at once
+    webhook_batch: int = 20  # deliveries a worker claims at once, and sends at once
+    webhook_endpoint_batch: int = 5  # at most this many of them for one endpoint
     # The outbox keeps every event this long (longer than the retries), so that a range can be replayed,
     # then the scheduler prunes finished ones, in batches of this many events, each its own transaction.
     webhook_retention_days: float = 30.0
@@ -255,6 +256,7 @@ class Settings:
             webhook_secret_overlap_hours=float(_env("MES_WEBHOOK_SECRET_OVERLAP_HOURS",
                                                     str(defaults.webhook_secret_overlap_hours))),
             webhook_batch=int(_env("MES_WEBHOOK_BATCH", str(defaults.webhook_batch))),
+            webhook_endpoint_batch=int(_env("MES_WEBHOOK_ENDPOINT_BATCH", str(defaults.webhook_endpoint_batch))),
             webhook_poll_seconds=float(_env("MES_WEBHOOK_POLL_SECONDS", str(defaults.webhook_poll_seconds))),
             webhook_retention_days=_retention_days(_env("MES_WEBHOOK_RETENTION_DAYS",
                                                         str(defaults.webhook_retention_days)), retry_hours),

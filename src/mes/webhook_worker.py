@@ -7,6 +7,10 @@ queued in the change's own psycopg2 transaction and the outbox would still need 
 outbox rows already are the queue, and one `SELECT ... FOR UPDATE SKIP LOCKED` in a write transaction (which
 Pgpool-II sends to the primary) is all the locking they would add, with no LISTEN/NOTIFY to lose in a failover.
 
+A pass claims a batch, at most `webhook_endpoint_batch` deliveries of any one endpoint (a partner whose
+receiver hangs or whose backlog is deep cannot hold up the others), and sends the whole batch at once from
+a thread pool, each send ending within its connect and read timeouts.
+
 Claiming moves a row's `next_attempt_at` a lease ahead (longer than a delivery can take) under a fresh
 claim token and commits; the HTTP request runs outside any transaction, and its outcome is written only
 while the token is still the row's. Several workers never hold one delivery at once; a worker that dies
@@ -31,6 +35,8 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -146,13 +152,26 @@ def lease(settings: Settings) -> timedelta:
     return timedelta(seconds=settings.webhook_connect_timeout + settings.webhook_read_timeout) + LEASE_MARGIN
 
 
+def fair_share(settings: Settings, now: datetime):
+    """The ids of the oldest due deliveries, at most `webhook_endpoint_batch` of each endpoint: an
+    endpoint with a deep backlog (or one that hangs until its timeouts) cannot fill a whole batch and make
+    every other partner's events wait behind its own."""
+    ranked = (select(WebhookDelivery.id, WebhookDelivery.next_attempt_at,
+                     func.row_number().over(partition_by=WebhookDelivery.endpoint_id,
+                                            order_by=(WebhookDelivery.next_attempt_at, WebhookDelivery.id))
+                     .label("n"))
+              .where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now).subquery())
+    return (select(ranked.c.id).where(ranked.c.n <= settings.webhook_endpoint_batch)
+            .order_by(ranked.c.next_attempt_at).limit(2 * settings.webhook_batch))
+
+
 def claim(session: Session, settings: Settings, now: datetime) -> list[Claimed]:
-    """Take up to a batch of due deliveries for this worker (SKIP LOCKED: rows another worker is
-    claiming are passed over, not waited for)."""
+    """Take up to a batch of due deliveries for this worker, a fair share of each endpoint (SKIP LOCKED:
+    rows another worker is claiming are passed over, not waited for)."""
     begin_write(session)
     try:
         rows = list(session.scalars(
-            select(WebhookDelivery).where(WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
+            select(WebhookDelivery).where(WebhookDelivery.id.in_(fair_share(settings, now)))
             .order_by(WebhookDelivery.next_attempt_at).limit(settings.webhook_batch)
             .options(lazyload(WebhookDelivery.attempt_log))  # the log is not needed to send
             .with_for_update(skip_locked=True, of=WebhookDelivery)))
@@ -291,9 +310,9 @@ def _guarded(connection_class: type, pool_class: type, policy: rules.AddressPoli
 
 
 class GuardedAdapter(HTTPAdapter):
-    def __init__(self, policy: rules.AddressPolicy):
+    def __init__(self, policy: rules.AddressPolicy, connections: int = 10):
         self.policy = policy
-        super().__init__()
+        super().__init__(pool_maxsize=connections)
 
     def send(self, request, *args, **kwargs):
         """Send without the trace context the requests instrumentation added (see the module's doc)."""
@@ -308,36 +327,52 @@ class GuardedAdapter(HTTPAdapter):
             "https": _guarded(HTTPSConnection, HTTPSConnectionPool, self.policy)}
 
 
-def http_session(policy: rules.AddressPolicy) -> requests.Session:
+def http_session(policy: rules.AddressPolicy, connections: int = 10) -> requests.Session:
     """Connections that check their peer's address; no proxies from the environment (they would
-    bypass the address guard), no stored cookies."""
+    bypass the address guard), no stored cookies; up to `connections` kept per receiver (a batch is
+    sent at once)."""
     http = requests.Session()
     http.trust_env = False
-    adapter = GuardedAdapter(policy)
+    adapter = GuardedAdapter(policy, connections)
     http.mount("http://", adapter)
     http.mount("https://", adapter)
     return http
 
 
+def _send_traced(http: requests.Session, c: Claimed, settings: Settings) -> tuple[Outcome, trace.Span]:
+    """Send in a thread of the pool, inside the delivery's span (the HTTP request becomes its child);
+    the span is ended by whoever records the outcome."""
+    span = _tracer.start_span("webhook delivery", kind=SpanKind.INTERNAL, attributes={
+        "mes.webhook.endpoint_id": c.endpoint_id, "mes.webhook.event_type": c.event_type,
+        "mes.webhook.event_id": c.msg_id, "mes.webhook.attempt": c.attempts + 1, "mes.webhook.replay": c.replay})
+    with trace.use_span(span, end_on_exit=False):
+        return send(http, c, settings), span
+
+
 def run_once(factory: sessionmaker, settings: Settings, metrics: WebhookMetrics, *, now: datetime | None = None,
-             http: requests.Session | None = None, rng: random.Random | None = None) -> dict[str, int]:
-    """One pass: claim what is due at `now` (the wall clock by default; tests move it), send, record."""
+             http: requests.Session | None = None, rng: random.Random | None = None,
+             pool: ThreadPoolExecutor | None = None) -> dict[str, int]:
+    """One pass: claim what is due at `now` (the wall clock by default; tests move it), send the batch at
+    once (each delivery must end within its lease, which one slow receiver in a serial batch would
+    exceed for the rest), record each outcome as it comes, in this thread (the session's)."""
     given = now
-    http = http or http_session(settings.webhook_address_policy)
+    http = http or http_session(settings.webhook_address_policy, settings.webhook_batch)
     counts: dict[str, int] = {}
-    with factory() as session:
-        for c in claim(session, settings, given or utcnow()):
-            with _tracer.start_as_current_span("webhook delivery", kind=SpanKind.INTERNAL, attributes={
-                    "mes.webhook.endpoint_id": c.endpoint_id, "mes.webhook.event_type": c.event_type,
-                    "mes.webhook.event_id": c.msg_id, "mes.webhook.attempt": c.attempts + 1,
-                    "mes.webhook.replay": c.replay}) as span:
-                outcome = send(http, c, settings)
+    with ExitStack() as stack, factory() as session:
+        if pool is None:
+            pool = stack.enter_context(ThreadPoolExecutor(settings.webhook_batch, thread_name_prefix="webhook"))
+        sending = {pool.submit(_send_traced, http, c, settings): c for c in claim(session, settings, given or utcnow())}
+        for future in as_completed(sending):
+            c, (outcome, span) = sending[future], future.result()
+            try:
                 name = record(session, c, outcome, given or utcnow(), settings, metrics, rng)
                 if outcome.status_code is not None:
                     span.set_attribute("http.response.status_code", outcome.status_code)
                 span.set_attribute("mes.webhook.outcome", name)
                 if not outcome.ok:
                     span.set_status(StatusCode.ERROR, outcome.error or f"HTTP {outcome.status_code}")
+            finally:
+                span.end()
             counts[name] = counts.get(name, 0) + 1
         metrics.backlog_age.set(backlog_age(session, given or utcnow()))
     return counts
@@ -350,13 +385,14 @@ def serve(factory: sessionmaker, settings: Settings, metrics: WebhookMetrics,
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    http = http_session(settings.webhook_address_policy)
-    while not stop.is_set():
-        try:
-            counts = run_once(factory, settings, metrics, http=http)
-        except DBAPIError as err:
-            log.warning("webhook worker: database unavailable (%s); retrying", type(err.orig).__name__)
-            stop.wait(max(settings.webhook_poll_seconds, 1.0))
-            continue
-        if not counts:
-            stop.wait(settings.webhook_poll_seconds)
+    http = http_session(settings.webhook_address_policy, settings.webhook_batch)
+    with ThreadPoolExecutor(settings.webhook_batch, thread_name_prefix="webhook") as pool:
+        while not stop.is_set():
+            try:
+                counts = run_once(factory, settings, metrics, http=http, pool=pool)
+            except DBAPIError as err:
+                log.warning("webhook worker: database unavailable (%s); retrying", type(err.orig).__name__)
+                stop.wait(max(settings.webhook_poll_seconds, 1.0))
+                continue
+            if not counts:
+                stop.wait(settings.webhook_poll_seconds)
