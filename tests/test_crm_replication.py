@@ -1,0 +1,104 @@
+"""The CRM's own database in the real topology (started as `make up` does, on free ports): what the public API
+writes reaches the CRM's views by logical replication (commit to visible measured, p50/p95 printed), the CRM
+reads its copy while the MES primary is down, and after the primary's host is lost under writes and a
+standby promoted, every acknowledged change is in the CRM exactly once (counted by event id), none extra."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+from stack.base import wait_until
+from stackutil import GROUP_VARS, api, create, running_stack
+
+from mes.testing.writeload import WriteLoad
+from stack import crm, dbtier
+
+pytestmark = pytest.mark.topology
+
+BOUND = 30       # seconds: a change must be visible in the CRM's database well within this
+RECOVERY = 90    # seconds a failover may take before writes must succeed again
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with running_stack() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def crm_db(stack):
+    """The CRM's database as the CRM reads it: the read-only role, the crm_api views."""
+    engine = create_engine(crm.reader_url(stack.ctx), pool_pre_ping=True)
+    yield engine
+    engine.dispose()
+
+
+def read(engine, sql: str, **params) -> list:
+    with engine.connect() as conn:
+        return conn.execute(text(sql), params).all()
+
+
+def seconds_until(predicate, timeout: float = BOUND) -> float:
+    started = time.monotonic()
+    assert wait_until(predicate, timeout, 0.002), f"not visible in the CRM's database within {timeout} s"
+    return time.monotonic() - started
+
+
+def test_orders_created_and_cancelled_through_the_api_reach_the_crm_views(stack, crm_db):
+    key = stack.new_key(f"crm-sync-{time.monotonic_ns()}")
+    status = "SELECT status, status_version FROM crm_api.orders WHERE id = :id"
+    delays = []
+    for i in range(20):
+        order = create(stack, key, f"CRM-{time.monotonic_ns()}-{i}")
+        delays.append(seconds_until(lambda: read(crm_db, status, id=order["id"]) == [("received", 1)]))
+        r = api(stack, "POST", f"/orders/{order['id']}/cancel", key, json={"reason": "test"})
+        assert r.status_code == 200, r.text
+        delays.append(seconds_until(lambda: read(crm_db, status, id=order["id"])[0][0] == "cancelled"))
+    events = read(crm_db, "SELECT kind, from_status, to_status FROM crm_api.order_events WHERE order_id = :id "
+                          "ORDER BY id", id=order["id"])
+    assert events == [("status", None, "received"), ("status", "received", "cancelled")]
+    delays.sort()
+    print(f"\nMES commit (API answer) to visible in the CRM's views, {len(delays)} changes: "
+          f"p50 {statistics.median(delays) * 1000:.1f} ms, p95 {delays[int(len(delays) * 0.95) - 1] * 1000:.1f} ms, "
+          f"max {delays[-1] * 1000:.1f} ms")
+    # The reader sees the views and nothing else; the heartbeat says how fresh the copy is.
+    with pytest.raises(Exception, match="permission denied"):
+        read(crm_db, "SELECT count(*) FROM public.orders")
+    assert read(crm_db, "SELECT lag_seconds < 30 FROM crm_api.replication_lag") == [(True,)]
+
+
+def test_after_the_primary_is_lost_under_writes_every_acknowledged_change_is_in_the_crm_once(stack, crm_db):
+    load = WriteLoad(stack.public, stack.new_key(f"crm-faults-{time.monotonic_ns()}", tier="bulk"), rate=25).start()
+    time.sleep(3)
+    old = dbtier.primary_node(stack.ctx)["name"]
+    killed_at = time.monotonic()
+    dbtier.kill_node(stack.ctx, old)
+    # The MES has no primary now: the CRM's database still answers from its copy.
+    assert read(crm_db, "SELECT count(*) > 0 FROM crm_api.orders") == [(True,)]
+    while load.write_gap(killed_at) is None:
+        assert time.monotonic() - killed_at < RECOVERY, f"no write succeeded after the failover: {load.statuses()}"
+        time.sleep(0.2)
+    time.sleep(3)
+    load.stop()
+    assert dbtier.primary_node(stack.ctx)["name"] != old
+
+    acknowledged = load.acknowledged()
+    assert len(acknowledged) > 75, load.statuses()
+    like = f"W-{load.prefix}-%"
+    mes_events = {int(line) for line in dbtier.psql(
+        stack.ctx, dbtier.primary_node(stack.ctx),
+        f"SELECT e.id FROM order_events e JOIN orders o ON o.id = e.order_id WHERE o.reference LIKE '{like}'",
+        db=GROUP_VARS["pg_database"]).split()}
+    query = ("SELECT e.id FROM crm_api.order_events e JOIN crm_api.orders o ON o.id = e.order_id "
+             "WHERE o.reference LIKE :like")
+    seconds_until(lambda: {r[0] for r in read(crm_db, query, like=like)} >= mes_events, RECOVERY)
+    crm_events = [r[0] for r in read(crm_db, query, like=like)]
+    assert len(crm_events) == len(set(crm_events)), "an event arrived twice"
+    assert set(crm_events) == mes_events, f"events in the CRM that the MES does not have: " \
+                                          f"{sorted(set(crm_events) - mes_events)[:10]}"
+    orders = dict(read(crm_db, "SELECT reference, id FROM crm_api.orders WHERE reference LIKE :like", like=like))
+    assert {ref: orders.get(ref) for ref in acknowledged} == acknowledged
+    print(f"\n{len(acknowledged)} acknowledged orders across the failover of {old}: all in the CRM's database, "
+          f"{len(crm_events)} events, each once")
