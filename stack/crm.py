@@ -16,10 +16,12 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from . import pki
 from .base import ROOT, Ctx, StackError, wait_until
-from .dbtier import PG_USER, _bin, _is_root, _pg_home, _render, _try_psql, primary_node, psql, tls_params
+from .dbtier import (PG_USER, PostgresExporter, _bin, _is_root, _pg_home, _render, _try_psql, primary_node, psql,
+                     tls_params)
 from .services import Daemon
 
 CONTRACT_FILE = ROOT / "src" / "mes" / "crm_contract.py"
@@ -58,8 +60,10 @@ def schema_sql(ctx: Ctx) -> str:
     postgres). A line starting with "changed:" reports each change."""
     v, s, c = ctx.vars, ctx.vars["mes_secrets"], contract()
     db, owner, reader = v["crm_database"], v["crm_owner_role"], v["crm_reader_role"]
+    exporter = v["pg_exporter_role"]
     out = ["SET client_min_messages = warning;"]
-    for role, password in ((owner, s["crm_owner_password"]), (reader, s["crm_reader_password"])):
+    for role, password in ((owner, s["crm_owner_password"]), (reader, s["crm_reader_password"]),
+                           (exporter, s["exporter_password"])):
         missing = f"NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {lit(role)})"
         out += [f"SELECT 'changed: created role ' || {lit(role)} WHERE {missing};",
                 f"SELECT format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
@@ -68,7 +72,8 @@ def schema_sql(ctx: Ctx) -> str:
     out += [f"SELECT 'changed: created database ' || {lit(db)} WHERE {missing};",
             f"SELECT format('CREATE DATABASE %I OWNER %I', {lit(db)}, {lit(owner)}) WHERE {missing} \\gexec",
             f"REVOKE ALL ON DATABASE {ident(db)} FROM PUBLIC;",
-            f"GRANT CONNECT ON DATABASE {ident(db)} TO {ident(reader)};",
+            f"GRANT CONNECT ON DATABASE {ident(db)} TO {ident(reader)}, {ident(exporter)};",
+            f"GRANT pg_monitor TO {ident(exporter)};",
             f"\\connect {db}",
             "SET client_min_messages = warning;",
             "REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
@@ -100,6 +105,9 @@ def schema_sql(ctx: Ctx) -> str:
             f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {ident(reader)};",
             f"GRANT USAGE ON SCHEMA crm_api TO {ident(reader)};",
             f"GRANT SELECT ON ALL TABLES IN SCHEMA crm_api TO {ident(reader)};",
+            # postgres_exporter (monitoring/crm_exporter_queries.yml): the lag, nothing of the data
+            f"GRANT USAGE ON SCHEMA crm_api TO {ident(exporter)};",
+            f"GRANT SELECT ON crm_api.replication_lag TO {ident(exporter)};",
             "RESET ROLE;"]
     info = conninfo(ctx)
     pub, slot = c.PUBLICATION, c.SLOT
@@ -205,9 +213,27 @@ class CrmDatabase(Daemon):
                 f"heartbeat lag {lag or '?'} s, {self.unsynced(ctx)} tables copying")
 
 
+class CrmExporter(PostgresExporter):
+    """prometheus-postgres-exporter of the CRM's server, connected to its database, with the subscription's
+    queries (monitoring/crm_exporter_queries.yml): Prometheus job crm_db."""
+
+    queries_file, queries_dir = ROOT / "monitoring" / "crm_exporter_queries.yml", "crm_exporter"
+
+    def __init__(self, ctx: Ctx):
+        super().__init__(ctx.vars["mes_topology"]["crm_db"])
+        self.name = "crmdb_exporter"
+
+    def _dsn(self, ctx: Ctx) -> str:
+        v = ctx.vars
+        return (f"postgresql://{quote(v['pg_exporter_role'], safe='')}:"
+                f"{quote(v['mes_secrets']['exporter_password'], safe='')}@{self.node['host']}:{self.node['port']}/"
+                f"{quote(v['crm_database'], safe='')}?{urlencode({**tls_params(ctx), 'application_name': self.name}, safe='/')}")
+
+
 def components(ctx: Ctx) -> list:
-    """The CRM's database when the topology has one (after the MES's migrations: it subscribes to them)."""
-    return [CrmDatabase()] if "crm_db" in ctx.vars["mes_topology"] else []
+    """The CRM's database and its exporter when the topology has one (after the MES's migrations: it
+    subscribes to them)."""
+    return [CrmDatabase(), CrmExporter(ctx)] if "crm_db" in ctx.vars["mes_topology"] else []
 
 
 def reader_url(ctx: Ctx) -> str:

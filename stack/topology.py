@@ -77,7 +77,8 @@ def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.
         webhooks=[shape.app("webhooks", host, p["webhooks"])],
         # The CRM's own database (stack/crm.py); the "before" topology has none.
         crm=None if single else shape.crm_db("crmdb", host, p["crm_db"], str(state / "crmdb" / "data"),
-                                             str(state / "crmdb" / "conf"), socket_dir=str(state / "crmdb" / "run")))
+                                             str(state / "crmdb" / "conf"), p["crm_db_exporter"],
+                                             socket_dir=str(state / "crmdb" / "run")))
 
 
 def state_dir(environ: Mapping[str, str] = os.environ) -> Path:

@@ -4,10 +4,12 @@ reads its copy while the MES primary is down, and after the primary's host is lo
 standby promoted, every acknowledged change is in the CRM exactly once (counted by event id), none extra."""
 from __future__ import annotations
 
+import re
 import statistics
 import time
 
 import pytest
+import requests
 from sqlalchemy import create_engine, text
 from stack.base import wait_until
 from stackutil import GROUP_VARS, api, create, running_stack
@@ -67,6 +69,24 @@ def test_orders_created_and_cancelled_through_the_api_reach_the_crm_views(stack,
     with pytest.raises(Exception, match="permission denied"):
         read(crm_db, "SELECT count(*) FROM public.orders")
     assert read(crm_db, "SELECT lag_seconds < 30 FROM crm_api.replication_lag") == [(True,)]
+
+
+def metrics(host: str, port: int) -> str:
+    return requests.get(f"http://{host}:{port}/metrics", timeout=10).text
+
+
+def test_the_exporters_show_the_subscription_and_the_slot(stack):
+    """What the alerts of monitoring/rules/crm.yml read, from the CRM's exporter and the primary's."""
+    t = stack.ctx.vars["mes_topology"]
+    crm_side = metrics(t["crm_db"]["host"], t["crm_db"]["exporter_port"])
+    assert re.search(r'^crm_subscription_apply_running\{[^}]*subscription="crm"[^}]*\} 1$', crm_side, re.M), crm_side
+    assert re.search(r'^crm_subscription_tables_not_ready\{[^}]*\} 0$', crm_side, re.M)
+    lag = re.search(r"^crm_heartbeat_lag_seconds(?:\{[^}]*\})? (\S+)$", crm_side, re.M)
+    assert lag and 0 <= float(lag.group(1)) < 30, crm_side
+    primary = dbtier.primary_node(stack.ctx)
+    mes_side = metrics(primary["host"], primary["exporter_port"])
+    assert re.search(r'^pg_logical_slot_wal_status\{[^}]*slot_name="crm"[^}]*\} 0$', mes_side, re.M), mes_side
+    assert re.search(r'^pg_logical_slot_active\{[^}]*slot_name="crm"[^}]*\} 1$', mes_side, re.M)
 
 
 def test_after_the_primary_is_lost_under_writes_every_acknowledged_change_is_in_the_crm_once(stack, crm_db):

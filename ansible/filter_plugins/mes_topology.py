@@ -32,12 +32,12 @@ def backup_repository(repo_path: str, log_dir: str, lock_dir: str, host: dict | 
     return repository
 
 
-def crm_db(name: str, host: str, port: int, data_dir: str, conf_dir: str,
+def crm_db(name: str, host: str, port: int, data_dir: str, conf_dir: str, exporter_port: int,
            socket_dir: str = "/var/run/postgresql") -> dict:
     """The CRM's own PostgreSQL: one plain server (no Patroni, never a failover target) that subscribes to
     the MES's publication `crm` (mes/crm_contract.py)."""
     return {"name": name, "host": host, "port": port, "data_dir": data_dir, "conf_dir": conf_dir,
-            "socket_dir": socket_dir}
+            "exporter_port": exporter_port, "socket_dir": socket_dir}
 
 
 def app(name: str, host: str, port: int) -> dict:
@@ -152,7 +152,8 @@ def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15
                                          "port": ports["pgbackrest"]})
     crm_hosts = groups.get("crm_db") or []
     crm = crm_db(crm_hosts[0], _address(hostvars, crm_hosts[0]), ports["postgresql"],
-                 PG_DATA.format(version=pg_version), PG_CONF.format(version=pg_version)) if crm_hosts else None
+                 PG_DATA.format(version=pg_version), PG_CONF.format(version=pg_version),
+                 ports["postgres_exporter"]) if crm_hosts else None
     return assemble(
         single=False, pg_bindir=f"/usr/lib/postgresql/{pg_version}/bin", pg_nodes=nodes, etcd=etcd,
         ports=ports,
