@@ -46,7 +46,7 @@ def test_every_component_answers(stack):
     assert r.returncode == 0, r.stdout
     lines = r.stdout.splitlines()
     for name in ("pg0", "pg1", "pgpool", "redis", "operator1", "operator2", "public1", "public2", "scheduler",
-                 "webhooks", "haproxy", "prometheus"):
+                 "webhooks", "crmdb", "haproxy", "prometheus"):
         assert any(line.split()[0] == name and " UP " in line for line in lines), r.stdout
 
 
@@ -54,10 +54,10 @@ def test_the_scheduler_runs_every_job(stack):
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         jobs = stack.mes("jobs")
-        if jobs.count("; ok at") == 4:
+        if jobs.count("; ok at") == 5:
             break
         time.sleep(2)
-    assert jobs.count("; ok at") == 4, jobs
+    assert jobs.count("; ok at") == 5, jobs
     assert "recompute-promises: next" in jobs and "open orders" in jobs
 
 
