@@ -14,14 +14,17 @@ never a failover target, that subscribes to the MES's publication `crm` (Postgre
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from . import pki
 from .base import ROOT, Ctx, StackError, wait_until
 from .dbtier import (PG_USER, PostgresExporter, _bin, _is_root, _pg_home, _render, _try_psql, primary_node, psql,
-                     tls_params)
+                     standby_nodes, tls_params)
 from .services import Daemon
 
 CONTRACT_FILE = ROOT / "src" / "mes" / "crm_contract.py"
@@ -121,6 +124,31 @@ def schema_sql(ctx: Ctx) -> str:
     return "\n".join(out) + "\n"
 
 
+def _patroni(node: dict, method: str, path: str, body: dict) -> int:
+    request = urllib.request.Request(f"http://{node['host']}:{node['patroni_port']}{path}", method=method,
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def ensure_logical_wal(ctx: Ctx) -> None:
+    """A cluster made before the CRM's database existed runs wal_level replica (Patroni reads bootstrap.dcs
+    once): set logical in its configuration and restart each node in place, standbys first. Writes pause
+    for the primary's restart (a few seconds); nothing fails over."""
+    primary = primary_node(ctx)
+    if _try_psql(ctx, primary, "SHOW wal_level") == "logical":
+        return
+    if _patroni(primary, "PATCH", "/config", {"postgresql": {"parameters": {"wal_level": "logical"}}}) != 200:
+        raise StackError("Patroni refused wal_level = logical")
+    for node in [*standby_nodes(ctx), primary]:
+        if not wait_until(lambda n=node: _patroni(n, "POST", "/restart", {}) == 200, 60, 2) or not wait_until(
+                lambda n=node: _try_psql(ctx, n, "SHOW wal_level") == "logical", 120, 1):
+            raise StackError(f"{node['name']} did not restart with wal_level = logical:\n{ctx.log_tail(node['name'])}")
+
+
 def start_slot_after_publication(ctx: Ctx) -> None:
     """Before the subscription is first made: move the MES's slot `crm` to the present. Patroni makes the slot
     when the cluster starts, before the migrations create the publication, and pgoutput cannot decode
@@ -185,6 +213,7 @@ class CrmDatabase(Daemon):
     def up(self, ctx) -> None:
         super().up(ctx)
         if self.query(ctx, "SELECT count(*) FROM pg_subscription WHERE subname = 'crm'") != "1":
+            ensure_logical_wal(ctx)
             start_slot_after_publication(ctx)
         psql(ctx, self.node(ctx), schema_sql(ctx), timeout=120)
         if not wait_until(lambda: self.unsynced(ctx) == 0, SYNC_TIMEOUT, 0.5):
