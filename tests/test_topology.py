@@ -54,10 +54,10 @@ def test_the_scheduler_runs_every_job(stack):
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         jobs = stack.mes("jobs")
-        if jobs.count("; ok at") == 5:
+        if jobs.count("; ok at") == 6:
             break
         time.sleep(2)
-    assert jobs.count("; ok at") == 5, jobs
+    assert jobs.count("; ok at") == 6, jobs
     assert "recompute-promises: next" in jobs and "open orders" in jobs
 
 
