@@ -1,7 +1,8 @@
 """The CRM's own database in the real topology (started as `make up` does, on free ports): what the public API
 writes reaches the CRM's views by logical replication (commit to visible measured, p50/p95 printed), the CRM
 reads its copy while the MES primary is down, and after the primary's host is lost under writes and a
-standby promoted, every acknowledged change is in the CRM exactly once (counted by event id), none extra."""
+standby promoted (and across a switchover), every acknowledged change is in the CRM exactly once (counted by
+event id), none extra."""
 from __future__ import annotations
 
 import re
@@ -89,21 +90,24 @@ def test_the_exporters_show_the_subscription_and_the_slot(stack):
     assert re.search(r'^pg_logical_slot_active\{[^}]*slot_name="crm"[^}]*\} 1$', mes_side, re.M)
 
 
-def test_after_the_primary_is_lost_under_writes_every_acknowledged_change_is_in_the_crm_once(stack, crm_db):
+def writing(stack) -> WriteLoad:
     load = WriteLoad(stack.public, stack.new_key(f"crm-faults-{time.monotonic_ns()}", tier="bulk"), rate=25).start()
-    time.sleep(3)
-    old = dbtier.primary_node(stack.ctx)["name"]
-    killed_at = time.monotonic()
-    dbtier.kill_node(stack.ctx, old)
-    # The MES has no primary now: the CRM's database still answers from its copy.
-    assert read(crm_db, "SELECT count(*) > 0 FROM crm_api.orders") == [(True,)]
-    while load.write_gap(killed_at) is None:
-        assert time.monotonic() - killed_at < RECOVERY, f"no write succeeded after the failover: {load.statuses()}"
+    time.sleep(3)  # a steady state first
+    return load
+
+
+def keep_writing_after(load: WriteLoad, since: float) -> None:
+    """Until a write that started after `since` succeeded, 3 s more, then stop."""
+    while load.write_gap(since) is None:
+        assert time.monotonic() - since < RECOVERY, f"no write succeeded after the change of primary: {load.statuses()}"
         time.sleep(0.2)
     time.sleep(3)
     load.stop()
-    assert dbtier.primary_node(stack.ctx)["name"] != old
 
+
+def assert_every_acknowledged_change_once_in_the_crm(stack, crm_db, load: WriteLoad) -> tuple[int, int]:
+    """Every order the API acknowledged is in the CRM's views; its events there are the MES's, by id, each
+    once and none extra. Returns (acknowledged orders, events)."""
     acknowledged = load.acknowledged()
     assert len(acknowledged) > 75, load.statuses()
     like = f"W-{load.prefix}-%"
@@ -120,5 +124,38 @@ def test_after_the_primary_is_lost_under_writes_every_acknowledged_change_is_in_
                                           f"{sorted(set(crm_events) - mes_events)[:10]}"
     orders = dict(read(crm_db, "SELECT reference, id FROM crm_api.orders WHERE reference LIKE :like", like=like))
     assert {ref: orders.get(ref) for ref in acknowledged} == acknowledged
-    print(f"\n{len(acknowledged)} acknowledged orders across the failover of {old}: all in the CRM's database, "
-          f"{len(crm_events)} events, each once")
+    return len(acknowledged), len(crm_events)
+
+
+def test_a_switchover_under_writes_keeps_the_subscription_flowing(stack, crm_db):
+    load = writing(stack)
+    old = dbtier.primary_node(stack.ctx)
+    new = dbtier.standby_nodes(stack.ctx)[0]
+    switched_at = time.monotonic()
+    r = requests.post(f"http://{old['host']}:{old['patroni_port']}/switchover",
+                      json={"leader": old["name"], "candidate": new["name"]}, timeout=60)
+    assert r.status_code == 200, r.text
+    keep_writing_after(load, switched_at)
+    assert dbtier.primary_node(stack.ctx)["name"] == new["name"]
+    orders, events = assert_every_acknowledged_change_once_in_the_crm(stack, crm_db, load)
+    print(f"\n{orders} acknowledged orders across a switchover to {new['name']}: all in the CRM's database, "
+          f"{events} events, each once")
+
+
+def test_after_the_primary_is_lost_under_writes_every_acknowledged_change_is_in_the_crm_once(stack, crm_db):
+    # The old primary of the switchover before rejoined as a standby: its copy of the slot must be current.
+    assert wait_until(lambda: any(m["role"] == "sync_standby" for m in dbtier.cluster(stack.ctx)["members"]), 60, 1)
+    standby = dbtier.standby_nodes(stack.ctx)[0]
+    copied = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'crm'"
+    assert wait_until(lambda: dbtier._try_psql(stack.ctx, standby, copied) == "1", 60, 1), "no copy of slot crm"
+    load = writing(stack)
+    old = dbtier.primary_node(stack.ctx)["name"]
+    killed_at = time.monotonic()
+    dbtier.kill_node(stack.ctx, old)
+    # The MES has no primary now: the CRM's database still answers from its copy.
+    assert read(crm_db, "SELECT count(*) > 0 FROM crm_api.orders") == [(True,)]
+    keep_writing_after(load, killed_at)
+    assert dbtier.primary_node(stack.ctx)["name"] != old
+    orders, events = assert_every_acknowledged_change_once_in_the_crm(stack, crm_db, load)
+    print(f"\n{orders} acknowledged orders across the failover of {old}: all in the CRM's database, "
+          f"{events} events, each once")
