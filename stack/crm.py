@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -221,7 +222,7 @@ class CrmDatabase(Daemon):
                              f"({self.detail(ctx)}):\n{ctx.log_tail(self.name)}")
 
     def down(self, ctx) -> None:
-        ctx.stop(self.name, sig=2, timeout=60)  # SIGINT: fast shutdown (SIGTERM would wait for clients)
+        ctx.stop(self.name, sig=signal.SIGINT, timeout=60)  # fast shutdown (SIGTERM waits for clients)
 
     def query(self, ctx: Ctx, sql: str) -> str | None:
         return _try_psql(ctx, self.node(ctx), sql, ctx.vars["crm_database"])
