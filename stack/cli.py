@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from . import backup, dbtier, monauth, pki, priority, services
+from . import backup, crm, dbtier, monauth, pki, priority, services
 from .base import Ctx, StackError
 from .services import (AlertReceiver, Alertmanager, AppInstance, HAProxy, NodeExporter, Prometheus, Redis, RedisExporter,
                        Scheduler, WebhookWorker)
@@ -29,8 +29,7 @@ def components(ctx: Ctx) -> list:
     operator = [AppInstance("operator", i, urls["app"], redis_url) for i in t["app_operator"]]
     public = [AppInstance("public", i, urls["app"], redis_url) for i in t["app_public"]]
     return [*database, Redis(), RedisExporter(), NodeExporter(), *operator, *public, Scheduler(operator[0]),
-            WebhookWorker(public[0]), HAProxy(),
-            *alerting(), Prometheus()]
+            WebhookWorker(public[0]), *crm.components(ctx), HAProxy(), *alerting(), Prometheus()]
 
 
 def alerting() -> list:
@@ -45,6 +44,8 @@ def mes(ctx: Ctx, *args: str) -> str:
            "MES_APP_DB_ROLE": ctx.vars["pg_app_role"], "MES_MONITOR_DB_ROLE": ctx.vars["pg_exporter_role"],
            "SECRET_KEY": ctx.vars["mes_secrets"]["secret_key"],
            "LOG_LEVEL": "WARNING",
+           **({"MES_CRM_REPLICATION_ROLE": ctx.vars["crm_replication_role"]} if "crm_db" in ctx.vars["mes_topology"]
+              else {}),
            **{f"MES_RATE_LIMIT_{tier.upper()}": limit for tier, limit in ctx.vars["mes_rate_limits"].items()}}
     result = subprocess.run([sys.executable, "-m", "mes", *args], env=env, capture_output=True, text=True)
     if result.returncode != 0:

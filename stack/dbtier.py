@@ -713,6 +713,8 @@ class PostgresExporter:
     """prometheus-postgres-exporter for one node, as the exporter role over TCP, connected to the MES
     database (the promise's queries read it; the server-wide ones answer from any database)."""
 
+    queries_file, queries_dir = EXPORTER_QUERIES, "postgres_exporter"
+
     def __init__(self, node: dict):
         self.node = node
         self.name = f"{node['name']}_exporter"
@@ -735,10 +737,10 @@ class PostgresExporter:
         if ctx.pid(self.name) is None:
             argv = [EXPORTER_BIN, f"--web.listen-address={self.address}", "--disable-settings-metrics",
                     "--log.level=warn"]
-            if EXPORTER_QUERIES.exists():
-                queries = ctx.ensure_dir(ctx.path("postgres_exporter"), mode=0o755) / "queries.yml"
-                if not queries.exists() or queries.read_text() != EXPORTER_QUERIES.read_text():
-                    queries.write_text(EXPORTER_QUERIES.read_text())
+            if self.queries_file.exists():
+                queries = ctx.ensure_dir(ctx.path(self.queries_dir), mode=0o755) / "queries.yml"
+                if not queries.exists() or queries.read_text() != self.queries_file.read_text():
+                    queries.write_text(self.queries_file.read_text())
                 queries.chmod(0o644)
                 argv.append(f"--extend.query-path={queries}")
             ctx.spawn(self.name, argv, user=PG_USER, env={"DATA_SOURCE_NAME": self._dsn(ctx), "HOME": _pg_home()})

@@ -74,7 +74,11 @@ def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.
                                           str(state / "backup" / "lock")),
                 "dir": str(state / "backup")},
         # One webhook delivery worker (stack/services.py: WebhookWorker), with the public pool's settings.
-        webhooks=[shape.app("webhooks", host, p["webhooks"])])
+        webhooks=[shape.app("webhooks", host, p["webhooks"])],
+        # The CRM's own database (stack/crm.py); the "before" topology has none.
+        crm=None if single else shape.crm_db("crmdb", host, p["crm_db"], str(state / "crmdb" / "data"),
+                                             str(state / "crmdb" / "conf"), p["crm_db_exporter"],
+                                             socket_dir=str(state / "crmdb" / "run")))
 
 
 def state_dir(environ: Mapping[str, str] = os.environ) -> Path:

@@ -76,6 +76,9 @@ def test_the_inventory_yields_the_topology_the_templates_expect():
     # pgBackRest's repository on the backup host, reached over TLS
     assert (topology["backup"]["name"], topology["backup"]["host"], topology["backup"]["remote"]) == \
         ("mon1", "192.168.56.60", True)
+    # The CRM's own server (group crm_db): the MES nodes publish to it (patroni.yml's slot, pg_hba's line)
+    assert (topology["crm_db"]["name"], topology["crm_db"]["host"], topology["crm_db"]["port"]) == \
+        ("crmdb1", "192.168.56.70", 5432)
 
 
 def shape(value):
@@ -102,6 +105,7 @@ def test_the_local_stack_and_the_inventory_build_the_same_shape(tmp_path):
     assert local_backup["remote"] == vm_backup["remote"] == "bool"
     assert set(local_backup) - {"dir"} == set(vm_backup) - {"host", "name", "port"}
     assert local.keys() == vms.keys()
+    assert "crm_db" in local and local["crm_db"] == vms["crm_db"]  # both have the CRM's database, alike
     for key in local:
         if local[key] and vms[key]:          # app_single is empty in both split topologies
             assert local[key] == vms[key], key

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from mes import scheduler
-from mes.models import JobLease
+from mes.models import CrmHeartbeat, JobLease, utcnow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,14 +65,15 @@ def test_the_scheduler_process_runs_the_jobs_and_stops_on_sigterm(app, settings)
         make = app.extensions["mes_sessionmaker"]
         deadline = time.monotonic() + 60
         names: set[str] = set()
-        while time.monotonic() < deadline and len(names) < 5:
+        while time.monotonic() < deadline and len(names) < 6:
             with make() as session:
                 names = set(session.scalars(select(JobLease.name).where(JobLease.finished_at.is_not(None))))
             time.sleep(0.2)
-        assert names == {"recompute-norms", "recompute-promises", "purge-idempotency-keys", "prune-webhook-outbox",
-                         "backtest-forecasts"}
+        assert names == {"crm-heartbeat", "recompute-norms", "recompute-promises", "purge-idempotency-keys",
+                         "prune-webhook-outbox", "backtest-forecasts"}
         with make() as session:
             assert all(lease.last_ok for lease in session.scalars(select(JobLease)))
+            assert utcnow() - session.get(CrmHeartbeat, 1).beat_at < timedelta(seconds=30)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

@@ -46,7 +46,7 @@ def test_every_component_answers(stack):
     assert r.returncode == 0, r.stdout
     lines = r.stdout.splitlines()
     for name in ("pg0", "pg1", "pgpool", "redis", "operator1", "operator2", "public1", "public2", "scheduler",
-                 "webhooks", "haproxy", "prometheus"):
+                 "webhooks", "crmdb", "haproxy", "prometheus"):
         assert any(line.split()[0] == name and " UP " in line for line in lines), r.stdout
 
 
@@ -54,10 +54,10 @@ def test_the_scheduler_runs_every_job(stack):
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         jobs = stack.mes("jobs")
-        if jobs.count("; ok at") == 4:
+        if jobs.count("; ok at") == 6:
             break
         time.sleep(2)
-    assert jobs.count("; ok at") == 4, jobs
+    assert jobs.count("; ok at") == 6, jobs
     assert "recompute-promises: next" in jobs and "open orders" in jobs
 
 
@@ -1011,13 +1011,13 @@ def test_verified_tls_to_the_primary_and_to_pgpool_and_only_with_the_stacks_ca(s
 
 
 def test_every_tcp_connection_to_the_primary_is_tls_and_replication_verifies_the_primary(stack):
-    """The app's sessions (through pgpool), replication and the exporter: all TLS on the primary; the
-    standby streams with the primary's certificate verified. Pgpool-II's checks (a short session every
+    """The app's sessions (through pgpool), replication, the CRM's subscription and the exporter: all TLS on
+    the primary; the standby streams with the primary's certificate verified. Pgpool-II's checks (a short session every
     sr_check_period) work: it finds the primary and the standby, which it can only ask over TLS."""
     from stack import dbtier
     api(stack, "GET", "/orders?limit=1", stack.new_key("tls-app"))  # an app session through pgpool
     v = GROUP_VARS
-    want = {v["pg_app_role"], v["pg_replication_role"], v["pg_exporter_role"]}
+    want = {v["pg_app_role"], v["pg_replication_role"], v["pg_exporter_role"], v["crm_replication_role"]}
     sql = ("SELECT a.usename, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
            "WHERE a.client_addr IS NOT NULL")
     deadline, rows = time.monotonic() + 20, []

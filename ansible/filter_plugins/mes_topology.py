@@ -32,6 +32,14 @@ def backup_repository(repo_path: str, log_dir: str, lock_dir: str, host: dict | 
     return repository
 
 
+def crm_db(name: str, host: str, port: int, data_dir: str, conf_dir: str, exporter_port: int,
+           socket_dir: str = "/var/run/postgresql") -> dict:
+    """The CRM's own PostgreSQL: one plain server (no Patroni, never a failover target) that subscribes to
+    the MES's publication `crm` (mes/crm_contract.py)."""
+    return {"name": name, "host": host, "port": port, "data_dir": data_dir, "conf_dir": conf_dir,
+            "exporter_port": exporter_port, "socket_dir": socket_dir}
+
+
 def app(name: str, host: str, port: int) -> dict:
     return {"name": name, "host": host, "port": port}
 
@@ -46,13 +54,15 @@ def assemble(*, single: bool, pg_bindir: str, pg_nodes: list[dict], etcd: list[d
              app_operator: list[dict], app_public: list[dict], app_single: list[dict],
              node_exporters: list[dict], hosts: dict, db_endpoint_instances: list[dict],
              lb_instances: list[dict], vip: str | None = None, backup: dict | None = None,
-             webhooks: list[dict] | None = None) -> dict:
+             webhooks: list[dict] | None = None, crm: dict | None = None) -> dict:
     """The whole structure. `hosts`: component -> address (pgpool, redis, haproxy: what HAProxy's
     frontends bind, prometheus, alertmanager, db_endpoints); `ports`: mes_ports-like names; `dirs`:
     component -> folder; `lb_instances`: the hosts that run HAProxy (its peers, Prometheus's targets);
     `vip`: the virtual address keepalived moves between them (VMs only); `backup`: pgBackRest's
     repository (repo_path, log_dir, lock_dir; on VMs also the host it is on and its TLS server's port:
-    `remote`); `webhooks`: the webhook delivery workers (name, host, port of their /metrics)."""
+    `remote`); `webhooks`: the webhook delivery workers (name, host, port of their /metrics); `crm`: the
+    CRM's database (crm_db()), when there is one: the MES then publishes to it (wal_level logical,
+    Patroni's permanent slot `crm`)."""
     topology = {
         "single": single,
         "pg_bindir": pg_bindir,
@@ -81,6 +91,8 @@ def assemble(*, single: bool, pg_bindir: str, pg_nodes: list[dict], etcd: list[d
         topology["haproxy"]["vip"] = vip
     if backup:
         topology["backup"] = backup
+    if crm:
+        topology["crm_db"] = crm
     if hosts.get("alertmanager"):
         topology["alertmanager"] = {"host": hosts["alertmanager"], "port": ports["alertmanager"]}
     if not single:
@@ -138,6 +150,10 @@ def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15
     repository = backup_repository("/var/lib/pgbackrest", "/var/log/pgbackrest", "/tmp/pgbackrest",
                                    host={"name": repo_host, "host": _address(hostvars, repo_host),
                                          "port": ports["pgbackrest"]})
+    crm_hosts = groups.get("crm_db") or []
+    crm = crm_db(crm_hosts[0], _address(hostvars, crm_hosts[0]), ports["postgresql"],
+                 PG_DATA.format(version=pg_version), PG_CONF.format(version=pg_version),
+                 ports["postgres_exporter"]) if crm_hosts else None
     return assemble(
         single=False, pg_bindir=f"/usr/lib/postgresql/{pg_version}/bin", pg_nodes=nodes, etcd=etcd,
         ports=ports,
@@ -151,7 +167,8 @@ def mes_topology(groups: dict, hostvars: dict, ports: dict, pg_version: int = 15
         db_endpoint_instances=[instance(h, _address(hostvars, h)) for h in app_hosts],
         lb_instances=lb_hosts, vip=_vip(groups, hostvars), backup=repository,
         # A delivery worker on every public host: it sends to partners, as the public pool answers them.
-        webhooks=[app(h, _address(hostvars, h), ports["webhooks"]) for h in groups.get("app_public", [])])
+        webhooks=[app(h, _address(hostvars, h), ports["webhooks"]) for h in groups.get("app_public", [])],
+        crm=crm)
 
 
 class FilterModule:

@@ -5,7 +5,7 @@ import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
-from . import create_app, demo, migrate
+from . import create_app, crm_contract, demo, migrate
 from .domain.errors import DomainError
 from .domain.webhooks import SUBSCRIBABLE
 from .web import db_session
@@ -27,8 +27,12 @@ def main():
 @main.command("migrate")
 @with_appcontext
 def migrate_command():
-    """Create or upgrade the schema (as MIGRATION_DATABASE_URL when set)."""
-    migrate.upgrade(current_app.extensions["mes_settings"])
+    """Create or upgrade the schema (as MIGRATION_DATABASE_URL when set); refuses (and undoes) a change that
+    breaks the CRM's publication (mes.crm_contract)."""
+    try:
+        migrate.upgrade(current_app.extensions["mes_settings"])
+    except crm_contract.ContractBroken as err:
+        raise click.ClickException(f"migration refused, nothing changed: {err}") from None
     click.echo("database is at the latest schema")
 
 

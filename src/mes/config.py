@@ -90,6 +90,8 @@ class Settings:
     app_db_role: str | None = None  # granted DML on migrated tables (PostgreSQL)
     # granted SELECT on the few columns the promise's exporter queries read (PostgreSQL; mes.migrate)
     monitor_db_role: str | None = None
+    # the CRM's subscription role: SELECT on the published columns (mes.crm_contract; PostgreSQL; mes.migrate)
+    crm_replication_role: str | None = None
     db_application_name: str | None = None
     db_pool_size: int = 5
     # Connections a process may open beyond db_pool_size (None: as many again). Pool size + overflow is
@@ -213,6 +215,7 @@ class Settings:
             migration_database_url=_env("MIGRATION_DATABASE_URL"),
             app_db_role=_env("MES_APP_DB_ROLE"),
             monitor_db_role=_env("MES_MONITOR_DB_ROLE"),
+            crm_replication_role=_env("MES_CRM_REPLICATION_ROLE"),
             db_application_name=_env("MES_DB_APPLICATION_NAME"),
             db_pool_size=int(_env("MES_DB_POOL_SIZE", "5")),
             db_max_overflow=None if _env("MES_DB_MAX_OVERFLOW") is None else int(_env("MES_DB_MAX_OVERFLOW")),

@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
+from . import crm_contract
 from .config import Settings
 
 
@@ -25,6 +26,8 @@ def upgrade(settings: Settings) -> None:
         grant_app_role(url, settings.app_db_role)
     if settings.monitor_db_role and not url.startswith("sqlite"):
         grant_monitor_role(url, settings.monitor_db_role)
+    if settings.crm_replication_role and not url.startswith("sqlite"):
+        grant_crm_replication_role(url, settings.crm_replication_role)
 
 
 def grant_app_role(url: str, role: str) -> None:
@@ -56,6 +59,35 @@ def grant_monitor_role(url: str, role: str) -> None:
     with engine.begin() as conn:
         quote = conn.dialect.identifier_preparer.quote
         for table, columns in MONITOR_COLUMNS.items():
+            conn.execute(text(f"GRANT SELECT ({', '.join(quote(c) for c in columns)}) ON {quote(table)} "
+                              f"TO {quote(role)}"))
+    engine.dispose()
+
+
+def check_crm_publication(conn) -> None:
+    """Raise crm_contract.ContractBroken when the publication `crm` differs from mes.crm_contract. The
+    migrations' environment calls it inside their transaction once the database is at the head revision,
+    so that a migration that breaks the CRM's subscription is rolled back, not committed (PostgreSQL only)."""
+    rows = conn.execute(text("SELECT tablename, attnames FROM pg_catalog.pg_publication_tables "
+                             "WHERE pubname = :pub AND schemaname = 'public'"), {"pub": crm_contract.PUBLICATION})
+    exists = conn.execute(text("SELECT count(*) FROM pg_catalog.pg_publication WHERE pubname = :pub"),
+                          {"pub": crm_contract.PUBLICATION}).scalar()
+    published = {r.tablename: tuple(r.attnames) for r in rows} if exists else None
+    existing: dict[str, tuple[str, ...]] = {}
+    for r in conn.execute(text("SELECT table_name, column_name FROM information_schema.columns "
+                               "WHERE table_schema = 'public' AND table_name = ANY(:tables)"),
+                          {"tables": list(crm_contract.CONTRACT)}):
+        existing[r.table_name] = existing.get(r.table_name, ()) + (r.column_name,)
+    crm_contract.check(published, existing)
+
+
+def grant_crm_replication_role(url: str, role: str) -> None:
+    """The CRM's subscription copies each published table as this role first (table sync): SELECT on the
+    published columns only (mes.crm_contract), after every migration."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        quote = conn.dialect.identifier_preparer.quote
+        for table, columns in crm_contract.CONTRACT.items():
             conn.execute(text(f"GRANT SELECT ({', '.join(quote(c) for c in columns)}) ON {quote(table)} "
                               f"TO {quote(role)}"))
     engine.dispose()

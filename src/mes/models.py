@@ -291,6 +291,16 @@ class JobLease(Base):
     last_result: Mapped[str | None] = mapped_column(String(500))
 
 
+class CrmHeartbeat(Base):
+    """One row the scheduler rewrites every few seconds; published to the CRM's database (mes.crm_contract),
+    where now() minus it is how far behind the copy is."""
+
+    __tablename__ = "crm_heartbeat"
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    beat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+
 class StatusCount(Base):
     """Orders per status, kept in step with every change, so the queue never counts the table."""
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from .config import Settings
 from .db import begin_write
-from .models import JobLease, utcnow
+from .models import CrmHeartbeat, JobLease, utcnow
 from .services import backtest as backtest_svc
 from .services import forecast
 from .services import webhooks as webhooks_svc
@@ -59,12 +59,25 @@ def jobs(cfg: Settings) -> tuple[Job, ...]:
         return f"{c.orders} orders scored, mean absolute error {c.mean_abs_error_days} days"
 
     return (
+        Job("crm-heartbeat", timedelta(seconds=TICK_SECONDS), crm_heartbeat),
         Job("recompute-norms", timedelta(seconds=cfg.norms_recompute_seconds), norms),
         Job("recompute-promises", timedelta(seconds=cfg.promise_recompute_seconds), promises),
         Job("purge-idempotency-keys", timedelta(hours=1), idempotency),
         Job("prune-webhook-outbox", timedelta(hours=1), webhook_outbox),
         Job("backtest-forecasts", timedelta(days=1), backtest),
     )
+
+
+def crm_heartbeat(session: Session) -> str:
+    """Rewrite the published heartbeat row (mes.crm_contract): the CRM's database measures its lag in seconds
+    from it, and it keeps the replication slot moving when no order changes."""
+    begin_write(session)
+    now = utcnow()
+    if session.execute(update(CrmHeartbeat).where(CrmHeartbeat.id == 1).values(beat_at=now)
+                       .execution_options(synchronize_session=False)).rowcount == 0:
+        session.execute(insert(CrmHeartbeat).values(id=1, beat_at=now))
+    session.commit()
+    return "crm heartbeat written"
 
 
 def claim(session: Session, job: Job, now: datetime, holder: str) -> bool:

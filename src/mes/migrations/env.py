@@ -2,6 +2,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
+from mes.migrate import check_crm_publication
 from mes.models import Base
 
 config = context.config
@@ -19,6 +20,10 @@ def run_migrations() -> None:
         context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
+            at_head = set(context.get_context().get_current_heads()) == set(context.script.get_heads())
+            if connection.dialect.name == "postgresql" and at_head:
+                # Inside the migrations' transaction: a change that breaks the CRM's publication is undone.
+                check_crm_publication(connection)
     engine.dispose()
 
 

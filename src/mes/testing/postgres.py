@@ -340,7 +340,8 @@ def create_mes_database(server: PostgresServer, *, dbname: str = "mes",
     server.psql(
         "CREATE FUNCTION public.mes_replicas_replayed(target pg_lsn) RETURNS boolean\n"
         "  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $b$ SELECT count(*) > 0"
-        " AND coalesce(bool_and(replay_lsn >= target), false) FROM pg_catalog.pg_stat_replication $b$;\n"
+        " AND coalesce(bool_and(r.replay_lsn >= target), false) FROM pg_catalog.pg_stat_replication r WHERE NOT EXISTS"
+        " (SELECT 1 FROM pg_catalog.pg_replication_slots s WHERE s.active_pid = r.pid AND s.slot_type = 'logical') $b$;\n"
         "REVOKE ALL ON FUNCTION public.mes_replicas_replayed(pg_lsn) FROM PUBLIC;\n"
         f"GRANT EXECUTE ON FUNCTION public.mes_replicas_replayed(pg_lsn) TO {a};\n",
         dbname=dbname,

@@ -1,0 +1,274 @@
+"""The CRM's own PostgreSQL in the local stack (mes_topology.crm_db): one plain server, not run by Patroni and
+never a failover target, that subscribes to the MES's publication `crm` (PostgreSQL logical replication).
+
+- Settings and client authentication come from the same templates as every node (postgresql/*.j2), shown a
+  topology of this one server, as the Ansible role `postgresql` does for group crm_db; TLS with a
+  certificate of the stack's CA (stack/pki.py).
+- Its database `crm_database` holds copies of the published tables (owned by `crm_owner_role`) and a schema
+  `crm_api` of read-only views, with COMMENT ON for every column, built from mes/crm_contract.py: the
+  contract the CRM reads (as `crm_reader_role`, which may read those views and nothing else).
+- The subscription `crm` connects to the MES's nodes as `crm_replication_role` over a multi-host libpq
+  string with target_session_attrs=read-write (it follows a promotion) and sslmode=verify-full, and uses
+  the slot `crm` that Patroni keeps on every node (create_slot=false).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+from . import pki
+from .base import ROOT, Ctx, StackError, wait_until
+from .dbtier import (PG_USER, PostgresExporter, _bin, _is_root, _pg_home, _render, _try_psql, primary_node, psql,
+                     standby_nodes, tls_params)
+from .services import Daemon
+
+CONTRACT_FILE = ROOT / "src" / "mes" / "crm_contract.py"
+SYNC_TIMEOUT = 120  # seconds for the first copy of every table
+
+
+def contract():
+    """mes/crm_contract.py, loaded as a file (plain Python; the stack does not import the app)."""
+    spec = importlib.util.spec_from_file_location("mes_crm_contract", CONTRACT_FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def lit(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def ident(value: str) -> str:
+    return '"' + str(value).replace('"', '""') + '"'
+
+
+def conninfo(ctx: Ctx) -> str:
+    """The subscription's connection to the MES: every node, the one that takes writes (the primary)."""
+    v, nodes = ctx.vars, ctx.vars["mes_topology"]["pg_nodes"]
+    params = {"host": ",".join(n["host"] for n in nodes), "port": ",".join(str(n["port"]) for n in nodes),
+              "dbname": v["pg_database"], "user": v["crm_replication_role"],
+              "password": v["mes_secrets"]["crm_replication_password"],
+              "target_session_attrs": "read-write", "connect_timeout": "5", **tls_params(ctx)}
+    return " ".join(f"{k}={lit(val)}" for k, val in params.items())
+
+
+def schema_sql(ctx: Ctx) -> str:
+    """Roles, database, copies, views and subscription; idempotent (psql as the superuser, from database
+    postgres). A line starting with "changed:" reports each change."""
+    v, s, c = ctx.vars, ctx.vars["mes_secrets"], contract()
+    db, owner, reader = v["crm_database"], v["crm_owner_role"], v["crm_reader_role"]
+    exporter = v["pg_exporter_role"]
+    out = ["SET client_min_messages = warning;"]
+    for role, password in ((owner, s["crm_owner_password"]), (reader, s["crm_reader_password"]),
+                           (exporter, s["exporter_password"])):
+        missing = f"NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {lit(role)})"
+        out += [f"SELECT 'changed: created role ' || {lit(role)} WHERE {missing};",
+                f"SELECT format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                f"PASSWORD %L', {lit(role)}, {lit(password)}) WHERE {missing} \\gexec"]
+    missing = f"NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = {lit(db)})"
+    out += [f"SELECT 'changed: created database ' || {lit(db)} WHERE {missing};",
+            f"SELECT format('CREATE DATABASE %I OWNER %I', {lit(db)}, {lit(owner)}) WHERE {missing} \\gexec",
+            f"REVOKE ALL ON DATABASE {ident(db)} FROM PUBLIC;",
+            f"GRANT CONNECT ON DATABASE {ident(db)} TO {ident(reader)}, {ident(exporter)};",
+            f"GRANT pg_monitor TO {ident(exporter)};",
+            f"\\connect {db}",
+            "SET client_min_messages = warning;",
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
+            f"SET ROLE {ident(owner)};",
+            f"CREATE SCHEMA IF NOT EXISTS crm_api;",
+            "COMMENT ON SCHEMA crm_api IS " + lit(
+                "What the CRM reads: the MES's orders, their status events and partners, copied by logical "
+                "replication (publication crm). Read-only; the tables behind may change, these views keep "
+                "their columns.") + ";"]
+    for table in c.TABLES:
+        # The copy: every column nullable but the key (a column the MES stops sending stays valid).
+        columns = ", ".join(f"{ident(col.name)} {col.type}{' NOT NULL' if col.name == 'id' else ''}"
+                            for col in table.columns)
+        out.append(f"CREATE TABLE IF NOT EXISTS public.{ident(table.name)} ({columns}, PRIMARY KEY (id));")
+        for col in table.columns:  # a column added to the contract later (the CRM first, then the MES)
+            out.append(f"ALTER TABLE public.{ident(table.name)} ADD COLUMN IF NOT EXISTS {ident(col.name)} "
+                       f"{col.type};")
+        view = f"crm_api.{ident(table.name)}"
+        out.append(f"CREATE OR REPLACE VIEW {view} AS SELECT "
+                   f"{', '.join(ident(n) for n in table.column_names)} FROM public.{ident(table.name)};")
+        out.append(f"COMMENT ON VIEW {view} IS {lit(table.meaning)};")
+        out += [f"COMMENT ON COLUMN {view}.{ident(col.name)} IS {lit(col.meaning)};" for col in table.columns]
+    out += ["CREATE OR REPLACE VIEW crm_api.replication_lag AS SELECT beat_at, "
+            "extract(epoch FROM now() - beat_at)::double precision AS lag_seconds FROM public.crm_heartbeat;",
+            "COMMENT ON VIEW crm_api.replication_lag IS " + lit(
+                "How far behind the MES this copy is: the MES rewrites its heartbeat every few seconds, so "
+                "lag_seconds above about 10 means the copy is not current (the MES is down, failing over, or "
+                "the subscription stopped).") + ";",
+            f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {ident(reader)};",
+            f"GRANT USAGE ON SCHEMA crm_api TO {ident(reader)};",
+            f"GRANT SELECT ON ALL TABLES IN SCHEMA crm_api TO {ident(reader)};",
+            # postgres_exporter (monitoring/crm_exporter_queries.yml): the lag, nothing of the data
+            f"GRANT USAGE ON SCHEMA crm_api TO {ident(exporter)};",
+            f"GRANT SELECT ON crm_api.replication_lag TO {ident(exporter)};",
+            "RESET ROLE;"]
+    info = conninfo(ctx)
+    pub, slot = c.PUBLICATION, c.SLOT
+    missing = f"NOT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = {lit(pub)})"
+    out += [f"SELECT 'changed: created subscription ' || {lit(pub)} WHERE {missing};",
+            f"SELECT format('CREATE SUBSCRIPTION %I CONNECTION %L PUBLICATION %I WITH (create_slot = false, "
+            f"slot_name = %L, copy_data = true)', {lit(pub)}, {lit(info)}, {lit(pub)}, {lit(slot)}) "
+            f"WHERE {missing} \\gexec",
+            f"SELECT format('ALTER SUBSCRIPTION %I CONNECTION %L', subname, {lit(info)}) FROM pg_subscription "
+            f"WHERE subname = {lit(pub)} AND subconninfo <> {lit(info)} \\gexec"]
+    return "\n".join(out) + "\n"
+
+
+def _patroni(node: dict, method: str, path: str, body: dict) -> int:
+    request = urllib.request.Request(f"http://{node['host']}:{node['patroni_port']}{path}", method=method,
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def ensure_logical_wal(ctx: Ctx) -> None:
+    """A cluster made before the CRM's database existed runs wal_level replica (Patroni reads bootstrap.dcs
+    once): set logical in its configuration and restart each node in place, standbys first. Writes pause
+    for the primary's restart (a few seconds); nothing fails over."""
+    primary = primary_node(ctx)
+    if _try_psql(ctx, primary, "SHOW wal_level") == "logical":
+        return
+    if _patroni(primary, "PATCH", "/config", {"postgresql": {"parameters": {"wal_level": "logical"}}}) != 200:
+        raise StackError("Patroni refused wal_level = logical")
+    for node in [*standby_nodes(ctx), primary]:
+        if not wait_until(lambda n=node: _patroni(n, "POST", "/restart", {}) == 200, 60, 2) or not wait_until(
+                lambda n=node: _try_psql(ctx, n, "SHOW wal_level") == "logical", 120, 1):
+            raise StackError(f"{node['name']} did not restart with wal_level = logical:\n{ctx.log_tail(node['name'])}")
+
+
+def start_slot_after_publication(ctx: Ctx) -> None:
+    """Before the subscription is first made: move the MES's slot `crm` to the present. Patroni makes the slot
+    when the cluster starts, before the migrations create the publication, and pgoutput cannot decode
+    changes older than its publication ("publication crm does not exist", forever). Nothing is skipped: the
+    subscription first copies every table as it is now."""
+    primary = primary_node(ctx)
+    slot = contract().SLOT
+    if not wait_until(lambda: _try_psql(ctx, primary, f"SELECT count(*) FROM pg_replication_slots "
+                                                      f"WHERE slot_name = {lit(slot)}") == "1", 60, 0.5):
+        raise StackError(f"Patroni did not create the logical slot {slot!r} on {primary['name']} "
+                         "(patroni.yml: slots; wal_level logical?)")
+    psql(ctx, primary, f"SELECT pg_replication_slot_advance({lit(slot)}, pg_current_wal_lsn())", ctx.vars["pg_database"])
+
+
+class CrmDatabase(Daemon):
+    """The CRM's server, as the postgres user; `up` also applies its schema and subscription and waits
+    until every published table has been copied."""
+
+    name, user = "crmdb", PG_USER
+    start_timeout = 60
+
+    def node(self, ctx: Ctx) -> dict:
+        return ctx.vars["mes_topology"]["crm_db"]
+
+    def _extra(self, ctx: Ctx) -> dict:
+        """What postgresql/*.j2 need, for a topology of this one server (its clients: the stack's host)."""
+        node = self.node(ctx)
+        crt, key = pki.certificate(ctx, "crmdb-postgresql", [f"IP:{node['host']}", "DNS:localhost"], owner=PG_USER)
+        one = {"single": True, "pg_bindir": ctx.vars["mes_topology"]["pg_bindir"], "pg_nodes": [node],
+               "app_operator": [], "app_public": [], "app_single": [{"host": node["host"]}]}
+        return {"mes_topology": one, "pg_node_name": node["name"], "pg_socket_dir": node["socket_dir"],
+                "pg_local_auth": "peer" if _is_root() else "trust", "pg_tls_cert": str(crt), "pg_tls_key": str(key),
+                "pg_database": ctx.vars["crm_database"], "pg_owner_role": ctx.vars["crm_owner_role"],
+                "pg_app_role": ctx.vars["crm_reader_role"]}
+
+    def prepare(self, ctx):
+        node = self.node(ctx)
+        data, conf = Path(node["data_dir"]), Path(node["conf_dir"])
+        ctx.ensure_dir(data.parent, owner=PG_USER, mode=0o700)
+        ctx.ensure_dir(conf, owner=PG_USER, mode=0o700)
+        ctx.ensure_dir(Path(node["socket_dir"]), owner=PG_USER, mode=0o755)
+        if not (data / "PG_VERSION").exists():
+            ctx.run([_bin(ctx, "initdb"), "-D", str(data), "-U", "postgres", "--data-checksums", "-E", "UTF8",
+                     "--locale", "C.UTF-8", "--auth-local", "peer" if _is_root() else "trust",
+                     "--auth-host", "scram-sha-256"], user=PG_USER, timeout=120)
+        extra = self._extra(ctx)
+        _render(ctx, "postgresql/postgresql.conf.j2", conf / "mes.conf", mode=0o600, extra=extra)
+        _render(ctx, "postgresql/pg_hba.conf.j2", conf / "pg_hba.conf", mode=0o600, extra=extra)
+
+    def env(self, ctx):
+        return {"HOME": _pg_home()}  # the subscription's libpq looks for client certificates in ~/.postgresql
+
+    def argv(self, ctx):
+        node = self.node(ctx)
+        conf = Path(node["conf_dir"])
+        return [_bin(ctx, "postgres"), "-D", node["data_dir"], "-c", f"config_file={conf / 'mes.conf'}",
+                "-c", f"hba_file={conf / 'pg_hba.conf'}"]
+
+    def ready(self, ctx):
+        return _try_psql(ctx, self.node(ctx), "SELECT 1", timeout=5) == "1"
+
+    def up(self, ctx) -> None:
+        super().up(ctx)
+        if self.query(ctx, "SELECT count(*) FROM pg_subscription WHERE subname = 'crm'") != "1":
+            ensure_logical_wal(ctx)
+            start_slot_after_publication(ctx)
+        psql(ctx, self.node(ctx), schema_sql(ctx), timeout=120)
+        if not wait_until(lambda: self.unsynced(ctx) == 0, SYNC_TIMEOUT, 0.5):
+            raise StackError(f"the CRM's subscription did not copy every table within {SYNC_TIMEOUT} s "
+                             f"({self.detail(ctx)}):\n{ctx.log_tail(self.name)}")
+
+    def down(self, ctx) -> None:
+        ctx.stop(self.name, sig=signal.SIGINT, timeout=60)  # fast shutdown (SIGTERM waits for clients)
+
+    def query(self, ctx: Ctx, sql: str) -> str | None:
+        return _try_psql(ctx, self.node(ctx), sql, ctx.vars["crm_database"])
+
+    def unsynced(self, ctx: Ctx) -> int | None:
+        """Published tables not yet copied and streaming (state other than r), None when unknown."""
+        out = self.query(ctx, "SELECT count(*) FILTER (WHERE srsubstate <> 'r') FROM pg_subscription_rel")
+        return int(out) if out not in (None, "") else None
+
+    def detail(self, ctx):
+        row = self.query(ctx, "SELECT s.pid IS NOT NULL, coalesce(extract(epoch FROM now() - s.last_msg_receipt_time)"
+                              "::int, -1), (SELECT extract(epoch FROM now() - beat_at)::int FROM crm_heartbeat) "
+                              "FROM pg_stat_subscription s WHERE s.subname = 'crm' AND s.relid IS NULL")
+        if not row:
+            return "subscription crm: no apply worker"
+        running, last, lag = row.split("|")
+        return (f"subscription crm {'streaming' if running == 't' else 'STOPPED'}, last message {last} s ago, "
+                f"heartbeat lag {lag or '?'} s, {self.unsynced(ctx)} tables copying")
+
+
+class CrmExporter(PostgresExporter):
+    """prometheus-postgres-exporter of the CRM's server, connected to its database, with the subscription's
+    queries (monitoring/crm_exporter_queries.yml): Prometheus job crm_db."""
+
+    queries_file, queries_dir = ROOT / "monitoring" / "crm_exporter_queries.yml", "crm_exporter"
+
+    def __init__(self, ctx: Ctx):
+        super().__init__(ctx.vars["mes_topology"]["crm_db"])
+        self.name = "crmdb_exporter"
+
+    def _dsn(self, ctx: Ctx) -> str:
+        v = ctx.vars
+        return (f"postgresql://{quote(v['pg_exporter_role'], safe='')}:"
+                f"{quote(v['mes_secrets']['exporter_password'], safe='')}@{self.node['host']}:{self.node['port']}/"
+                f"{quote(v['crm_database'], safe='')}?{urlencode({**tls_params(ctx), 'application_name': self.name}, safe='/')}")
+
+
+def components(ctx: Ctx) -> list:
+    """The CRM's database and its exporter when the topology has one (after the MES's migrations: it
+    subscribes to them)."""
+    return [CrmDatabase(), CrmExporter(ctx)] if "crm_db" in ctx.vars["mes_topology"] else []
+
+
+def reader_url(ctx: Ctx) -> str:
+    """A SQLAlchemy URL of the CRM's database as the read-only reader (what the CRM uses)."""
+    from .dbtier import _url
+    node = ctx.vars["mes_topology"]["crm_db"]
+    return _url(ctx, ctx.vars["crm_reader_role"], ctx.vars["mes_secrets"]["crm_reader_password"], node["host"],
+                node["port"], ctx.vars["crm_database"])

@@ -1,0 +1,181 @@
+"""The CRM's own database in the real topology (started as `make up` does, on free ports): what the public API
+writes reaches the CRM's views by logical replication (commit to visible measured, p50/p95 printed), the CRM
+reads its copy while the MES primary is down, and after the primary's host is lost under writes and a
+standby promoted (and across a switchover), every acknowledged change is in the CRM exactly once (counted by
+event id), none extra."""
+from __future__ import annotations
+
+import re
+import statistics
+import time
+
+import pytest
+import requests
+from sqlalchemy import create_engine, text
+from stack.base import wait_until
+from stackutil import GROUP_VARS, api, create, running_stack
+
+from mes.testing.writeload import WriteLoad
+from stack import crm, dbtier
+
+pytestmark = pytest.mark.topology
+
+BOUND = 30       # seconds: a change must be visible in the CRM's database well within this
+RECOVERY = 90    # seconds a failover may take before writes must succeed again
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with running_stack() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def crm_db(stack):
+    """The CRM's database as the CRM reads it: the read-only role, the crm_api views."""
+    engine = create_engine(crm.reader_url(stack.ctx), pool_pre_ping=True)
+    yield engine
+    engine.dispose()
+
+
+def read(engine, sql: str, **params) -> list:
+    with engine.connect() as conn:
+        return conn.execute(text(sql), params).all()
+
+
+def seconds_until(predicate, timeout: float = BOUND) -> float:
+    started = time.monotonic()
+    assert wait_until(predicate, timeout, 0.002), f"not visible in the CRM's database within {timeout} s"
+    return time.monotonic() - started
+
+
+def test_orders_created_and_cancelled_through_the_api_reach_the_crm_views(stack, crm_db):
+    key = stack.new_key(f"crm-sync-{time.monotonic_ns()}")
+    status = "SELECT status, status_version FROM crm_api.orders WHERE id = :id"
+    delays = []
+    for i in range(20):
+        order = create(stack, key, f"CRM-{time.monotonic_ns()}-{i}")
+        delays.append(seconds_until(lambda: read(crm_db, status, id=order["id"]) == [("received", 1)]))
+        r = api(stack, "POST", f"/orders/{order['id']}/cancel", key, json={"reason": "test"})
+        assert r.status_code == 200, r.text
+        delays.append(seconds_until(lambda: read(crm_db, status, id=order["id"])[0][0] == "cancelled"))
+    events = read(crm_db, "SELECT kind, from_status, to_status FROM crm_api.order_events WHERE order_id = :id "
+                          "ORDER BY id", id=order["id"])
+    assert events == [("status", None, "received"), ("status", "received", "cancelled")]
+    delays.sort()
+    print(f"\nMES commit (API answer) to visible in the CRM's views, {len(delays)} changes: "
+          f"p50 {statistics.median(delays) * 1000:.1f} ms, p95 {delays[int(len(delays) * 0.95) - 1] * 1000:.1f} ms, "
+          f"max {delays[-1] * 1000:.1f} ms")
+    # The reader sees the views and nothing else; the heartbeat says how fresh the copy is.
+    with pytest.raises(Exception, match="permission denied"):
+        read(crm_db, "SELECT count(*) FROM public.orders")
+    assert read(crm_db, "SELECT lag_seconds < 30 FROM crm_api.replication_lag") == [(True,)]
+
+
+def metrics(host: str, port: int) -> str:
+    return requests.get(f"http://{host}:{port}/metrics", timeout=10).text
+
+
+def test_the_exporters_show_the_subscription_and_the_slot(stack):
+    """What the alerts of monitoring/rules/crm.yml read, from the CRM's exporter and the primary's."""
+    t = stack.ctx.vars["mes_topology"]
+    crm_side = metrics(t["crm_db"]["host"], t["crm_db"]["exporter_port"])
+    assert re.search(r'^crm_subscription_apply_running\{[^}]*subscription="crm"[^}]*\} 1$', crm_side, re.M), crm_side
+    assert re.search(r'^crm_subscription_tables_not_ready\{[^}]*\} 0$', crm_side, re.M)
+    lag = re.search(r"^crm_heartbeat_lag_seconds(?:\{[^}]*\})? (\S+)$", crm_side, re.M)
+    assert lag and 0 <= float(lag.group(1)) < 30, crm_side
+    primary = dbtier.primary_node(stack.ctx)
+    mes_side = metrics(primary["host"], primary["exporter_port"])
+    assert re.search(r'^pg_logical_slot_wal_status\{[^}]*slot_name="crm"[^}]*\} 0$', mes_side, re.M), mes_side
+    assert re.search(r'^pg_logical_slot_active\{[^}]*slot_name="crm"[^}]*\} 1$', mes_side, re.M)
+
+
+def writing(stack) -> WriteLoad:
+    load = WriteLoad(stack.public, stack.new_key(f"crm-faults-{time.monotonic_ns()}", tier="bulk"), rate=25).start()
+    time.sleep(3)  # a steady state first
+    return load
+
+
+def keep_writing_after(load: WriteLoad, since: float) -> None:
+    """Until a write that started after `since` succeeded, 3 s more, then stop."""
+    while load.write_gap(since) is None:
+        assert time.monotonic() - since < RECOVERY, f"no write succeeded after the change of primary: {load.statuses()}"
+        time.sleep(0.2)
+    time.sleep(3)
+    load.stop()
+
+
+def assert_every_acknowledged_change_once_in_the_crm(stack, crm_db, load: WriteLoad) -> tuple[int, int]:
+    """Every order the API acknowledged is in the CRM's views; its events there are the MES's, by id, each
+    once and none extra. Returns (acknowledged orders, events)."""
+    acknowledged = load.acknowledged()
+    assert len(acknowledged) > 75, load.statuses()
+    like = f"W-{load.prefix}-%"
+    mes_events = {int(line) for line in dbtier.psql(
+        stack.ctx, dbtier.primary_node(stack.ctx),
+        f"SELECT e.id FROM order_events e JOIN orders o ON o.id = e.order_id WHERE o.reference LIKE '{like}'",
+        db=GROUP_VARS["pg_database"]).split()}
+    query = ("SELECT e.id FROM crm_api.order_events e JOIN crm_api.orders o ON o.id = e.order_id "
+             "WHERE o.reference LIKE :like")
+    seconds_until(lambda: {r[0] for r in read(crm_db, query, like=like)} >= mes_events, RECOVERY)
+    crm_events = [r[0] for r in read(crm_db, query, like=like)]
+    assert len(crm_events) == len(set(crm_events)), "an event arrived twice"
+    assert set(crm_events) == mes_events, f"events in the CRM that the MES does not have: " \
+                                          f"{sorted(set(crm_events) - mes_events)[:10]}"
+    orders = dict(read(crm_db, "SELECT reference, id FROM crm_api.orders WHERE reference LIKE :like", like=like))
+    assert {ref: orders.get(ref) for ref in acknowledged} == acknowledged
+    return len(acknowledged), len(crm_events)
+
+
+def test_a_switchover_under_writes_keeps_the_subscription_flowing(stack, crm_db):
+    load = writing(stack)
+    old = dbtier.primary_node(stack.ctx)
+    new = dbtier.standby_nodes(stack.ctx)[0]
+    switched_at = time.monotonic()
+    r = requests.post(f"http://{old['host']}:{old['patroni_port']}/switchover",
+                      json={"leader": old["name"], "candidate": new["name"]}, timeout=60)
+    assert r.status_code == 200, r.text
+    keep_writing_after(load, switched_at)
+    assert dbtier.primary_node(stack.ctx)["name"] == new["name"]
+    orders, events = assert_every_acknowledged_change_once_in_the_crm(stack, crm_db, load)
+    print(f"\n{orders} acknowledged orders across a switchover to {new['name']}: all in the CRM's database, "
+          f"{events} events, each once")
+
+
+def test_after_the_primary_is_lost_under_writes_every_acknowledged_change_is_in_the_crm_once(stack, crm_db):
+    # The old primary of the switchover before rejoined as a standby: its copy of the slot must be current.
+    assert wait_until(lambda: any(m["role"] == "sync_standby" for m in dbtier.cluster(stack.ctx)["members"]), 60, 1)
+    standby = dbtier.standby_nodes(stack.ctx)[0]
+    copied = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'crm'"
+    assert wait_until(lambda: dbtier._try_psql(stack.ctx, standby, copied) == "1", 60, 1), "no copy of slot crm"
+    load = writing(stack)
+    old = dbtier.primary_node(stack.ctx)["name"]
+    killed_at = time.monotonic()
+    dbtier.kill_node(stack.ctx, old)
+    # The MES has no primary now: the CRM's database still answers from its copy.
+    assert read(crm_db, "SELECT count(*) > 0 FROM crm_api.orders") == [(True,)]
+    keep_writing_after(load, killed_at)
+    assert dbtier.primary_node(stack.ctx)["name"] != old
+    orders, events = assert_every_acknowledged_change_once_in_the_crm(stack, crm_db, load)
+    print(f"\n{orders} acknowledged orders across the failover of {old}: all in the CRM's database, "
+          f"{events} events, each once")
+
+
+def test_a_column_published_before_the_crm_has_it_stops_the_copy_until_it_has_it(stack, crm_db):
+    """The wrong order of mes/crm_contract.py's steps (the MES publishes a column first): the CRM's apply
+    worker stops on it and retries; once the CRM's copy has the column, everything arrives, nothing lost."""
+    from mes import crm_contract
+
+    lists = {**crm_contract.CONTRACT, "orders": (*crm_contract.CONTRACT["orders"], "material")}
+    publish = "ALTER PUBLICATION crm SET TABLE " + ", ".join(f"{t} ({', '.join(c)})" for t, c in lists.items())
+    crm_node = stack.ctx.vars["mes_topology"]["crm_db"]
+    errors = "SELECT apply_error_count FROM pg_stat_subscription_stats WHERE subname = 'crm'"
+    before = int(dbtier.psql(stack.ctx, crm_node, errors, db=GROUP_VARS["crm_database"]))
+    dbtier.psql(stack.ctx, dbtier.primary_node(stack.ctx), publish, db=GROUP_VARS["pg_database"])
+    order = create(stack, stack.new_key(f"crm-column-{time.monotonic_ns()}"), f"CRM-COL-{time.monotonic_ns()}")
+    seconds_until(lambda: int(dbtier.psql(stack.ctx, crm_node, errors, db=GROUP_VARS["crm_database"])) > before)
+    assert read(crm_db, "SELECT id FROM crm_api.orders WHERE id = :id", id=order["id"]) == []
+    dbtier.psql(stack.ctx, crm_node, "ALTER TABLE public.orders ADD COLUMN material text",
+                db=GROUP_VARS["crm_database"])
+    copy = "SELECT material FROM public.orders WHERE id = %d" % order["id"]
+    seconds_until(lambda: dbtier.psql(stack.ctx, crm_node, copy, db=GROUP_VARS["crm_database"]) == "steel S235")
