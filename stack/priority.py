@@ -3,7 +3,8 @@ systemd slices (`mes_pools.<pool>.cpu_weight`, role mes_app).
 
 A weight counts against an ordinary service (100, the kernel's and systemd's default): the operator pool
 (1000) wins a busy CPU over everything else on the machine, HAProxy and the database tier included, and
-the public pool (100) shares like any other service. Where the kernel's cpu controller is mounted and we
+the public pool (10) yields to all of them: a flooded public pool would otherwise take the CPU that the
+operators' requests need in HAProxy, Pgpool-II and PostgreSQL, which no weight of the operator pool reaches. Where the kernel's cpu controller is mounted and we
 may write to it, each pool gets a cgroup of its own at the top of that hierarchy, named after the stack's
 state folder (mes-<hash>-<pool>), with its weight (cgroup v2 `cpu.weight`; on a v1 hierarchy `cpu.shares`,
 1024 per 100, as systemd converts it). They are siblings, not children of one parent: under a common
