@@ -114,6 +114,11 @@ def print_urls(ctx: Ctx) -> None:
               f"Redis: {t['redis']['host']}:{t['redis']['port']}")
         print(f"  PostgreSQL:    primary {ep['host']}:{ep['primary_port']}, replicas {ep['host']}:{ep['replica_port']} "
               f"(HAProxy, following Patroni; stats http://{ep['host']}:{ep['stats_port']}/stats)")
+    if t.get("crm_db"):
+        c = t["crm_db"]
+        print(f"  CRM database:  psql 'host={c['host']} port={c['port']} dbname={ctx.vars['crm_database']} "
+              f"user={ctx.vars['crm_reader_role']} sslmode=verify-full sslrootcert={ca}'  (views crm_api.*; "
+              f"password: crm_reader_password in {ctx.path('secrets.yml')})")
     credentials = ctx.path("credentials.txt")
     if credentials.exists():
         for line in credentials.read_text().splitlines():
