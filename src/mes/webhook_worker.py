@@ -171,7 +171,10 @@ def claim(session: Session, settings: Settings, now: datetime) -> list[Claimed]:
     begin_write(session)
     try:
         rows = list(session.scalars(
-            select(WebhookDelivery).where(WebhookDelivery.id.in_(fair_share(settings, now)))
+            # The due conditions again on the locked rows: a row another worker claimed (and committed)
+            # after this statement's snapshot is re-checked on its new version here, not in the subquery.
+            select(WebhookDelivery).where(WebhookDelivery.id.in_(fair_share(settings, now)),
+                                          WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= now)
             .order_by(WebhookDelivery.next_attempt_at).limit(settings.webhook_batch)
             .options(lazyload(WebhookDelivery.attempt_log))  # the log is not needed to send
             .with_for_update(skip_locked=True, of=WebhookDelivery)))
