@@ -9,12 +9,14 @@ import json
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from uuid import uuid4
 
 import pytest
+import requests
 from click.testing import CliRunner
 from conftest import auth, cancel_reason, create_order
 from sqlalchemy import func, select, update
@@ -722,6 +724,36 @@ def test_a_retried_test_event_or_delivery_replay_queues_nothing_new(client, acco
     assert client.post(f"{path}/test", headers=auth(acme)).status_code == 202
     assert client.post(f"{path}/deliveries/{delivery}/replay", headers=auth(acme)).status_code == 202
     assert count(db, WebhookDelivery) == 4
+
+
+def at_once(live_server, headers, path: str, key: str, **kw) -> list:
+    """Six POSTs with one key, released together: retries that overlap the first request."""
+    start = threading.Barrier(6)
+
+    def post(_):
+        with requests.Session() as s:
+            start.wait(10)
+            return s.post(f"{live_server.url}/api/v1/webhook-endpoints{path}", headers=with_key(headers, key),
+                          timeout=30, **kw)
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(post, range(6)))
+    assert len({(r.status_code, r.text) for r in answers}) == 1, [r.text for r in answers]
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in answers) == 5
+    return answers
+
+
+def test_registers_and_rotations_sent_at_once_with_one_key_happen_once(live_server, client, accounts_, db):
+    acme = accounts_.partner()
+    body = {"url": "https://hooks.acme.example/mes", "event_types": ALL_TYPES}
+    created = at_once(live_server, acme, "", "same", json=body)[0]
+    assert created.status_code == 201 and count(db, WebhookEndpoint) == 1
+    endpoint = created.json()
+    rotated = at_once(live_server, acme, f"/{endpoint['id']}/rotate-secret", "rotate-once")[0]
+    assert rotated.status_code == 200
+    db.rollback()
+    row = db.get(WebhookEndpoint, endpoint["id"])
+    assert (row.secret, row.previous_secret) == (rotated.json()["secret"], endpoint["secret"])  # rotated once
 
 
 def test_stored_answers_that_carry_a_secret_are_purged_like_every_other(app, client, accounts_, db):
