@@ -47,6 +47,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
@@ -239,7 +240,7 @@ class Shop:
             if resp.status_code != 200:
                 raise SystemExit(f"switching an endpoint off: HTTP {resp.status_code}")
         path = f"/hooks/{name}"
-        resp = self.api.post("/api/v1/webhook-endpoints", headers=self.headers,
+        resp = self.api.post("/api/v1/webhook-endpoints", headers={**self.headers, "Idempotency-Key": uuid.uuid4().hex},
                              json={"url": self.receiver.url(path), "event_types": ["order.status_changed"],
                                    "description": f"benchmark run {name}"})
         if resp.status_code != 201:

@@ -54,7 +54,7 @@ def test_notes_typed_on_the_shop_floor_never_reach_an_api_key(client, accounts_,
     endpoints = {}
     for headers in (partner, crm):  # the webhooks of every change, and their delivery logs, are read too
         endpoints[headers["_client_id"]] = client.post(
-            "/api/v1/webhook-endpoints", headers=auth(headers),
+            "/api/v1/webhook-endpoints", headers={**auth(headers), "Idempotency-Key": "endpoint"},
             json={"url": "https://hooks.example.com/mes", "event_types": list(SUBSCRIBABLE)}).get_json()["id"]
     reworked = create_order(client, partner, reference="R1").get_json()["id"]
     cancelled = create_order(client, partner, reference="R2").get_json()["id"]

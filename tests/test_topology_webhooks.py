@@ -151,7 +151,7 @@ def test_every_acknowledged_change_is_delivered_through_a_killed_worker_and_a_lo
 
 def run(stack: Stack, receiver: Receiver) -> None:
     headers = stack.new_key(f"hooks-{time.monotonic_ns()}", tier="bulk")
-    r = api(stack, "POST", "/webhook-endpoints", headers,
+    r = api(stack, "POST", "/webhook-endpoints", {**headers, "Idempotency-Key": "endpoint"},
             json={"url": receiver.url, "event_types": ["order.status_changed"]})
     assert r.status_code == 201, r.text
     secret = r.json()["secret"]

@@ -9,11 +9,14 @@ import json
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from uuid import uuid4
 
 import pytest
+import requests
 from click.testing import CliRunner
 from conftest import auth, cancel_reason, create_order
 from sqlalchemy import func, select, update
@@ -103,10 +106,14 @@ def boss(accounts_):
 
 
 def register(client, headers, url, types=None, **extra):
-    response = client.post("/api/v1/webhook-endpoints", headers=auth(headers),
+    response = client.post("/api/v1/webhook-endpoints", headers={**auth(headers), "Idempotency-Key": str(uuid4())},
                            json={"url": url, "event_types": types or ALL_TYPES, **extra})
     assert response.status_code == 201, response.get_json()
     return response.get_json()
+
+
+def with_key(headers, key):
+    return {**auth(headers), **({"Idempotency-Key": key} if key else {})}
 
 
 def deliver(app, **kw):
@@ -181,7 +188,7 @@ def test_a_partner_manages_its_own_endpoints_and_sees_no_one_elses(client, accou
     for body in ({"url": "ftp://hooks.acme.example/"}, {"event_types": ["order.exploded"]}, {"secret": "x"}):
         refused = client.patch(path, headers=auth(acme), json=body)
         assert refused.status_code == 422, body
-    assert client.post("/api/v1/webhook-endpoints", headers=auth(acme),
+    assert client.post("/api/v1/webhook-endpoints", headers={**auth(acme), "Idempotency-Key": "private"},
                        json={"url": "https://10.1.2.3/", "event_types": ALL_TYPES}).status_code == 422
     assert client.delete(path, headers=auth(acme)).status_code == 204
     assert client.get(path, headers=auth(acme)).status_code == 404
@@ -373,7 +380,7 @@ def test_a_private_address_is_refused_unless_allowed(app, client, accounts_, rec
     later = utcnow() + timedelta(hours=7)
     assert deliver(app, now=later) == {"delivered": 1}
     assert len(receiver.received) == 1
-    strict_app_url = client.post("/api/v1/webhook-endpoints", headers=auth(acme),
+    strict_app_url = client.post("/api/v1/webhook-endpoints", headers=with_key(acme, "loopback"),
                                  json={"url": "http://127.0.0.1:9/x", "event_types": ALL_TYPES})
     assert strict_app_url.status_code == 201  # allowed by these settings; refused by default (test_urls_and_addresses)
 
@@ -611,6 +618,165 @@ def test_the_cli_replays_a_range(app, backend, client, accounts_, db, boss):
     assert backwards.exit_code == 1 and "to must be later than from" in backwards.output
     db.rollback()
     assert [d.replay for d in db.scalars(select(WebhookDelivery))] == [True]
+
+
+# ----------------------------------------------------------------------------------------------- idempotent POSTs
+def count(db, model) -> int:
+    db.rollback()
+    return db.scalar(select(func.count()).select_from(model))
+
+
+def reused(response) -> bool:
+    return response.status_code == 422 and response.get_json()["type"] == "/problems/idempotency-key-reused"
+
+
+def test_a_retried_register_gets_the_first_endpoint_and_secret_and_registers_nothing(client, accounts_, db):
+    """A key is required, as for an order's create: a second endpoint would hear every event twice."""
+    acme, globex = accounts_.partner(), accounts_.partner("globex-erp", "Globex")
+    body = {"url": "https://hooks.acme.example/mes", "event_types": ["order.shipped"]}
+    first = client.post("/api/v1/webhook-endpoints", headers=with_key(acme, "reg-1"), json=body)
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    again = client.post("/api/v1/webhook-endpoints", headers=with_key(acme, "reg-1"),
+                        json={"event_types": ["order.shipped"], "url": "https://hooks.acme.example/mes"})
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json() and again.get_json()["secret"].startswith("whsec_")
+    assert again.headers["Location"] == first.headers["Location"]
+    assert count(db, WebhookEndpoint) == 1
+
+    assert reused(client.post("/api/v1/webhook-endpoints", headers=with_key(acme, "reg-1"),
+                              json={**body, "url": "https://hooks.acme.example/other"}))
+    missing = client.post("/api/v1/webhook-endpoints", headers=auth(acme), json=body)
+    assert missing.status_code == 400 and missing.get_json()["type"] == "/problems/idempotency-key-missing"
+    assert "registers it twice" in missing.get_json()["detail"]
+    blank = client.post("/api/v1/webhook-endpoints", headers=with_key(acme, " "), json=body)
+    assert blank.status_code == 400 and blank.mimetype == "application/problem+json"
+    # A refused register stores nothing: the same key works once the body is right.
+    bad = client.post("/api/v1/webhook-endpoints", headers=with_key(acme, "reg-2"), json={**body, "url": "ftp://x/"})
+    assert bad.status_code == 422 and bad.get_json()["type"] == "/problems/validation-failed"
+    assert client.post("/api/v1/webhook-endpoints", headers=with_key(acme, "reg-2"), json=body).status_code == 201
+    # Keys belong to their client: another partner's same key is its own.
+    theirs = client.post("/api/v1/webhook-endpoints", headers=with_key(globex, "reg-1"), json=body)
+    assert theirs.status_code == 201 and "Idempotent-Replayed" not in theirs.headers
+    assert theirs.get_json()["id"] != first.get_json()["id"]
+    assert count(db, WebhookEndpoint) == 3
+    # A key is shared with the orders' POSTs: an order's create with it is a different request.
+    assert reused(create_order(client, acme, key="reg-1", reference="PO-1"))
+    # Once the endpoint is removed, its key names nothing: a retry is told so rather than shown it.
+    assert client.delete(first.headers["Location"], headers=auth(acme)).status_code == 204
+    gone = client.post("/api/v1/webhook-endpoints", headers=with_key(acme, "reg-1"), json=body)
+    assert gone.status_code == 409 and "new key" in gone.get_json()["detail"]
+    assert count(db, WebhookEndpoint) == 2
+
+
+def test_a_retried_rotation_gets_the_first_new_secret_and_rotates_nothing(app, client, accounts_, db, receiver):
+    acme = accounts_.partner()
+    endpoint, other = register(client, acme, receiver.url), register(client, acme, receiver.url + "/b")
+    path = f"/api/v1/webhook-endpoints/{endpoint['id']}"
+    first = client.post(f"{path}/rotate-secret", headers=with_key(acme, "rot-1"))
+    again = client.post(f"{path}/rotate-secret", headers=with_key(acme, "rot-1"))
+    assert first.status_code == again.status_code == 200
+    assert "Idempotent-Replayed" not in first.headers and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    new = first.get_json()["secret"]
+    db.rollback()
+    row = db.get(WebhookEndpoint, endpoint["id"])
+    assert (row.secret, row.previous_secret) == (new, endpoint["secret"])  # the old one still signs beside it
+    client.post(f"{path}/test", headers=auth(acme))
+    assert deliver(app) == {"delivered": 1}
+    _, headers, body = receiver.received[0]
+    assert verified(endpoint["secret"], headers, body) == verified(new, headers, body)
+
+    assert reused(client.post(f"/api/v1/webhook-endpoints/{other['id']}/rotate-secret",
+                              headers=with_key(acme, "rot-1")))
+    db.rollback()
+    assert db.get(WebhookEndpoint, other["id"]).secret == other["secret"]
+    stranger = accounts_.partner("globex-erp", "Globex")
+    assert client.post(f"{path}/rotate-secret", headers=with_key(stranger, "rot-1")).status_code == 404
+    # Without a key each call rotates, as before.
+    plain = client.post(f"{path}/rotate-secret", headers=auth(acme)).get_json()["secret"]
+    assert plain != new and client.post(f"{path}/rotate-secret", headers=auth(acme)).get_json()["secret"] != plain
+
+
+def test_a_retried_test_event_or_delivery_replay_queues_nothing_new(client, accounts_, db):
+    acme = accounts_.partner()
+    endpoint, other = (register(client, acme, "https://hooks.acme.example/mes"),
+                       register(client, acme, "https://hooks.acme.example/other"))
+    path = f"/api/v1/webhook-endpoints/{endpoint['id']}"
+    first = client.post(f"{path}/test", headers=with_key(acme, "test-1"))
+    again = client.post(f"{path}/test", headers=with_key(acme, "test-1"))
+    assert first.status_code == again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert (count(db, WebhookEvent), count(db, WebhookDelivery)) == (1, 1)
+    assert reused(client.post(f"/api/v1/webhook-endpoints/{other['id']}/test", headers=with_key(acme, "test-1")))
+
+    delivery = first.get_json()["id"]
+    replayed = client.post(f"{path}/deliveries/{delivery}/replay", headers=with_key(acme, "again-1"))
+    retried = client.post(f"{path}/deliveries/{delivery}/replay", headers=with_key(acme, "again-1"))
+    assert replayed.status_code == retried.status_code == 202 and replayed.get_json()["replay"] is True
+    assert "Idempotent-Replayed" not in replayed.headers and retried.headers["Idempotent-Replayed"] == "true"
+    assert retried.get_json() == replayed.get_json()
+    assert count(db, WebhookDelivery) == 2
+    assert reused(client.post(f"{path}/deliveries/{replayed.get_json()['id']}/replay",
+                              headers=with_key(acme, "again-1")))
+    assert reused(client.post(f"{path}/test", headers=with_key(acme, "again-1")))
+    assert count(db, WebhookDelivery) == 2
+    # Without a key each call queues, as before.
+    assert client.post(f"{path}/test", headers=auth(acme)).status_code == 202
+    assert client.post(f"{path}/deliveries/{delivery}/replay", headers=auth(acme)).status_code == 202
+    assert count(db, WebhookDelivery) == 4
+
+
+def at_once(live_server, headers, path: str, key: str, **kw) -> list:
+    """Six POSTs with one key, released together: retries that overlap the first request."""
+    start = threading.Barrier(6)
+
+    def post(_):
+        with requests.Session() as s:
+            start.wait(10)
+            return s.post(f"{live_server.url}/api/v1/webhook-endpoints{path}", headers=with_key(headers, key),
+                          timeout=30, **kw)
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(post, range(6)))
+    assert len({(r.status_code, r.text) for r in answers}) == 1, [r.text for r in answers]
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in answers) == 5
+    return answers
+
+
+def test_registers_and_rotations_sent_at_once_with_one_key_happen_once(live_server, client, accounts_, db):
+    acme = accounts_.partner()
+    body = {"url": "https://hooks.acme.example/mes", "event_types": ALL_TYPES}
+    created = at_once(live_server, acme, "", "same", json=body)[0]
+    assert created.status_code == 201 and count(db, WebhookEndpoint) == 1
+    endpoint = created.json()
+    rotated = at_once(live_server, acme, f"/{endpoint['id']}/rotate-secret", "rotate-once")[0]
+    assert rotated.status_code == 200
+    db.rollback()
+    row = db.get(WebhookEndpoint, endpoint["id"])
+    assert (row.secret, row.previous_secret) == (rotated.json()["secret"], endpoint["secret"])  # rotated once
+
+
+def test_stored_answers_that_carry_a_secret_are_purged_like_every_other(app, client, accounts_, db):
+    from mes.scheduler import jobs
+
+    acme = accounts_.partner()
+    created = client.post("/api/v1/webhook-endpoints", headers=with_key(acme, "reg-old"),
+                          json={"url": "https://hooks.acme.example/mes", "event_types": ALL_TYPES}).get_json()
+    rotated = client.post(f"/api/v1/webhook-endpoints/{created['id']}/rotate-secret",
+                          headers=with_key(acme, "rot-old")).get_json()
+    young = register(client, acme, "https://hooks.acme.example/young")
+    db.rollback()
+    stored = {r.key: json.loads(r.response_body)["secret"] for r in db.scalars(select(IdempotencyRecord))}
+    assert stored["reg-old"] == created["secret"] and stored["rot-old"] == rotated["secret"]
+    cfg = app.extensions["mes_settings"]
+    db.execute(update(IdempotencyRecord).where(IdempotencyRecord.key.in_(["reg-old", "rot-old"]))
+               .values(created_at=utcnow() - cfg.idempotency_retention - timedelta(minutes=1)))
+    db.commit()
+    (job,) = [j for j in jobs(cfg) if j.name == "purge-idempotency-keys"]
+    assert job.run(db) == "2 idempotency keys purged"
+    db.rollback()
+    left = [json.loads(r.response_body)["secret"] for r in db.scalars(select(IdempotencyRecord))]
+    assert left == [young["secret"]]
 
 
 # ----------------------------------------------------------------------------------------------- retention

@@ -278,9 +278,10 @@ def add_webhook_endpoint(url, partner_name, events, description, inactive):
               "description": description, "active": not inactive}
     created = _run(lambda: webhooks.create_endpoint(session, None, fields,
                                                     current_app.extensions["mes_settings"].webhook_address_policy,
-                                                    partner_id=partner_id))
-    click.echo(f"endpoint {created.endpoint.id} registered; its signing secret, shown only now:")
-    click.echo(created.secret)
+                                                    lambda c: {"id": c.endpoint.id, "secret": c.secret},
+                                                    partner_id=partner_id)).body
+    click.echo(f"endpoint {created['id']} registered; its signing secret, shown only now:")
+    click.echo(created["secret"])
 
 
 @webhook_endpoints.command("set")
@@ -327,10 +328,12 @@ def rotate_webhook_secret(endpoint_id):
 
     cfg = current_app.extensions["mes_settings"]
     created = _run(lambda: webhooks.rotate_secret(db_session(), None, endpoint_id,
-                                                  timedelta(hours=cfg.webhook_secret_overlap_hours)))
-    click.echo(f"new secret of endpoint {endpoint_id} (the old one signs too until "
-               f"{created.endpoint.previous_secret_until:%Y-%m-%d %H:%M} UTC):")
-    click.echo(created.secret)
+                                                  timedelta(hours=cfg.webhook_secret_overlap_hours),
+                                                  lambda c: {"secret": c.secret,
+                                                             "until": c.endpoint.previous_secret_until})).body
+    click.echo(f"new secret of endpoint {endpoint_id} (the old one signs too until {created['until']:%Y-%m-%d %H:%M} "
+               "UTC):")
+    click.echo(created["secret"])
 
 
 @webhook_endpoints.command("replay")

@@ -1,5 +1,9 @@
 """Webhook endpoints of API v1: register, list, change, delete, rotate the secret, read the delivery log,
-replay a delivery or a time range, send a test event. A partner sees only its own endpoints (mes.services.webhooks)."""
+replay a delivery or a time range, send a test event. A partner sees only its own endpoints (mes.services.webhooks).
+
+Every POST takes an Idempotency-Key (a register and a range replay require one, as an order's create does:
+a retry without one would register a second endpoint or queue the range twice); a retry with the key gets
+the first answer back, marked `Idempotent-Replayed: true`, and changes nothing."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -8,7 +12,7 @@ from flask import Response, g, jsonify, request, url_for
 
 from .. import query_params
 from ..domain.errors import IdempotencyKeyMissing, ValidationFailed
-from ..domain.idempotency import fingerprint, optional_key
+from ..domain.idempotency import check_key, fingerprint, optional_key
 from ..models import WebhookDelivery, WebhookEndpoint, iso
 from ..services import webhooks as svc
 from ..web import db_session, settings
@@ -62,22 +66,39 @@ def _object_body() -> dict:
     return data
 
 
-def _with_secret(created: svc.Created, status: int) -> Response:
-    response = jsonify(endpoint_json(created.endpoint) | {"secret": created.secret})
+def with_secret(created: svc.Created) -> dict:
+    return endpoint_json(created.endpoint) | {"secret": created.secret}
+
+
+def _once(asked: object) -> svc.Once:
+    """This request's Idempotency-Key, if sent, and the fingerprint of what it asks (`asked`)."""
+    return svc.Once(optional_key(request.headers.get("Idempotency-Key")), fingerprint(asked))
+
+
+def _answered(answer: svc.Answer, status: int) -> Response:
+    response = jsonify(answer.body)
     response.status_code = status
+    if answer.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return response
 
 
 @bp.post("/webhook-endpoints")
 def create_webhook_endpoint():
+    """A key is required: a retried register without one would make a second endpoint, and every event
+    would then be delivered twice."""
+    key = check_key(request.headers.get("Idempotency-Key"),
+                    "Registering a webhook endpoint needs an Idempotency-Key header (for example a UUID) so that "
+                    "a retry never registers it twice.")
     data = _object_body()
     unknown = sorted(set(data) - CREATE_FIELDS)
     if unknown:
         raise ValidationFailed(f"Some fields are invalid: {', '.join(unknown)}.",
                                errors=[{"field": f, "message": "may not be set by clients"} for f in unknown])
-    created = svc.create_endpoint(db_session(), g.actor, data, settings().webhook_address_policy)
-    response = _with_secret(created, 201)
-    response.headers["Location"] = url_for("api.webhook_endpoint", endpoint_id=created.endpoint.id)
+    answer = svc.create_endpoint(db_session(), g.actor, data, settings().webhook_address_policy, with_secret,
+                                 once=svc.Once(key, fingerprint({"register": data})))
+    response = _answered(answer, 201)
+    response.headers["Location"] = url_for("api.webhook_endpoint", endpoint_id=answer.body["id"])
     return response
 
 
@@ -102,11 +123,13 @@ def webhook_endpoint(endpoint_id: int):
 
 @bp.post("/webhook-endpoints/<id:endpoint_id>/rotate-secret")
 def rotate_webhook_secret(endpoint_id: int):
-    """The new secret, shown once; the old one keeps signing beside it for the overlap."""
+    """The new secret, shown once (and to a retry with the same key); the old one keeps signing beside it
+    for the overlap."""
+    once = _once({"rotate-secret": endpoint_id})
     if request.content_length or request.data:
         json_body()  # a body is not needed, but a malformed one is still refused
     overlap = timedelta(hours=settings().webhook_secret_overlap_hours)
-    return _with_secret(svc.rotate_secret(db_session(), g.actor, endpoint_id, overlap), 200)
+    return _answered(svc.rotate_secret(db_session(), g.actor, endpoint_id, overlap, with_secret, once=once), 200)
 
 
 @bp.get("/webhook-endpoints/<id:endpoint_id>/deliveries")
@@ -118,10 +141,9 @@ def list_webhook_deliveries(endpoint_id: int):
 
 @bp.post("/webhook-endpoints/<id:endpoint_id>/deliveries/<id:delivery_id>/replay")
 def replay_webhook_delivery(endpoint_id: int, delivery_id: int):
-    again = svc.replay(db_session(), g.actor, endpoint_id, delivery_id, retention=settings().webhook_retention)
-    response = jsonify(delivery_json(again))
-    response.status_code = 202
-    return response
+    once = _once({"replay-delivery": [endpoint_id, delivery_id]})
+    return _answered(svc.replay(db_session(), g.actor, endpoint_id, delivery_id, delivery_json,
+                                retention=settings().webhook_retention, once=once), 202)
 
 
 def replay_limits() -> svc.ReplayLimits:
@@ -145,17 +167,12 @@ def replay_webhook_range(endpoint_id: int):
         raise IdempotencyKeyMissing("A replay needs an Idempotency-Key header (for example a UUID) so that a "
                                     "retry never queues the range twice.")
     data = _object_body()
-    answer = svc.replay_range(db_session(), g.actor, endpoint_id, data, replay_limits(), range_json, key=key,
-                              fingerprint=fingerprint({"replay": endpoint_id, "body": data}))
-    response = jsonify(answer.body)
-    response.status_code = 202
-    if answer.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+    answer = svc.replay_range(db_session(), g.actor, endpoint_id, data, replay_limits(), range_json,
+                              once=svc.Once(key, fingerprint({"replay": endpoint_id, "body": data})))
+    return _answered(answer, 202)
 
 
 @bp.post("/webhook-endpoints/<id:endpoint_id>/test")
 def send_webhook_test(endpoint_id: int):
-    response = jsonify(delivery_json(svc.send_test(db_session(), g.actor, endpoint_id)))
-    response.status_code = 202
-    return response
+    once = _once({"test": endpoint_id})
+    return _answered(svc.send_test(db_session(), g.actor, endpoint_id, delivery_json, once=once), 202)

@@ -1,8 +1,9 @@
 """Idempotent POSTs: the same key with the same request gives the first answer again.
 
-A create needs a key (a retry must never make a second order); a cancel takes one if sent (a cancel
-is safe to repeat anyway, the key makes the retry return the first answer, marked as a replay).
-Keys are per client and shared by both operations: the fingerprint covers what was asked, so a
+A create needs a key (a retry must never make a second order, nor a second webhook endpoint, which would
+hear every event twice); a cancel takes one if sent (a cancel is safe to repeat anyway, the key makes the
+retry return the first answer, marked as a replay).
+Keys are per client and shared by every operation: the fingerprint covers what was asked, so a
 create's key sent with a cancel is a key reused for another request."""
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ KEY_PATTERN = r"^[ -~]*[!-~][ -~]*$"
 _KEY = re.compile(KEY_PATTERN)
 
 
-def check_key(key: str | None) -> str:
-    """Return the key, or explain why it is unusable."""
+ORDER_KEY_MISSING = ("POST /orders needs an Idempotency-Key header (for example a UUID) so that retries never "
+                     "duplicate an order.")
+
+
+def check_key(key: str | None, missing: str = ORDER_KEY_MISSING) -> str:
+    """Return the key, or explain why it is unusable (`missing`: why this request needs one)."""
     if key is None or not key.strip():
-        raise IdempotencyKeyMissing(
-            "POST /orders needs an Idempotency-Key header (for example a UUID) so that retries never duplicate an order."
-        )
+        raise IdempotencyKeyMissing(missing)
     if len(key) > MAX_KEY_LENGTH:
         raise ValidationFailed(
             f"Idempotency-Key is longer than {MAX_KEY_LENGTH} characters.",

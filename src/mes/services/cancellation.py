@@ -18,7 +18,6 @@ caller asks for and may retry) and takes the same path to `delivered`.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,11 +28,10 @@ from ..db import begin_write
 from ..domain import actors
 from ..domain.actors import Actor
 from ..domain.errors import Conflict, VersionConflict
-from ..domain.idempotency import check_replay
 from ..domain.lifecycle import Status
 from ..domain.preconditions import IfMatch
-from ..models import IdempotencyRecord, Order
-from . import orders
+from ..models import Order
+from . import answers, orders
 from .orders import StatusChanged, facts
 
 #: Tries when the order changes between the checks and the change (each try sees a newer version).
@@ -88,11 +86,9 @@ def _attempt(session: Session, actor: Actor, order_id: int, target: Status, requ
     try:
         order = orders.get_order(session, actor, order_id)
         actors.require_move(actor, facts(order), target)
-        if request.key is not None:
-            earlier = session.get(IdempotencyRecord, (actor.id, request.key))
-            if earlier is not None:
-                check_replay(earlier.fingerprint, request.fingerprint)
-                return Answer(json.loads(earlier.response_body), True, None)
+        earlier = answers.stored(session, actor.id, request.key, request.fingerprint)
+        if earlier is not None:
+            return Answer(earlier.body, True, None)
         if order.status == target.value:
             body = render(order)
             _remember(session, actor, request, order, body)
@@ -119,6 +115,4 @@ def _attempt(session: Session, actor: Actor, order_id: int, target: Status, requ
 def _remember(session: Session, actor: Actor, request: CancelRequest, order: Order, body: dict) -> None:
     """The answer to replay for this key (none without a key); a clash with a concurrent request
     of the same key fails the commit, and the next attempt replays that one's answer."""
-    if request.key is not None:
-        session.add(IdempotencyRecord(client_id=actor.id, key=request.key, fingerprint=request.fingerprint,
-                                      response_status=200, response_body=json.dumps(body), order_id=order.id))
+    answers.remember(session, actor.id, request.key, request.fingerprint, 200, body, order_id=order.id)

@@ -18,12 +18,11 @@ from ..domain.forecast import check_late_reason, promise_of
 from ..domain.holds import EventKind, HoldState, check_move_while_held, closed
 from ..domain.reason_codes import Kind
 from ..domain.scan import Scan, like_prefix
-from ..domain.idempotency import check_replay
 from ..domain.lifecycle import OPEN_STATUSES, Status, check_transition
 from ..domain.priority import Priority
 from ..domain.promises import promised_date
 from ..models import FloorEvent, IdempotencyRecord, Operator, Order, OrderEvent, StatusCount, utcnow
-from . import cursors, forecast, reason_codes
+from . import answers, cursors, forecast, reason_codes
 
 
 def facts(order: Order) -> OrderFacts:
@@ -78,16 +77,15 @@ def create_order(session: Session, actor: Actor, new: NewOrder, *, idempotency_k
     actors.may_create_orders(actor)
     begin_write(session)
     try:
-        earlier = session.get(IdempotencyRecord, (actor.id, idempotency_key))
+        earlier = answers.stored(session, actor.id, idempotency_key, fingerprint)
         if earlier is not None:
-            return _replay(earlier, fingerprint)
-        record = IdempotencyRecord(client_id=actor.id, key=idempotency_key, fingerprint=fingerprint)
-        session.add(record)
+            return _replayed(earlier)
+        record = answers.remember(session, actor.id, idempotency_key, fingerprint)
         try:
             session.flush()
         except IntegrityError:
             session.rollback()  # a concurrent request with this key committed first: replay its answer
-            return _replay(session.get(IdempotencyRecord, (actor.id, idempotency_key)), fingerprint)
+            return _replayed(answers.stored(session, actor.id, idempotency_key, fingerprint))
         order = _insert_order(session, actor, new, lead_days)
         body = render(order)
         record.response_status, record.response_body, record.order_id = 201, json.dumps(body), order.id
@@ -121,11 +119,10 @@ def _insert_order(session: Session, actor: Actor, new: NewOrder, lead_days: int)
     return order
 
 
-def _replay(record: IdempotencyRecord | None, fingerprint: str) -> CreateResult:
-    if record is None:  # the other request rolled back after we collided: the client may retry
+def _replayed(earlier: answers.Stored | None) -> CreateResult:
+    if earlier is None:  # the other request rolled back after we collided: the client may retry
         raise Conflict("A request with this Idempotency-Key was in flight and failed; retry it.")
-    check_replay(record.fingerprint, fingerprint)
-    return CreateResult(record.response_status, json.loads(record.response_body), True, record.order_id)
+    return CreateResult(earlier.status, earlier.body, True, earlier.order_id)
 
 
 def purge_idempotency_keys(session: Session, older_than: timedelta) -> int:

@@ -27,10 +27,9 @@ from ..domain import webhooks as rules
 from ..domain.actors import Actor
 from ..domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from ..domain.holds import EventKind
-from ..domain.idempotency import check_replay
-from ..models import (IdempotencyRecord, Order, OrderEvent, Shipment, WebhookAttempt, WebhookDelivery,
+from ..models import (Order, OrderEvent, Shipment, WebhookAttempt, WebhookDelivery,
                       WebhookEndpoint, WebhookEvent, iso, utcnow)
-from . import cursors
+from . import answers, cursors
 from .event_facts import event_facts
 
 PENDING = "mes_webhook_pending"
@@ -99,6 +98,53 @@ def enqueue(session: Session, kind: str, data: dict, at: datetime, endpoints: li
     return row
 
 
+# --------------------------------------------------------------------------------------------- once per key
+@dataclass(frozen=True)
+class Once:
+    """The Idempotency-Key of an API request (None: none sent, or the CLI) and the fingerprint of what
+    it asked (mes.domain.idempotency.fingerprint)."""
+    key: str | None = None
+    fingerprint: str = ""
+
+
+@dataclass
+class Answer:
+    body: dict
+    replayed: bool  # the stored answer to an earlier request with this Idempotency-Key
+
+
+def _once(session: Session, actor: Owner, once: Once, status: int, change: Callable[[], dict], *,
+          check: Callable[[], object] | None = None, still: Callable[[dict], object] | None = None) -> Answer:
+    """Make `change` (which writes and returns the answer) in one transaction, once per key: its answer is
+    stored in that same transaction (mes.services.answers), and a retry with the key gets it back and
+    changes nothing. `check` runs first (may the caller see the endpoint at all?); `still` is given a
+    stored answer before it is replayed (does what it names still exist?); without a key, `change`
+    simply runs."""
+    client = actor.id if actor is not None else None
+    begin_write(session)
+    try:
+        if check is not None:
+            check()
+        earlier = answers.stored(session, client, once.key, once.fingerprint)
+        if earlier is not None:
+            if still is not None:
+                still(earlier.body)
+            return Answer(earlier.body, True)
+        body = change()
+        answers.remember(session, client, once.key, once.fingerprint, status, body)
+        session.commit()
+        return Answer(body, False)
+    except IntegrityError:
+        # A concurrent request with this key committed first (the only row that can collide): its answer.
+        session.rollback()
+        earlier = answers.stored(session, client, once.key, once.fingerprint)
+        if earlier is None:
+            raise
+        return Answer(earlier.body, True)
+    finally:
+        session.rollback()  # a no-op after the commit; ends the read of a replayed answer or an error
+
+
 # --------------------------------------------------------------------------------------------- endpoints
 #: Who manages endpoints: an API client (a partner: its own; the CRM: its own, which hear every partner),
 #: or the CLI (None: every endpoint).
@@ -158,24 +204,31 @@ def _active(value: object) -> bool:
 
 
 def create_endpoint(session: Session, actor: Owner, fields: dict, policy: rules.AddressPolicy,
-                    *, partner_id: int | None = None) -> Created:
-    """Register an endpoint (the CLI names the partner; a client registers for itself)."""
+                    render: Callable[[Created], dict], *, partner_id: int | None = None,
+                    once: Once = Once()) -> Answer:
+    """Register an endpoint (the CLI names the partner; a client registers for itself). With an
+    Idempotency-Key a retry gets the first answer, the same endpoint and secret, and registers nothing:
+    a second endpoint would hear every event twice. That answer, secret included, is kept in the key's
+    idempotency record until the purge of keys removes it (mes.services.answers)."""
     url = rules.parse_url(fields.get("url"), policy)
     types = rules.parse_event_types(fields.get("event_types"))
-    secret = rules.new_secret()
-    now = utcnow()
-    begin_write(session)
-    try:
+    description, active = _description(fields.get("description")), _active(fields.get("active", True))
+
+    def register() -> dict:
+        now, secret = utcnow(), rules.new_secret()
         endpoint = WebhookEndpoint(partner_id=_owner_partner(actor) if actor is not None else partner_id, url=url,
-                                   event_types=" ".join(types), description=_description(fields.get("description")),
-                                   active=_active(fields.get("active", True)), secret=secret, created_at=now,
-                                   updated_at=now)
+                                   event_types=" ".join(types), description=description, active=active,
+                                   secret=secret, created_at=now, updated_at=now)
         session.add(endpoint)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    return Created(endpoint, secret)
+        session.flush()
+        return render(Created(endpoint, secret))
+
+    def still_registered(first: dict) -> None:
+        if session.get(WebhookEndpoint, first["id"]) is None:
+            raise Conflict(f"The webhook endpoint registered with this Idempotency-Key ({first['id']}) has been "
+                           "removed since; register it again with a new key.")
+
+    return _once(session, actor, once, 201, register, still=still_registered)
 
 
 def update_endpoint(session: Session, actor: Owner, endpoint_id: int, fields: dict,
@@ -222,21 +275,23 @@ def delete_endpoint(session: Session, actor: Owner, endpoint_id: int) -> None:
 
 
 def rotate_secret(session: Session, actor: Owner, endpoint_id: int, overlap: timedelta,
-                  now: datetime | None = None) -> Created:
+                  render: Callable[[Created], dict], *, once: Once = Once(), now: datetime | None = None) -> Answer:
     """A new secret; the one it replaces keeps signing beside it for `overlap`, so that receivers can
-    switch without losing a delivery."""
+    switch without losing a delivery. With an Idempotency-Key a retry gets the first new secret back
+    and rotates nothing: a second rotation would push out the old secret while the receiver, which never
+    got the first answer, still has only that one. The new secret is kept in the key's idempotency
+    record, as the register's is, until the purge of keys."""
     now = now or utcnow()
-    begin_write(session)
-    try:
+
+    def rotate() -> dict:
         endpoint = get_endpoint(session, actor, endpoint_id, for_update=True)
         secret = rules.new_secret()
         endpoint.previous_secret, endpoint.previous_secret_until = endpoint.secret, now + overlap
         endpoint.secret, endpoint.updated_at = secret, now
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    return Created(endpoint, secret)
+        session.flush()
+        return render(Created(endpoint, secret))
+
+    return _once(session, actor, once, 200, rotate, check=lambda: get_endpoint(session, actor, endpoint_id))
 
 
 def signing_secrets(endpoint: WebhookEndpoint, now: datetime) -> list[str]:
@@ -268,11 +323,13 @@ def deliveries(session: Session, actor: Owner, endpoint_id: int, *, after: str |
 
 
 def replay(session: Session, actor: Owner, endpoint_id: int, delivery_id: int,
-           retention: timedelta | None = None) -> WebhookDelivery:
+           render: Callable[[WebhookDelivery], dict], *, retention: timedelta | None = None,
+           once: Once = Once()) -> Answer:
     """Send one event again to this endpoint, now (the same webhook-id: receivers may drop it as seen).
-    An event past the outbox's `retention` is not replayed: the pruning may be removing it."""
-    begin_write(session)
-    try:
+    An event past the outbox's `retention` is not replayed: the pruning may be removing it. With an
+    Idempotency-Key a retry gets the first answer and queues nothing."""
+
+    def queue() -> dict:
         endpoint = get_endpoint(session, actor, endpoint_id)
         earlier = session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == delivery_id,
                                                                WebhookDelivery.endpoint_id == endpoint.id))
@@ -285,17 +342,18 @@ def replay(session: Session, actor: Owner, endpoint_id: int, delivery_id: int,
         again = WebhookDelivery(event_id=earlier.event_id, endpoint_id=endpoint.id, state="pending", attempts=0,
                                 next_attempt_at=now, replay=True, created_at=now)
         session.add(again)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    return again
+        session.flush()
+        return render(again)
+
+    return _once(session, actor, once, 202, queue, check=lambda: get_endpoint(session, actor, endpoint_id))
 
 
-def send_test(session: Session, actor: Owner, endpoint_id: int) -> WebhookDelivery:
-    """A `webhook.test` event for this endpoint alone, whatever it subscribed to."""
-    begin_write(session)
-    try:
+def send_test(session: Session, actor: Owner, endpoint_id: int, render: Callable[[WebhookDelivery], dict], *,
+              once: Once = Once()) -> Answer:
+    """A `webhook.test` event for this endpoint alone, whatever it subscribed to. With an Idempotency-Key
+    a retry gets the first answer and queues no second test event."""
+
+    def queue() -> dict:
         endpoint = get_endpoint(session, actor, endpoint_id)
         now = utcnow()
         ev = enqueue(session, rules.TEST_EVENT, {"endpoint_id": endpoint.id, "partner_id": endpoint.partner_id,
@@ -303,11 +361,10 @@ def send_test(session: Session, actor: Owner, endpoint_id: int) -> WebhookDelive
         delivery = WebhookDelivery(event=ev, endpoint_id=endpoint.id, state="pending", attempts=0,
                                    next_attempt_at=now, replay=False, created_at=now)
         session.add(delivery)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    return delivery
+        session.flush()
+        return render(delivery)
+
+    return _once(session, actor, once, 202, queue, check=lambda: get_endpoint(session, actor, endpoint_id))
 
 
 # --------------------------------------------------------------------------------------------- range replay
@@ -325,28 +382,17 @@ class RangeQueued:
     queued: int
 
 
-@dataclass
-class RangeAnswer:
-    body: dict
-    replayed: bool  # the stored answer to an earlier request with this Idempotency-Key
-
-
 def replay_range(session: Session, actor: Owner, endpoint_id: int, fields: dict, limits: ReplayLimits,
-                 render: Callable[[RangeQueued], dict], *, key: str | None = None, fingerprint: str = "",
-                 now: datetime | None = None) -> RangeAnswer:
+                 render: Callable[[RangeQueued], dict], *, once: Once = Once(),
+                 now: datetime | None = None) -> Answer:
     """Send the events of a time range again to one endpoint: one new delivery per event, each with the
     event's own webhook-id. Only events the endpoint may hear (its partner's; every partner's for the
     CRM's) of the types asked. More than `limits.max_events` is refused whole, never cut short.
     With an Idempotency-Key the answer is stored in the same transaction and a retry gets it back."""
     now = now or utcnow()
-    begin_write(session)
-    try:
+
+    def queue() -> dict:
         endpoint = get_endpoint(session, actor, endpoint_id)
-        if key is not None:
-            earlier = session.get(IdempotencyRecord, (actor.id, key))
-            if earlier is not None:
-                check_replay(earlier.fingerprint, fingerprint)
-                return RangeAnswer(json.loads(earlier.response_body), True)
         wanted = rules.parse_replay_range(fields, endpoint.types, now, limits.max_days, limits.retention)
         if not endpoint.active:
             raise Conflict(f"Webhook endpoint {endpoint_id} is not active: activate it before replaying to it.")
@@ -365,22 +411,9 @@ def replay_range(session: Session, actor: Owner, endpoint_id: int, fields: dict,
             session.execute(insert(WebhookDelivery), [
                 {"event_id": i, "endpoint_id": endpoint.id, "state": "pending", "attempts": 0,
                  "next_attempt_at": now, "replay": True, "created_at": now} for i in ids])
-        body = render(RangeQueued(endpoint.id, wanted, len(ids)))
-        if key is not None:
-            session.add(IdempotencyRecord(client_id=actor.id, key=key, fingerprint=fingerprint,
-                                          response_status=202, response_body=json.dumps(body)))
-        session.commit()
-        return RangeAnswer(body, False)
-    except IntegrityError:
-        # A concurrent request with this key committed first (the only row that can collide): its answer.
-        session.rollback()
-        earlier = session.get(IdempotencyRecord, (actor.id, key)) if key is not None else None
-        if earlier is None:
-            raise
-        check_replay(earlier.fingerprint, fingerprint)
-        return RangeAnswer(json.loads(earlier.response_body), True)
-    finally:
-        session.rollback()  # a no-op after the commit; ends the read of a replayed answer or an error
+        return render(RangeQueued(endpoint.id, wanted, len(ids)))
+
+    return _once(session, actor, once, 202, queue, check=lambda: get_endpoint(session, actor, endpoint_id))
 
 
 # --------------------------------------------------------------------------------------------- retention
