@@ -73,12 +73,16 @@ _tracer = trace.get_tracer("mes.webhooks")  # the process's provider once tracin
 
 def init_tracing() -> None:
     """Export the worker's spans like the app's (mes.tracing: OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is
-    set; the service name from OTEL_SERVICE_NAME) and trace its outgoing requests."""
+    set; the service name from OTEL_SERVICE_NAME) and trace its outgoing requests. Only when spans are
+    exported: the requests instrumentation is process-wide and injects a trace context into every request
+    of the process, which a process that merely runs one pass (`--once` from another program) must not get."""
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
 
-    from .tracing import tracer_provider
+    from .tracing import export_endpoint, tracer_provider
 
     provider = tracer_provider("mes-webhook-worker")
+    if not export_endpoint():
+        return
     if not RequestsInstrumentor().is_instrumented_by_opentelemetry:
         RequestsInstrumentor().instrument(tracer_provider=provider)
 
