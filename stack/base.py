@@ -21,7 +21,8 @@ LOCAL_LAYOUT = Path(__file__).resolve().parent / "local.yml"
 SECRET_NAMES = ("db_owner_password", "db_app_password", "replication_password", "pgpool_password",
                 "exporter_password", "pgpool_key", "pcp_password", "secret_key", "backup_cipher_pass",
                 "monitoring_password", "redis_app_password", "redis_exporter_password", "redis_patroni_password",
-                "redis_admin_password", "crm_owner_password", "crm_reader_password", "crm_replication_password")
+                "redis_admin_password", "crm_owner_password", "crm_reader_password", "crm_replication_password",
+                "crm_guard_password")
 LOG_MODE = 0o640
 
 

@@ -66,8 +66,9 @@ def schema_sql(ctx: Ctx) -> str:
     db, owner, reader = v["crm_database"], v["crm_owner_role"], v["crm_reader_role"]
     exporter = v["pg_exporter_role"]
     out = ["SET client_min_messages = warning;"]
+    guard = v["crm_guard_role"]
     for role, password in ((owner, s["crm_owner_password"]), (reader, s["crm_reader_password"]),
-                           (exporter, s["exporter_password"])):
+                           (exporter, s["exporter_password"]), (guard, s["crm_guard_password"])):
         missing = f"NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {lit(role)})"
         out += [f"SELECT 'changed: created role ' || {lit(role)} WHERE {missing};",
                 f"SELECT format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
@@ -77,6 +78,7 @@ def schema_sql(ctx: Ctx) -> str:
             f"SELECT format('CREATE DATABASE %I OWNER %I', {lit(db)}, {lit(owner)}) WHERE {missing} \\gexec",
             f"REVOKE ALL ON DATABASE {ident(db)} FROM PUBLIC;",
             f"GRANT CONNECT ON DATABASE {ident(db)} TO {ident(reader)}, {ident(exporter)};",
+            f"GRANT CONNECT, TEMPORARY ON DATABASE {ident(db)} TO {ident(guard)};",
             f"GRANT pg_monitor TO {ident(exporter)};",
             f"\\connect {db}",
             "SET client_min_messages = warning;",
@@ -112,7 +114,9 @@ def schema_sql(ctx: Ctx) -> str:
             # postgres_exporter (monitoring/crm_exporter_queries.yml): the lag, nothing of the data
             f"GRANT USAGE ON SCHEMA crm_api TO {ident(exporter)};",
             f"GRANT SELECT ON crm_api.replication_lag TO {ident(exporter)};",
-            "RESET ROLE;"]
+            # mes crm-guard corrects the copies after a failover of the MES (mes/crm_guard.py)
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {ident(guard)};",
+            "RESET ROLE;", *_guard_sql(guard, exporter)]
     info = conninfo(ctx)
     pub, slot = c.PUBLICATION, c.SLOT
     missing = f"NOT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = {lit(pub)})"
@@ -123,6 +127,36 @@ def schema_sql(ctx: Ctx) -> str:
             f"SELECT format('ALTER SUBSCRIPTION %I CONNECTION %L', subname, {lit(info)}) FROM pg_subscription "
             f"WHERE subname = {lit(pub)} AND subconninfo <> {lit(info)} \\gexec"]
     return "\n".join(out) + "\n"
+
+
+def _guard_sql(guard: str, exporter: str) -> list[str]:
+    """Schema crm_sync: mes crm-guard's state, and the functions that do for it what only a superuser may on
+    PostgreSQL 15 (read the subscription's connection string, disable and enable it, move its position)."""
+    definer = "SECURITY DEFINER SET search_path = pg_catalog"
+    return [
+        "CREATE SCHEMA IF NOT EXISTS crm_sync;",
+        "CREATE TABLE IF NOT EXISTS crm_sync.state (subscription text PRIMARY KEY, system_identifier text, "
+        "timeline integer, consistent_lsn pg_lsn, checked_at timestamptz, resynced_at timestamptz, "
+        "resyncs bigint NOT NULL DEFAULT 0, rows_fixed bigint NOT NULL DEFAULT 0, "
+        "last_rows_fixed bigint NOT NULL DEFAULT 0, last_error text, last_error_at timestamptz);",
+        "COMMENT ON TABLE crm_sync.state IS " + lit(
+            "mes crm-guard: the MES timeline the copy was last verified against (checked_at), its resyncs and "
+            "the rows each corrected, the last error.") + ";",
+        "CREATE OR REPLACE FUNCTION crm_sync.subscription(name text, OUT oid oid, OUT conninfo text, OUT slot name) "
+        f"LANGUAGE sql STABLE {definer} AS $$ SELECT oid, subconninfo, subslotname FROM pg_subscription "
+        "WHERE subname = name $$;",
+        "CREATE OR REPLACE FUNCTION crm_sync.set_enabled(name text, enabled boolean) RETURNS void "
+        f"LANGUAGE plpgsql {definer} AS $$ BEGIN EXECUTE format('ALTER SUBSCRIPTION %I %s', name, "
+        "CASE WHEN enabled THEN 'ENABLE' ELSE 'DISABLE' END); END $$;",
+        "CREATE OR REPLACE FUNCTION crm_sync.set_position(name text, lsn pg_lsn) RETURNS void "
+        f"LANGUAGE sql {definer} AS $$ SELECT pg_replication_origin_advance('pg_' || oid, lsn) "
+        "FROM pg_subscription WHERE subname = name $$;",
+        "REVOKE ALL ON ALL FUNCTIONS IN SCHEMA crm_sync FROM PUBLIC;",
+        f"GRANT USAGE ON SCHEMA crm_sync TO {ident(guard)}, {ident(exporter)};",
+        f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA crm_sync TO {ident(guard)};",
+        f"GRANT SELECT, INSERT, UPDATE ON crm_sync.state TO {ident(guard)};",
+        f"GRANT SELECT ON crm_sync.state TO {ident(exporter)};",
+    ]
 
 
 def _patroni(node: dict, method: str, path: str, body: dict) -> int:
@@ -183,7 +217,7 @@ class CrmDatabase(Daemon):
         return {"mes_topology": one, "pg_node_name": node["name"], "pg_socket_dir": node["socket_dir"],
                 "pg_local_auth": "peer" if _is_root() else "trust", "pg_tls_cert": str(crt), "pg_tls_key": str(key),
                 "pg_database": ctx.vars["crm_database"], "pg_owner_role": ctx.vars["crm_owner_role"],
-                "pg_app_role": ctx.vars["crm_reader_role"]}
+                "pg_app_role": ctx.vars["crm_reader_role"], "pg_own_host_roles": [ctx.vars["crm_guard_role"]]}
 
     def prepare(self, ctx):
         node = self.node(ctx)
@@ -243,6 +277,37 @@ class CrmDatabase(Daemon):
                 f"heartbeat lag {lag or '?'} s, {self.unsynced(ctx)} tables copying")
 
 
+class CrmGuard(Daemon):
+    """`mes crm-guard` (mes/crm_guard.py), as crm_guard_role over TLS, as on the CRM's host on the VMs: resyncs
+    the copy when the MES's timeline changes (a failover or switchover), and once when it first starts."""
+
+    name = "crmguard"
+    start_timeout = 120  # the first pass resyncs every published table
+
+    def argv(self, ctx):
+        return [sys.executable, "-m", "mes", "crm-guard"]
+
+    def env(self, ctx):
+        v, node = ctx.vars, ctx.vars["mes_topology"]["crm_db"]
+        params = {"host": node["host"], "port": node["port"], "dbname": v["crm_database"],
+                  "user": v["crm_guard_role"], "password": v["mes_secrets"]["crm_guard_password"], **tls_params(ctx)}
+        return {"MES_CRM_GUARD_DSN": " ".join(f"{k}={lit(val)}" for k, val in params.items())}
+
+    def ready(self, ctx):
+        return _try_psql(ctx, ctx.vars["mes_topology"]["crm_db"], "SELECT count(*) FROM crm_sync.state WHERE "
+                         "checked_at IS NOT NULL AND last_error IS NULL", ctx.vars["crm_database"]) == "1"
+
+    def detail(self, ctx):
+        row = _try_psql(ctx, ctx.vars["mes_topology"]["crm_db"], "SELECT timeline, extract(epoch FROM now() - "
+                        "checked_at)::int, resyncs, last_rows_fixed, coalesce(last_error, '') FROM crm_sync.state",
+                        ctx.vars["crm_database"])
+        if not row:
+            return "no check yet"
+        timeline, age, resyncs, fixed, error = row.split("|", 4)
+        return (f"MES timeline {timeline} verified {age} s ago, {resyncs} resyncs (last fixed {fixed} rows)"
+                + (f"; failing: {error}" if error else ""))
+
+
 class CrmExporter(PostgresExporter):
     """prometheus-postgres-exporter of the CRM's server, connected to its database, with the subscription's
     queries (monitoring/crm_exporter_queries.yml): Prometheus job crm_db."""
@@ -263,7 +328,7 @@ class CrmExporter(PostgresExporter):
 def components(ctx: Ctx) -> list:
     """The CRM's database and its exporter when the topology has one (after the MES's migrations: it
     subscribes to them)."""
-    return [CrmDatabase(), CrmExporter(ctx)] if "crm_db" in ctx.vars["mes_topology"] else []
+    return [CrmDatabase(), CrmGuard(), CrmExporter(ctx)] if "crm_db" in ctx.vars["mes_topology"] else []
 
 
 def reader_url(ctx: Ctx) -> str:

@@ -5,7 +5,9 @@ standby promoted (and across a switchover), every acknowledged change is in the 
 event id), none extra."""
 from __future__ import annotations
 
+import os
 import re
+import signal
 import statistics
 import time
 
@@ -105,11 +107,28 @@ def keep_writing_after(load: WriteLoad, since: float) -> None:
     load.stop()
 
 
+def guard_state(stack) -> dict:
+    """mes crm-guard's row of crm_sync.state (on the CRM's server, as its superuser)."""
+    columns = ("timeline", "resyncs", "last_rows_fixed", "last_error")
+    row = dbtier.psql(stack.ctx, stack.ctx.vars["mes_topology"]["crm_db"],
+                      f"SELECT {', '.join(columns)} FROM crm_sync.state", db=GROUP_VARS["crm_database"])
+    values = dict(zip(columns, row.split("|")))
+    return {**{k: int(values[k] or 0) for k in columns[:3]}, "last_error": values["last_error"]}
+
+
+def mes_timeline(stack) -> int:
+    """The primary's timeline: the first 8 hex digits of its current WAL file's name."""
+    return int(dbtier.psql(stack.ctx, dbtier.primary_node(stack.ctx), "SELECT ('x' || substr(pg_walfile_name("
+                           "pg_current_wal_lsn()), 1, 8))::bit(32)::int"))
+
+
 def assert_every_acknowledged_change_once_in_the_crm(stack, crm_db, load: WriteLoad) -> tuple[int, int]:
     """Every order the API acknowledged is in the CRM's views; its events there are the MES's, by id, each
-    once and none extra. Returns (acknowledged orders, events)."""
+    once and none extra (once mes crm-guard verified the new timeline). Returns (acknowledged orders, events)."""
     acknowledged = load.acknowledged()
     assert len(acknowledged) > 75, load.statuses()
+    timeline = mes_timeline(stack)
+    assert wait_until(lambda: guard_state(stack)["timeline"] == timeline, RECOVERY, 0.5), guard_state(stack)
     like = f"W-{load.prefix}-%"
     mes_events = {int(line) for line in dbtier.psql(
         stack.ctx, dbtier.primary_node(stack.ctx),
@@ -142,14 +161,39 @@ def test_a_switchover_under_writes_keeps_the_subscription_flowing(stack, crm_db)
           f"{events} events, each once")
 
 
-def test_after_the_primary_is_lost_under_writes_every_acknowledged_change_is_in_the_crm_once(stack, crm_db):
-    # The old primary of the switchover before rejoined as a standby: its copy of the slot must be current.
+def physical_walsenders(stack, node: str) -> list[int]:
+    """The node's walsenders to its standbys (not the CRM's logical one)."""
+    postmaster = dbtier.PatroniNode(dbtier.node_by_name(stack.ctx, node)).postmaster_pid()
+    role = GROUP_VARS["pg_replication_role"].encode()
+    return [p for p in dbtier._children(postmaster)
+            if re.search(rb"walsender " + re.escape(role) + rb" ", open(f"/proc/{p}/cmdline", "rb").read())]
+
+
+def test_what_the_crm_saw_but_the_mes_lost_in_a_failover_is_undone_and_nothing_after_is_skipped(stack, crm_db):
+    """PostgreSQL 15 sends a transaction to the CRM once it is on the primary's disk, before the synchronous
+    standby has it. Here the primary's walsenders to its standbys are stopped: writes wait for the standby
+    (never acknowledged) while the CRM already shows them; then the primary's host is lost, and the promoted
+    standby never had them. Without mes crm-guard the CRM would keep them, and its subscription would skip the
+    new primary's first transactions; with it, the copy is resynced on the new timeline: the lost writes leave
+    the CRM, and every acknowledged change, before and after, is there exactly once."""
+    # The old primary of the switchover before rejoined as a standby (synchronous again).
     assert wait_until(lambda: any(m["role"] == "sync_standby" for m in dbtier.cluster(stack.ctx)["members"]), 60, 1)
-    standby = dbtier.standby_nodes(stack.ctx)[0]
-    copied = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'crm'"
-    assert wait_until(lambda: dbtier._try_psql(stack.ctx, standby, copied) == "1", 60, 1), "no copy of slot crm"
+    resyncs_before = guard_state(stack)["resyncs"]
     load = writing(stack)
     old = dbtier.primary_node(stack.ctx)["name"]
+    stalled = physical_walsenders(stack, old)
+    assert stalled, "no walsender to a standby on the primary"
+    for pid in stalled:
+        os.kill(pid, signal.SIGSTOP)
+    like = f"W-{load.prefix}-%"
+
+    def unacknowledged_in_crm() -> dict[str, int]:
+        rows = read(crm_db, "SELECT reference, id FROM crm_api.orders WHERE reference LIKE :like", like=like)
+        acknowledged = load.acknowledged()
+        return {ref: id_ for ref, id_ in rows if ref not in acknowledged}
+
+    assert wait_until(unacknowledged_in_crm, 20, 0.1), "the CRM received nothing the standby did not have"
+    phantoms = unacknowledged_in_crm()
     killed_at = time.monotonic()
     dbtier.kill_node(stack.ctx, old)
     # The MES has no primary now: the CRM's database still answers from its copy.
@@ -157,8 +201,18 @@ def test_after_the_primary_is_lost_under_writes_every_acknowledged_change_is_in_
     keep_writing_after(load, killed_at)
     assert dbtier.primary_node(stack.ctx)["name"] != old
     orders, events = assert_every_acknowledged_change_once_in_the_crm(stack, crm_db, load)
-    print(f"\n{orders} acknowledged orders across the failover of {old}: all in the CRM's database, "
-          f"{events} events, each once")
+    mes_ids = {int(i) for i in dbtier.psql(stack.ctx, dbtier.primary_node(stack.ctx),
+                                           f"SELECT id FROM orders WHERE reference LIKE '{like}'",
+                                           db=GROUP_VARS["pg_database"]).split()}
+    lost = {ref: id_ for ref, id_ in phantoms.items() if id_ not in mes_ids}
+    assert lost, f"every write the CRM saw early reached the new primary too ({phantoms}): nothing was tested"
+    crm_ids = {r[0] for r in read(crm_db, "SELECT id FROM crm_api.orders WHERE reference LIKE :like", like=like)}
+    assert crm_ids == mes_ids, f"orders in the CRM that the MES lost: {sorted(crm_ids - mes_ids)}"
+    state = guard_state(stack)
+    assert state["resyncs"] > resyncs_before and state["last_rows_fixed"] >= len(lost), state
+    print(f"\n{orders} acknowledged orders across the failover of {old}: all in the CRM's database, {events} "
+          f"events, each once; {len(lost)} orders the MES lost (never acknowledged) left the CRM again "
+          f"(the resync corrected {state['last_rows_fixed']} rows)")
 
 
 def test_a_column_published_before_the_crm_has_it_stops_the_copy_until_it_has_it(stack, crm_db):

@@ -189,6 +189,28 @@ def run_scheduler():
     scheduler.serve(current_app.extensions["mes_sessionmaker"], current_app.extensions["mes_settings"])
 
 
+@main.command("crm-guard", with_appcontext=False)
+@click.option("--crm-dsn", envvar="MES_CRM_GUARD_DSN", required=True,
+              help="The CRM's database as its superuser (the local socket), e.g. \"host=/run/postgresql dbname=crm\".")
+@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between checks.")
+@click.option("--once", is_flag=True, help="One check (and resync if needed), then exit.")
+@click.option("--resync", is_flag=True, help="Resync the copy now whatever the timeline (implies --once).")
+def crm_guard(crm_dsn, interval, once, resync):
+    """Keep the CRM's copy exact across a failover of the MES: resync it when the MES's timeline changes."""
+    from . import crm_guard as guard
+    from .logs import configure_logging
+
+    configure_logging("INFO")
+    if not (once or resync):
+        guard.serve(crm_dsn, interval)
+    try:
+        done = guard.check_once(crm_dsn, force=resync)
+    except (guard.GuardError, guard.psycopg2.Error) as err:
+        raise click.ClickException(str(err).strip()) from None
+    click.echo("resynced: " + (f"{done.deleted} deleted, {done.updated} corrected, {done.inserted} added at "
+                               f"{done.consistent_lsn} (timeline {done.timeline})" if done else "not needed"))
+
+
 @main.command("jobs")
 @with_appcontext
 def list_jobs():
