@@ -9,7 +9,9 @@ never a failover target, that subscribes to the MES's publication `crm` (Postgre
   contract the CRM reads (as `crm_reader_role`, which may read those views and nothing else).
 - The subscription `crm` connects to the MES's nodes as `crm_replication_role` over a multi-host libpq
   string with target_session_attrs=read-write (it follows a promotion) and sslmode=verify-full, and uses
-  the slot `crm` that Patroni keeps on every node (create_slot=false).
+  the slot `crm` that Patroni keeps on every node (create_slot=false). It is made disabled and without a
+  copy: `mes crm-guard` (CrmGuard, mes/crm_guard.py) copies every table from a snapshot that matches the slot
+  it makes, enables it, and does the same again after every change of the MES's primary.
 """
 from __future__ import annotations
 
@@ -25,11 +27,10 @@ from urllib.parse import quote, urlencode
 from . import pki
 from .base import ROOT, Ctx, StackError, wait_until
 from .dbtier import (PG_USER, PostgresExporter, _bin, _is_root, _pg_home, _render, _try_psql, primary_node, psql,
-                     standby_nodes, tls_params)
+                     render_text, standby_nodes, tls_params)
 from .services import Daemon
 
 CONTRACT_FILE = ROOT / "src" / "mes" / "crm_contract.py"
-SYNC_TIMEOUT = 120  # seconds for the first copy of every table
 
 
 def contract():
@@ -45,118 +46,13 @@ def lit(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def ident(value: str) -> str:
-    return '"' + str(value).replace('"', '""') + '"'
-
-
-def conninfo(ctx: Ctx) -> str:
-    """The subscription's connection to the MES: every node, the one that takes writes (the primary)."""
-    v, nodes = ctx.vars, ctx.vars["mes_topology"]["pg_nodes"]
-    params = {"host": ",".join(n["host"] for n in nodes), "port": ",".join(str(n["port"]) for n in nodes),
-              "dbname": v["pg_database"], "user": v["crm_replication_role"],
-              "password": v["mes_secrets"]["crm_replication_password"],
-              "target_session_attrs": "read-write", "connect_timeout": "5", **tls_params(ctx)}
-    return " ".join(f"{k}={lit(val)}" for k, val in params.items())
-
-
 def schema_sql(ctx: Ctx) -> str:
-    """Roles, database, copies, views and subscription; idempotent (psql as the superuser, from database
-    postgres). A line starting with "changed:" reports each change."""
-    v, s, c = ctx.vars, ctx.vars["mes_secrets"], contract()
-    db, owner, reader = v["crm_database"], v["crm_owner_role"], v["crm_reader_role"]
-    exporter = v["pg_exporter_role"]
-    out = ["SET client_min_messages = warning;"]
-    guard = v["crm_guard_role"]
-    for role, password in ((owner, s["crm_owner_password"]), (reader, s["crm_reader_password"]),
-                           (exporter, s["exporter_password"]), (guard, s["crm_guard_password"])):
-        missing = f"NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {lit(role)})"
-        out += [f"SELECT 'changed: created role ' || {lit(role)} WHERE {missing};",
-                f"SELECT format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                f"PASSWORD %L', {lit(role)}, {lit(password)}) WHERE {missing} \\gexec"]
-    missing = f"NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = {lit(db)})"
-    out += [f"SELECT 'changed: created database ' || {lit(db)} WHERE {missing};",
-            f"SELECT format('CREATE DATABASE %I OWNER %I', {lit(db)}, {lit(owner)}) WHERE {missing} \\gexec",
-            f"REVOKE ALL ON DATABASE {ident(db)} FROM PUBLIC;",
-            f"GRANT CONNECT ON DATABASE {ident(db)} TO {ident(reader)}, {ident(exporter)};",
-            f"GRANT CONNECT, TEMPORARY ON DATABASE {ident(db)} TO {ident(guard)};",
-            f"GRANT pg_monitor TO {ident(exporter)};",
-            f"\\connect {db}",
-            "SET client_min_messages = warning;",
-            "REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
-            f"SET ROLE {ident(owner)};",
-            f"CREATE SCHEMA IF NOT EXISTS crm_api;",
-            "COMMENT ON SCHEMA crm_api IS " + lit(
-                "What the CRM reads: the MES's orders, their status events and partners, copied by logical "
-                "replication (publication crm). Read-only; the tables behind may change, these views keep "
-                "their columns.") + ";"]
-    for table in c.TABLES:
-        # The copy: every column nullable but the key (a column the MES stops sending stays valid).
-        columns = ", ".join(f"{ident(col.name)} {col.type}{' NOT NULL' if col.name == 'id' else ''}"
-                            for col in table.columns)
-        out.append(f"CREATE TABLE IF NOT EXISTS public.{ident(table.name)} ({columns}, PRIMARY KEY (id));")
-        for col in table.columns:  # a column added to the contract later (the CRM first, then the MES)
-            out.append(f"ALTER TABLE public.{ident(table.name)} ADD COLUMN IF NOT EXISTS {ident(col.name)} "
-                       f"{col.type};")
-        view = f"crm_api.{ident(table.name)}"
-        out.append(f"CREATE OR REPLACE VIEW {view} AS SELECT "
-                   f"{', '.join(ident(n) for n in table.column_names)} FROM public.{ident(table.name)};")
-        out.append(f"COMMENT ON VIEW {view} IS {lit(table.meaning)};")
-        out += [f"COMMENT ON COLUMN {view}.{ident(col.name)} IS {lit(col.meaning)};" for col in table.columns]
-    out += ["CREATE OR REPLACE VIEW crm_api.replication_lag AS SELECT beat_at, "
-            "extract(epoch FROM now() - beat_at)::double precision AS lag_seconds FROM public.crm_heartbeat;",
-            "COMMENT ON VIEW crm_api.replication_lag IS " + lit(
-                "How far behind the MES this copy is: the MES rewrites its heartbeat every few seconds, so "
-                "lag_seconds above about 10 means the copy is not current (the MES is down, failing over, or "
-                "the subscription stopped).") + ";",
-            f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {ident(reader)};",
-            f"GRANT USAGE ON SCHEMA crm_api TO {ident(reader)};",
-            f"GRANT SELECT ON ALL TABLES IN SCHEMA crm_api TO {ident(reader)};",
-            # postgres_exporter (monitoring/crm_exporter_queries.yml): the lag, nothing of the data
-            f"GRANT USAGE ON SCHEMA crm_api TO {ident(exporter)};",
-            f"GRANT SELECT ON crm_api.replication_lag TO {ident(exporter)};",
-            # mes crm-guard corrects the copies after a failover of the MES (mes/crm_guard.py)
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {ident(guard)};",
-            "RESET ROLE;", *_guard_sql(guard, exporter)]
-    info = conninfo(ctx)
-    pub, slot = c.PUBLICATION, c.SLOT
-    missing = f"NOT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = {lit(pub)})"
-    out += [f"SELECT 'changed: created subscription ' || {lit(pub)} WHERE {missing};",
-            f"SELECT format('CREATE SUBSCRIPTION %I CONNECTION %L PUBLICATION %I WITH (create_slot = false, "
-            f"slot_name = %L, copy_data = true)', {lit(pub)}, {lit(info)}, {lit(pub)}, {lit(slot)}) "
-            f"WHERE {missing} \\gexec",
-            f"SELECT format('ALTER SUBSCRIPTION %I CONNECTION %L', subname, {lit(info)}) FROM pg_subscription "
-            f"WHERE subname = {lit(pub)} AND subconninfo <> {lit(info)} \\gexec"]
-    return "\n".join(out) + "\n"
-
-
-def _guard_sql(guard: str, exporter: str) -> list[str]:
-    """Schema crm_sync: mes crm-guard's state, and the functions that do for it what only a superuser may on
-    PostgreSQL 15 (read the subscription's connection string, disable and enable it, move its position)."""
-    definer = "SECURITY DEFINER SET search_path = pg_catalog"
-    return [
-        "CREATE SCHEMA IF NOT EXISTS crm_sync;",
-        "CREATE TABLE IF NOT EXISTS crm_sync.state (subscription text PRIMARY KEY, system_identifier text, "
-        "timeline integer, consistent_lsn pg_lsn, checked_at timestamptz, resynced_at timestamptz, "
-        "resyncs bigint NOT NULL DEFAULT 0, rows_fixed bigint NOT NULL DEFAULT 0, "
-        "last_rows_fixed bigint NOT NULL DEFAULT 0, last_error text, last_error_at timestamptz);",
-        "COMMENT ON TABLE crm_sync.state IS " + lit(
-            "mes crm-guard: the MES timeline the copy was last verified against (checked_at), its resyncs and "
-            "the rows each corrected, the last error.") + ";",
-        "CREATE OR REPLACE FUNCTION crm_sync.subscription(name text, OUT oid oid, OUT conninfo text, OUT slot name) "
-        f"LANGUAGE sql STABLE {definer} AS $$ SELECT oid, subconninfo, subslotname FROM pg_subscription "
-        "WHERE subname = name $$;",
-        "CREATE OR REPLACE FUNCTION crm_sync.set_enabled(name text, enabled boolean) RETURNS void "
-        f"LANGUAGE plpgsql {definer} AS $$ BEGIN EXECUTE format('ALTER SUBSCRIPTION %I %s', name, "
-        "CASE WHEN enabled THEN 'ENABLE' ELSE 'DISABLE' END); END $$;",
-        "CREATE OR REPLACE FUNCTION crm_sync.set_position(name text, lsn pg_lsn) RETURNS void "
-        f"LANGUAGE sql {definer} AS $$ SELECT pg_replication_origin_advance('pg_' || oid, lsn) "
-        "FROM pg_subscription WHERE subname = name $$;",
-        "REVOKE ALL ON ALL FUNCTIONS IN SCHEMA crm_sync FROM PUBLIC;",
-        f"GRANT USAGE ON SCHEMA crm_sync TO {ident(guard)}, {ident(exporter)};",
-        f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA crm_sync TO {ident(guard)};",
-        f"GRANT SELECT, INSERT, UPDATE ON crm_sync.state TO {ident(guard)};",
-        f"GRANT SELECT ON crm_sync.state TO {ident(exporter)};",
-    ]
+    """Roles, database, copies, views, crm_sync and the subscription (postgresql/crm_schema.sql.j2, as the
+    Ansible role postgresql renders it for group crm_db); psql as the superuser, from database postgres."""
+    c = contract()
+    return render_text(ctx, "postgresql/crm_schema.sql.j2", {
+        "crm_tables": c.as_dicts(), "crm_publication": c.PUBLICATION, "crm_slot": c.SLOT,
+        "crm_sslrootcert": str(pki.ca_file(ctx))})
 
 
 def _patroni(node: dict, method: str, path: str, body: dict) -> int:
@@ -182,20 +78,6 @@ def ensure_logical_wal(ctx: Ctx) -> None:
         if not wait_until(lambda n=node: _patroni(n, "POST", "/restart", {}) == 200, 60, 2) or not wait_until(
                 lambda n=node: _try_psql(ctx, n, "SHOW wal_level") == "logical", 120, 1):
             raise StackError(f"{node['name']} did not restart with wal_level = logical:\n{ctx.log_tail(node['name'])}")
-
-
-def start_slot_after_publication(ctx: Ctx) -> None:
-    """Before the subscription is first made: move the MES's slot `crm` to the present. Patroni makes the slot
-    when the cluster starts, before the migrations create the publication, and pgoutput cannot decode
-    changes older than its publication ("publication crm does not exist", forever). Nothing is skipped: the
-    subscription first copies every table as it is now."""
-    primary = primary_node(ctx)
-    slot = contract().SLOT
-    if not wait_until(lambda: _try_psql(ctx, primary, f"SELECT count(*) FROM pg_replication_slots "
-                                                      f"WHERE slot_name = {lit(slot)}") == "1", 60, 0.5):
-        raise StackError(f"Patroni did not create the logical slot {slot!r} on {primary['name']} "
-                         "(patroni.yml: slots; wal_level logical?)")
-    psql(ctx, primary, f"SELECT pg_replication_slot_advance({lit(slot)}, pg_current_wal_lsn())", ctx.vars["pg_database"])
 
 
 class CrmDatabase(Daemon):
@@ -249,11 +131,9 @@ class CrmDatabase(Daemon):
         super().up(ctx)
         if self.query(ctx, "SELECT count(*) FROM pg_subscription WHERE subname = 'crm'") != "1":
             ensure_logical_wal(ctx)
-            start_slot_after_publication(ctx)
+        # A new subscription is made disabled, without a copy: the guard (CrmGuard) copies every table from
+        # a snapshot that matches the slot it makes, then enables it.
         psql(ctx, self.node(ctx), schema_sql(ctx), timeout=120)
-        if not wait_until(lambda: self.unsynced(ctx) == 0, SYNC_TIMEOUT, 0.5):
-            raise StackError(f"the CRM's subscription did not copy every table within {SYNC_TIMEOUT} s "
-                             f"({self.detail(ctx)}):\n{ctx.log_tail(self.name)}")
 
     def down(self, ctx) -> None:
         ctx.stop(self.name, sig=signal.SIGINT, timeout=60)  # fast shutdown (SIGTERM waits for clients)

@@ -477,7 +477,7 @@ class PatroniCluster:
             raise StackError(f"the Patroni cluster did not settle: {json.dumps(cluster(ctx))}\n"
                              + "\n".join(ctx.log_tail(n["name"], 15) for n in nodes(ctx)))
         self._apply_dynamic_settings(ctx)
-        out = psql(ctx, primary_node(ctx), _render_text(ctx, "postgresql/roles.sql.j2"))
+        out = psql(ctx, primary_node(ctx), render_text(ctx, "postgresql/roles.sql.j2"))
         for line in out.splitlines():
             if line.startswith("changed:"):
                 with ctx.open_log("patroni") as log:
@@ -511,13 +511,13 @@ class PatroniCluster:
         return leader is not None and (bool(sync) or not wants_sync), detail
 
 
-def _render_text(ctx: Ctx, template: str) -> str:
+def render_text(ctx: Ctx, template: str, extra: dict | None = None) -> str:
     """A template rendered to a string (for SQL that carries passwords: never written to disk)."""
     tmp = ctx.ensure_dir(ctx.path("tmp"), mode=0o755)
     fd, name = tempfile.mkstemp(prefix="render-", dir=tmp)
     os.close(fd)
     try:
-        ctx.render(template, Path(name), mode=0o600)
+        ctx.render(template, Path(name), mode=0o600, extra=extra)
         return Path(name).read_text()
     finally:
         Path(name).unlink(missing_ok=True)

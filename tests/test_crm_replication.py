@@ -86,6 +86,11 @@ def test_the_exporters_show_the_subscription_and_the_slot(stack):
     assert re.search(r'^crm_subscription_tables_not_ready\{[^}]*\} 0$', crm_side, re.M)
     lag = re.search(r"^crm_heartbeat_lag_seconds(?:\{[^}]*\})? (\S+)$", crm_side, re.M)
     assert lag and 0 <= float(lag.group(1)) < 30, crm_side
+    # mes crm-guard verified the MES's timeline within its last few passes, and is not failing
+    checked = re.search(r'^crm_guard_check_age_seconds\{[^}]*subscription="crm"[^}]*\} (\S+)$', crm_side, re.M)
+    assert checked and 0 <= float(checked.group(1)) < 30, crm_side
+    assert re.search(r'^crm_guard_failing\{[^}]*\} 0$', crm_side, re.M)
+    assert re.search(r'^crm_guard_resyncs\{[^}]*\} [1-9]', crm_side, re.M)  # once at its start
     primary = dbtier.primary_node(stack.ctx)
     mes_side = metrics(primary["host"], primary["exporter_port"])
     assert re.search(r'^pg_logical_slot_wal_status\{[^}]*slot_name="crm"[^}]*\} 0$', mes_side, re.M), mes_side

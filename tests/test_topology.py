@@ -46,7 +46,7 @@ def test_every_component_answers(stack):
     assert r.returncode == 0, r.stdout
     lines = r.stdout.splitlines()
     for name in ("pg0", "pg1", "pgpool", "redis", "operator1", "operator2", "public1", "public2", "scheduler",
-                 "webhooks", "crmdb", "haproxy", "prometheus"):
+                 "webhooks", "crmdb", "crmguard", "haproxy", "prometheus"):
         assert any(line.split()[0] == name and " UP " in line for line in lines), r.stdout
 
 

@@ -133,3 +133,9 @@ def check(published, existing=None) -> None:
         raise ContractBroken(f"the CRM's publication does not match its contract (mes/crm_contract.py): "
                              f"{'; '.join(problems)}. The CRM's subscription would stop or silently lose "
                              f"data. Follow {SAFE_ORDER}.")
+
+
+def as_dicts() -> list[dict]:
+    """TABLES as plain data, for the templates that build the CRM's schema (postgresql/crm_schema.sql.j2)."""
+    return [{"name": t.name, "meaning": t.meaning,
+             "columns": [{"name": c.name, "type": c.type, "meaning": c.meaning} for c in t.columns]} for t in TABLES]
