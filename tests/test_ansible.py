@@ -141,7 +141,7 @@ FLOWS = {
             ("db1", 8000, False), ("op2", 9999, False)],
     "pool1": [("op1", 6379, True), ("pub2", 6379, True), ("mon1", 9121, True),
               ("lb1", 6379, False), ("lb1", 9121, False), ("stranger", 6379, False), ("db1", 6379, False)],
-    "db1": [("op2", 5432, True), ("pub1", 8008, True), ("db2", 5432, True), ("db2", 8008, True), ("db2", 2379, True),
+    "db1": [("op2", 5432, True), ("pub1", 8008, True), ("crmdb1", 5432, True), ("crmdb1", 8008, False), ("db2", 5432, True), ("db2", 8008, True), ("db2", 2379, True),
             ("mon1", 2379, True), ("mon1", 2380, True), ("mon1", 8432, True), ("mon1", 9187, True), ("ctl", 8008, True), ("ctl", 22, True),
             ("lb1", 5432, False), ("lb1", 8008, False), ("pool1", 5432, False), ("op1", 2379, False),
             ("ctl", 5432, False), ("stranger", 8008, False), ("op1", 9187, False), ("op1", 8432, False)],
@@ -157,7 +157,8 @@ FLOWS = {
             ("op1", 8404, False)],
     "pub1": [("lb1", 8000, True), ("mon1", 8401, True),
              ("stranger", 8401, False), ("op1", 8401, False), ("lb1", 8401, False)],
-    "crmdb1": [("op1", 5432, True), ("pub2", 5432, True), ("mon1", 9187, True),
+    # The CRM's server: its exporter for Prometheus; nobody of the MES connects to it (it connects to them).
+    "crmdb1": [("mon1", 9187, True), ("op1", 5432, False), ("pub2", 5432, False),
                ("lb1", 5432, False), ("stranger", 5432, False), ("db1", 5432, False)],
 }
 

@@ -3,7 +3,8 @@ folder): lint, site.yml from bare hosts, idempotency, the app through HAProxy, r
 TLS at HAProxy and inside the database tier, the firewall, monitoring, a rolling deploy under traffic,
 the loss of the active load balancer under traffic (the virtual address moves, the rate limits hold),
 the loss of the primary's whole host under counted writes (Patroni fails over, no acknowledged order is
-lost, the old primary rejoins by itself when its host comes back), a planned switchover, pgBackRest's
+lost, the old primary rejoins by itself when its host comes back), the CRM's own database kept exactly
+equal to the MES's published rows across both (logical replication and mes crm-guard), a planned switchover, pgBackRest's
 backups (scheduled and on demand), a point-in-time restore onto a host that never ran PostgreSQL, and a
 third database node, restored from the backup repository, added under traffic.
 
@@ -272,10 +273,33 @@ def reads_on_replicas(cluster: Cluster) -> int:
     return sum(int(pool_nodes(cluster, h)[1]["select_cnt"]) for h in app_hosts("app_public"))
 
 
-def psql(cluster: Cluster, host: str, sql: str) -> str:
-    r = cluster.ssh(host, f"cd / && runuser -u postgres -- psql -d {GROUP_VARS['pg_database']} -AtXc \"{sql}\"",
+def psql(cluster: Cluster, host: str, sql: str, db: str = GROUP_VARS["pg_database"]) -> str:
+    r = cluster.ssh(host, f"cd / && runuser -u postgres -- psql -d {db} -AtXc \"{sql}\"",
                     check=False, quiet=True)
     return r.stdout.strip() if r.returncode == 0 else f"ERROR {r.returncode}: {r.stderr.strip()}"
+
+
+def crm_psql(cluster: Cluster, sql: str) -> str:
+    """psql as the CRM server's superuser, in the CRM's database."""
+    return psql(cluster, first(cluster, "crm_db"), sql, db=GROUP_VARS["crm_database"])
+
+
+TIMELINE = "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+# orders and events, as count:sum of ids: the same on both sides when the copy is exact
+PUBLISHED_ROWS = ("SELECT (SELECT count(*) || ':' || coalesce(sum(id), 0) FROM orders) || '/' || "
+                  "(SELECT count(*) || ':' || coalesce(sum(id), 0) FROM order_events)")
+
+
+def crm_in_step(cluster: Cluster) -> str:
+    """Once mes crm-guard has verified the primary's timeline, the CRM's copy of orders and events is the MES's:
+    no row missing, none extra. Returns the primary's timeline."""
+    primary = leader(patroni(cluster))
+    timeline = psql(cluster, primary, TIMELINE)
+    wait_until(lambda: crm_psql(cluster, "SELECT timeline FROM crm_sync.state") == timeline, 90, interval=1,
+               what=f"mes crm-guard to verify the MES's timeline {timeline}")
+    wait_until(lambda: crm_psql(cluster, PUBLISHED_ROWS) == psql(cluster, primary, PUBLISHED_ROWS), 60, interval=1,
+               what="the CRM's copy of orders and events to equal the MES's")
+    return timeline
 
 
 def db_hosts(cluster: Cluster) -> list[str]:
@@ -467,6 +491,28 @@ def test_partner_api_creates_and_reads_an_order(cluster):
     PASSED.add("api")
 
 
+def test_the_crm_database_follows_the_orders_and_its_reader_sees_only_the_views(cluster):
+    """The CRM's own server (crm_db) subscribes to the MES's publication: an order made through the API is
+    in its views within seconds; its reader sees the views of crm_api and not the copies behind them; its
+    copy holds the MES's orders and events exactly (mes crm-guard made the first copy)."""
+    need("api")
+    key = new_client(cluster)
+    created = api(cluster, "POST", "/orders", key, new_order("DT-CRM-1"))
+    assert created["status"] == 201, created
+    started, order_id = time.monotonic(), created["json"]["id"]
+    status = wait_until(lambda: crm_psql(cluster, f"SELECT status FROM crm_api.orders WHERE id = {order_id}") or None,
+                        30, interval=0.2, what="the order in the CRM's database")
+    log(f"the order reached the CRM's database within {time.monotonic() - started:.1f} s")
+    assert status == "received", status
+    reader = GROUP_VARS["crm_reader_role"]
+    assert crm_psql(cluster, f"SET ROLE {reader}; SELECT reference FROM crm_api.orders WHERE id = {order_id}") == \
+        "DT-CRM-1"
+    assert "permission denied" in crm_psql(cluster, f"SET ROLE {reader}; SELECT count(*) FROM public.orders")
+    assert 0 <= float(crm_psql(cluster, "SELECT lag_seconds FROM crm_api.replication_lag")) < 30
+    crm_in_step(cluster)
+    PASSED.add("crm")
+
+
 def test_writes_go_to_the_primary_and_reads_to_the_replica(cluster):
     need("api")
     writer, reader = new_client(cluster), new_client(cluster)
@@ -558,7 +604,7 @@ def test_prometheus_has_every_target_up(cluster):
     targets = all_up.last[0]
     jobs = {t["labels"]["job"] for t in targets}
     assert {"prometheus", "haproxy", "mes_operator", "mes_public", "postgres", "patroni", "haproxy_db", "redis",
-            "node"} <= jobs, jobs
+            "node", "crm_db"} <= jobs, jobs
     nodes = [t for t in targets if t["labels"]["job"] == "node"]
     assert len(nodes) == len(cluster.site_hosts), [t["scrapeUrl"] for t in nodes]
     balancers = [t for t in targets if t["labels"]["job"] == "haproxy"]
@@ -821,6 +867,11 @@ def test_loss_of_the_primary_host_loses_no_acknowledged_order_and_it_rejoins(clu
     log(f"{len(acked)} acknowledged orders, {found} on {new_primary}; "
         f"{summary['lost']} requests failed during the failover")
     assert found == len(acked), f"{len(acked) - found} acknowledged orders are missing"
+    if "crm" in PASSED:  # the CRM's copy follows the new primary: every acknowledged order, nothing extra
+        timeline = crm_in_step(cluster)
+        in_crm = int(crm_psql(cluster, f"SELECT count(*) FROM crm_api.orders WHERE reference IN ({refs})"))
+        assert in_crm == len(acked), f"{len(acked) - in_crm} acknowledged orders are missing in the CRM's database"
+        log(f"the CRM's database: all {len(acked)} acknowledged orders, equal to {new_primary}'s on timeline {timeline}")
 
     boot_host(cluster, old_primary)
     booted_at = time.monotonic()
@@ -855,6 +906,9 @@ def test_planned_switchover_back_to_the_first_primary(cluster):
     key = new_client(cluster)
     order_id = write_through_haproxy(cluster, key, "DT-SW-1")
     assert psql(cluster, target, f"SELECT reference FROM orders WHERE id = {order_id}") == "DT-SW-1"
+    if "crm" in PASSED:  # the subscription follows the switchover
+        crm_in_step(cluster)
+        assert crm_psql(cluster, f"SELECT reference FROM crm_api.orders WHERE id = {order_id}") == "DT-SW-1"
     PASSED.add("switchover")
 
 
