@@ -24,15 +24,15 @@ position. Its state, for on-call and the exporter, is the table crm_sync.state.
 """
 from __future__ import annotations
 
-import io
 import logging
+import tempfile
 import time
 from contextlib import closing
 from dataclasses import dataclass
 
 import psycopg2
 import psycopg2.extras
-from psycopg2 import sql
+from psycopg2 import errors, sql
 
 from . import crm_contract
 
@@ -41,6 +41,7 @@ log = logging.getLogger("mes.crm_guard")
 SCHEMA = "crm_sync"
 STOP_TIMEOUT = 30  # seconds for the subscription's workers to exit once it is disabled
 SLOT_ATTEMPTS = 5  # Patroni may recreate the slot between our drop and our create: try again
+SPOOL_BYTES = 32 * 1024 * 1024  # a table's rows in memory up to this, on disk beyond
 
 
 class GuardError(RuntimeError):
@@ -156,7 +157,7 @@ def _recreate_slot(repl, slot: str) -> tuple[str, str]:
             try:
                 cur.execute(f"CREATE_REPLICATION_SLOT {sql.Identifier(slot).as_string(cur)} LOGICAL pgoutput "
                             f"(SNAPSHOT 'export')")
-            except psycopg2.errors.DuplicateObject:
+            except errors.DuplicateObject:
                 continue  # Patroni made it again meanwhile (a permanent slot): drop it once more
             _, consistent, snapshot, _ = cur.fetchone()
             return consistent, snapshot
@@ -173,16 +174,16 @@ def _published(mes, publication: str) -> dict[str, list[str]]:
 def _reconcile_table(mes, crm_cur, schema: str, table: str, columns: list[str]) -> tuple[int, int, int]:
     """Make the CRM's copy of one table equal to the MES's rows in the exported snapshot: (deleted, updated,
     inserted). Only the published columns; a column the CRM added for itself stays as it is."""
-    buffer = io.StringIO()
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    with mes.cursor() as cur:
-        cur.copy_expert(sql.SQL("COPY (SELECT {} FROM {}.{}) TO STDOUT").format(
-            cols, sql.Identifier(schema), sql.Identifier(table)).as_string(cur), buffer)
-    buffer.seek(0)
     copy, theirs = sql.Identifier(f"mes_{table}"), sql.Identifier(schema, table)
     crm_cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
         copy, cols, theirs))
-    crm_cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN").format(copy, cols).as_string(crm_cur), buffer)
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b") as rows:
+        with mes.cursor() as cur:
+            cur.copy_expert(sql.SQL("COPY (SELECT {} FROM {}.{}) TO STDOUT").format(
+                cols, sql.Identifier(schema), sql.Identifier(table)).as_string(cur), rows)
+        rows.seek(0)
+        crm_cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN").format(copy, cols).as_string(crm_cur), rows)
     crm_cur.execute(sql.SQL("DELETE FROM {} c WHERE NOT EXISTS (SELECT 1 FROM {} m WHERE m.id = c.id)").format(
         theirs, copy))
     deleted = crm_cur.rowcount
