@@ -3,6 +3,7 @@ that are started detached, tracked by pid file, and stopped by pid."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import pwd
 import secrets
@@ -24,6 +25,15 @@ SECRET_NAMES = ("db_owner_password", "db_app_password", "replication_password", 
                 "redis_admin_password", "crm_owner_password", "crm_reader_password", "crm_replication_password",
                 "crm_guard_password")
 LOG_MODE = 0o640
+
+
+def shared_plugin(name: str):
+    """ansible/filter_plugins/<name>.py, loaded as a file: the code the Ansible roles run, which the stack runs
+    too (plain Python, no Ansible needed)."""
+    spec = importlib.util.spec_from_file_location(f"mes_shared_{name}", ROOT / "ansible" / "filter_plugins" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class StackError(RuntimeError):

@@ -15,7 +15,6 @@ never a failover target, that subscribes to the MES's publication `crm` (Postgre
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import sys
@@ -25,22 +24,10 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from . import pki
-from .base import ROOT, Ctx, StackError, wait_until
+from .base import ROOT, Ctx, StackError, shared_plugin, wait_until
 from .dbtier import (PG_USER, PostgresExporter, _bin, _is_root, _pg_home, _render, _try_psql, primary_node, psql,
                      render_text, standby_nodes, tls_params)
 from .services import Daemon
-
-CONTRACT_FILE = ROOT / "src" / "mes" / "crm_contract.py"
-
-
-def contract():
-    """mes/crm_contract.py, loaded as a file (plain Python; the stack does not import the app)."""
-    spec = importlib.util.spec_from_file_location("mes_crm_contract", CONTRACT_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
 
 def lit(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
@@ -49,9 +36,9 @@ def lit(value: str) -> str:
 def schema_sql(ctx: Ctx) -> str:
     """Roles, database, copies, views, crm_sync and the subscription (postgresql/crm_schema.sql.j2, as the
     Ansible role postgresql renders it for group crm_db); psql as the superuser, from database postgres."""
-    c = contract()
+    c = shared_plugin("crm_contract").crm_contract(str(ROOT))  # mes/crm_contract.py, as Ansible reads it
     return render_text(ctx, "postgresql/crm_schema.sql.j2", {
-        "crm_tables": c.as_dicts(), "crm_publication": c.PUBLICATION, "crm_slot": c.SLOT,
+        "crm_tables": c["tables"], "crm_publication": c["publication"], "crm_slot": c["slot"],
         "crm_sslrootcert": str(pki.ca_file(ctx))})
 
 

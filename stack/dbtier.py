@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -44,7 +43,7 @@ from urllib.parse import quote, urlencode
 import yaml
 
 from . import monauth, pki
-from .base import ROOT, Ctx, StackError, alive, chown, wait_until
+from .base import ROOT, Ctx, StackError, alive, chown, shared_plugin, wait_until
 from .services import Daemon, http_ok
 
 PG_USER = "postgres"        # OS user of postgres, Patroni, pgpool and the exporters
@@ -601,10 +600,7 @@ def _pool_nodes_or_empty(ctx: Ctx) -> list[dict]:
 def check_client_slots(ctx: Ctx) -> None:
     """Refuse settings that would let the public pool fill Pgpool-II's client slots: the operator pool
     keeps pgpool_operator_reserve of them (the role pgpool asserts the same, by the same code)."""
-    spec = importlib.util.spec_from_file_location("mes_pools_budget", ROOT / "ansible" / "filter_plugins"
-                                                  / "mes_pools.py")
-    budget = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(budget)
+    budget = shared_plugin("mes_pools")
     v = ctx.vars
     errors = budget.pgpool_budget_errors(v["mes_topology"], v["mes_pools"], v["pgpool_num_init_children"],
                                          v["pgpool_reserved_connections"], v["pgpool_operator_reserve"])

@@ -4,19 +4,15 @@ the VMs (ansible/filter_plugins/mes_bcrypt.py, loaded as it is)."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 from functools import cache
 from pathlib import Path
 
-from .base import ROOT, Ctx
+from .base import Ctx, shared_plugin
 
 
 @cache
 def _shared_hasher():
-    spec = importlib.util.spec_from_file_location("mes_bcrypt", ROOT / "ansible" / "filter_plugins" / "mes_bcrypt.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.bcrypt_hash
+    return shared_plugin("mes_bcrypt").bcrypt_hash
 
 
 def credentials(ctx: Ctx) -> tuple[str, str]:

@@ -2,7 +2,6 @@
 MES_PORT_<NAME>, folders under the state folder."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .base import GROUP_VARS, LOCAL_LAYOUT, ROOT, Ctx, load_secrets
+from .base import GROUP_VARS, LOCAL_LAYOUT, Ctx, load_secrets, shared_plugin
 
 TOPOLOGIES = ("split", "single")
 # The local stack is a copy for trying receivers on: plain http to loopback is allowed here, over
@@ -34,11 +33,7 @@ def ports(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
 
 def _shared_builder():
     """ansible/filter_plugins/mes_topology.py: the one builder of mes_topology, also the VMs' (plain Python)."""
-    spec = importlib.util.spec_from_file_location("mes_topology_shape", ROOT / "ansible" / "filter_plugins"
-                                                  / "mes_topology.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return shared_plugin("mes_topology")
 
 
 def build(state: Path, topology: str = "split", environ: Mapping[str, str] = os.environ) -> dict:
