@@ -350,7 +350,7 @@ def test_alloy_parses_the_app_s_and_haproxy_s_real_lines(rendered):
     app_line, app_trace = app_log_line()
     app = json.loads(app_line)
     matches = {alloy_string(block, "selector")[0]: block for block in alloy_blocks(config, "stage.match")}
-    app_block = matches['{unit=~"mes-(operator|public|scheduler|webhooks)"}']
+    app_block = matches['{unit=~"mes-(operator|public|scheduler|webhooks|crm-guard)"}']
     [wanted] = [empty_keys(block) for block in alloy_blocks(app_block, "stage.json")]
     [metadata] = [empty_keys(block) for block in alloy_blocks(app_block, "stage.structured_metadata")]
     assert metadata <= wanted and {"request_id", "trace_id", "span_id"} <= metadata
