@@ -2,7 +2,8 @@
 writes reaches the CRM's views by logical replication (commit to visible measured, p50/p95 printed), the CRM
 reads its copy while the MES primary is down, and after the primary's host is lost under writes and a
 standby promoted (and across a switchover), every acknowledged change is in the CRM exactly once (counted by
-event id), none extra."""
+event id), none extra. The same loss of the primary, after a SIGKILL of the webhook worker in the middle of
+a delivery, loses no acknowledged change for the webhooks either (a receiver in this process)."""
 from __future__ import annotations
 
 import os
@@ -15,7 +16,8 @@ import pytest
 import requests
 from sqlalchemy import create_engine, text
 from stack.base import wait_until
-from stackutil import GROUP_VARS, api, create, running_stack
+from stackutil import GROUP_VARS, api, create, running_stack, stack_cli
+from webhookutil import CancelStream, Receiver, delivered_orders
 
 from mes.testing.writeload import WriteLoad
 from stack import crm, dbtier
@@ -24,12 +26,23 @@ pytestmark = pytest.mark.topology
 
 BOUND = 30       # seconds: a change must be visible in the CRM's database well within this
 RECOVERY = 90    # seconds a failover may take before writes must succeed again
+# A webhook delivery claimed by a worker that died is sent again once its lease ends (connect + read timeout
+# + 30 s with group_vars' settings): the bound for every acknowledged change to arrive after the faults.
+DELIVERED_WITHIN = 150
 
 
 @pytest.fixture(scope="module")
 def stack():
     with running_stack() as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    """A webhook receiver on 127.0.0.1 (tests/webhookutil.py)."""
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
 
 
 @pytest.fixture(scope="module")
@@ -174,37 +187,72 @@ def physical_walsenders(stack, node: str) -> list[int]:
             if re.search(rb"walsender " + re.escape(role) + rb" ", open(f"/proc/{p}/cmdline", "rb").read())]
 
 
-def test_what_the_crm_saw_but_the_mes_lost_in_a_failover_is_undone_and_nothing_after_is_skipped(stack, crm_db):
-    """PostgreSQL 15 sends a transaction to the CRM once it is on the primary's disk, before the synchronous
-    standby has it. Here the primary's walsenders to its standbys are stopped: writes wait for the standby
-    (never acknowledged) while the CRM already shows them; then the primary's host is lost, and the promoted
-    standby never had them. Without mes crm-guard the CRM would keep them, and its subscription would skip the
-    new primary's first transactions; with it, the copy is resynced on the new timeline: the lost writes leave
-    the CRM, and every acknowledged change, before and after, is there exactly once."""
+def test_a_killed_worker_and_a_lost_primary_lose_no_acknowledged_change_for_the_crm_nor_the_webhooks(
+        stack, crm_db, receiver):
+    """One loss of the primary's host under writes, seen by both consumers of the MES's changes.
+
+    Webhooks: an endpoint subscribed to status changes and a stream of cancels through the API; the delivery
+    worker is SIGKILLed while the receiver holds one of its requests (`make up` starts it again), then the
+    primary's host is lost. Every acknowledged cancel reaches the receiver at least once, counted by
+    webhook-id: duplicates are allowed, losses are not.
+
+    The CRM: PostgreSQL 15 sends a transaction to the CRM once it is on the primary's disk, before the
+    synchronous standby has it. Here the primary's walsenders to its standbys are stopped before the loss:
+    writes wait for the standby (never acknowledged) while the CRM already shows them, and the promoted
+    standby never has them. Without mes crm-guard the CRM would keep them, and its subscription would skip
+    the new primary's first transactions; with it, the copy is resynced on the new timeline: the lost writes
+    leave the CRM, and every acknowledged change, before and after, is there exactly once."""
     # The old primary of the switchover before rejoined as a standby (synchronous again).
     assert wait_until(lambda: any(m["role"] == "sync_standby" for m in dbtier.cluster(stack.ctx)["members"]), 60, 1)
     resyncs_before = guard_state(stack)["resyncs"]
-    load = writing(stack)
-    old = dbtier.primary_node(stack.ctx)["name"]
-    stalled = physical_walsenders(stack, old)
-    assert stalled, "no walsender to a standby on the primary"
-    for pid in stalled:
-        os.kill(pid, signal.SIGSTOP)
-    like = f"W-{load.prefix}-%"
+    hooks = stack.new_key(f"hooks-{time.monotonic_ns()}", tier="bulk")
+    r = api(stack, "POST", "/webhook-endpoints", {**hooks, "Idempotency-Key": "endpoint"},
+            json={"url": receiver.url, "event_types": ["order.status_changed"]})
+    assert r.status_code == 201, r.text
+    secret = r.json()["secret"]
+    stream, load = CancelStream(stack, hooks, str(time.monotonic_ns())).start(), None
+    try:
+        assert wait_until(lambda: len(stream.acknowledged) >= 10, 60, 0.2), stream.failures
+        receiver.hold_next()
+        assert receiver.held.wait(60), "no delivery reached the receiver"
+        worker = stack.pid("webhooks")
+        os.kill(worker, signal.SIGKILL)
+        assert wait_until(lambda: stack.pid("webhooks") is None, 10)
+        time.sleep(2)
+        up = stack_cli(stack.env, "up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert stack.pid("webhooks") not in (None, worker)
 
-    def unacknowledged_in_crm() -> dict[str, int]:
-        rows = read(crm_db, "SELECT reference, id FROM crm_api.orders WHERE reference LIKE :like", like=like)
-        acknowledged = load.acknowledged()
-        return {ref: id_ for ref, id_ in rows if ref not in acknowledged}
+        load = writing(stack)
+        old = dbtier.primary_node(stack.ctx)["name"]
+        stalled = physical_walsenders(stack, old)
+        assert stalled, "no walsender to a standby on the primary"
+        for pid in stalled:
+            os.kill(pid, signal.SIGSTOP)
+        like = f"W-{load.prefix}-%"
 
-    assert wait_until(unacknowledged_in_crm, 20, 0.1), "the CRM received nothing the standby did not have"
-    phantoms = unacknowledged_in_crm()
-    killed_at = time.monotonic()
-    dbtier.kill_node(stack.ctx, old)
-    # The MES has no primary now: the CRM's database still answers from its copy.
-    assert read(crm_db, "SELECT count(*) > 0 FROM crm_api.orders") == [(True,)]
-    keep_writing_after(load, killed_at)
+        def unacknowledged_in_crm() -> dict[str, int]:
+            rows = read(crm_db, "SELECT reference, id FROM crm_api.orders WHERE reference LIKE :like", like=like)
+            acknowledged = load.acknowledged()
+            return {ref: id_ for ref, id_ in rows if ref not in acknowledged}
+
+        assert wait_until(unacknowledged_in_crm, 20, 0.1), "the CRM received nothing the standby did not have"
+        phantoms = unacknowledged_in_crm()
+        killed_at = time.monotonic()
+        dbtier.kill_node(stack.ctx, old)
+        # The MES has no primary now: the CRM's database still answers from its copy.
+        assert read(crm_db, "SELECT count(*) > 0 FROM crm_api.orders") == [(True,)]
+        keep_writing_after(load, killed_at)
+        assert wait_until(lambda: stream.acknowledged_since(killed_at), RECOVERY, 0.5), stream.failures
+        time.sleep(3)
+    finally:
+        stream.stop()
+        if load is not None:
+            load.stop()
     assert dbtier.primary_node(stack.ctx)["name"] != old
+    assert stack.pid("webhooks"), "the worker did not survive the failover:\n" + stack.ctx.log_tail("webhooks")
+
+    # The CRM: exactly the MES's rows, the lost writes gone.
     orders, events = assert_every_acknowledged_change_once_in_the_crm(stack, crm_db, load)
     mes_ids = {int(i) for i in dbtier.psql(stack.ctx, dbtier.primary_node(stack.ctx),
                                            f"SELECT id FROM orders WHERE reference LIKE '{like}'",
@@ -218,6 +266,22 @@ def test_what_the_crm_saw_but_the_mes_lost_in_a_failover_is_undone_and_nothing_a
     print(f"\n{orders} acknowledged orders across the failover of {old}: all in the CRM's database, {events} "
           f"events, each once; {len(lost)} orders the MES lost (never acknowledged) left the CRM again "
           f"(the resync corrected {state['last_rows_fixed']} rows)")
+
+    # The webhooks: every acknowledged cancel at least once, once the lease of the killed worker's claim ran out.
+    cancelled = set(stream.acknowledged)
+    wait_until(lambda: cancelled <= set(delivered_orders(receiver, secret)[0]), DELIVERED_WITHIN, 1)
+    delivered, times = delivered_orders(receiver, secret)
+    missing = sorted(cancelled - set(delivered))
+    duplicates = {msg_id: n for msg_id, n in times.items() if n > 1}
+    print(f"webhooks: {len(cancelled)} acknowledged changes, {len(times)} webhook-ids received "
+          f"({sum(times.values())} deliveries), {len(duplicates)} delivered more than once, {len(missing)} lost; "
+          f"stream failures {dict(stream.failures)}")
+    assert len(cancelled) >= 20, stream.failures   # the stream really ran
+    # The delivery in hand when the worker died was sent again once its lease ran out: at least once.
+    assert times[receiver.held_id] >= 2, (receiver.held_id, times[receiver.held_id])
+    assert not missing, f"{len(missing)} of {len(cancelled)} acknowledged changes never arrived: {missing[:10]}"
+    # One event per change: an order's status change arrives under one webhook-id, however often.
+    assert all(len(ids) == 1 for ids in delivered.values()), {o: i for o, i in delivered.items() if len(i) > 1}
 
 
 def test_a_column_published_before_the_crm_has_it_stops_the_copy_until_it_has_it(stack, crm_db):

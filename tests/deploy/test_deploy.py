@@ -274,7 +274,7 @@ def reads_on_replicas(cluster: Cluster) -> int:
 
 
 def psql(cluster: Cluster, host: str, sql: str, db: str = GROUP_VARS["pg_database"]) -> str:
-    r = cluster.ssh(host, f"cd / && runuser -u postgres -- psql -d {db} -AtXc \"{sql}\"",
+    r = cluster.ssh(host, f"cd / && runuser -u postgres -- psql -d {db} -qAtXc \"{sql}\"",
                     check=False, quiet=True)
     return r.stdout.strip() if r.returncode == 0 else f"ERROR {r.returncode}: {r.stderr.strip()}"
 
@@ -984,7 +984,9 @@ def test_a_new_replica_joins_under_traffic_and_gets_reads(cluster, extra_vars):
     created = cluster.ssh(new, "journalctl -u patroni --no-pager | grep -c 'replica has been created using pgbackrest'",
                           check=False)
     assert created.stdout.strip() not in ("", "0"), created.stdout + created.stderr
-    assert psql(cluster, primary, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "2"
+    # (the standbys' walsenders; the CRM's subscription has a logical one too)
+    assert psql(cluster, primary, f"SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' "
+                                  f"AND usename = '{GROUP_VARS['pg_replication_role']}'") == "2"
     # every app host's replica endpoint leads new connections to it too
     for host in apps:
         probe = REPLICA_ENDPOINT_SERVERS.format(port=PORTS["db_replicas"], tries=6,

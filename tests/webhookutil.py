@@ -1,33 +1,16 @@
-"""Webhooks in the real topology (started as `make up` does, on free ports): a receiver in this process on
-plain http on 127.0.0.1 (the local stack allows loopback), an endpoint subscribed to order status changes,
-and a stream of cancels through the public API while the stack's delivery worker is killed (SIGKILL) in the
-middle of a delivery and, later, the PostgreSQL primary's host is lost. Afterwards every change the API
-acknowledged (2xx) has reached the receiver at least once, counted by webhook-id: duplicates are allowed
-(at least once), losses are not."""
+"""Webhooks seen from outside the topology, for its tests: a receiver on plain http on 127.0.0.1 (the local stack
+allows loopback), a stream of create-and-cancel through the public API, and what arrived, signature checked."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
 import requests
-from stack.base import wait_until
-from stackutil import NEW_ORDER, Stack, api, running_stack, stack_cli
+from stackutil import NEW_ORDER, Stack, api
 from standardwebhooks.webhooks import Webhook
-
-from stack import dbtier
-
-pytestmark = pytest.mark.topology
-
-RECOVERY = 90        # seconds the primary's loss may take before writes succeed again (a sanity bound)
-# A delivery claimed by a worker that died is sent again once its lease ends (connect + read timeout
-# + 30 s with group_vars' settings): the bound for every acknowledged change to arrive after the faults.
-DELIVERED_WITHIN = 150
 
 
 class Receiver:
@@ -138,75 +121,3 @@ def delivered_orders(receiver: Receiver, secret: str) -> tuple[dict[int, set[str
         if payload["type"] == "order.status_changed" and payload["data"]["to_status"] == "cancelled":
             orders.setdefault(payload["data"]["order_id"], set()).add(msg_id)
     return orders, times
-
-
-def test_every_acknowledged_change_is_delivered_through_a_killed_worker_and_a_lost_primary():
-    receiver = Receiver()
-    try:
-        with running_stack() as stack:
-            run(stack, receiver)
-    finally:
-        receiver.close()
-
-
-def run(stack: Stack, receiver: Receiver) -> None:
-    headers = stack.new_key(f"hooks-{time.monotonic_ns()}", tier="bulk")
-    r = api(stack, "POST", "/webhook-endpoints", {**headers, "Idempotency-Key": "endpoint"},
-            json={"url": receiver.url, "event_types": ["order.status_changed"]})
-    assert r.status_code == 201, r.text
-    secret = r.json()["secret"]
-    status = stack_cli(stack.env, "status")
-    assert "webhooks" in status.stdout and status.returncode == 0, status.stdout
-
-    stream = CancelStream(stack, headers, str(time.monotonic_ns())).start()
-    try:
-        assert wait_until(lambda: len(stream.acknowledged) >= 10, 60, 0.2), stream.failures
-        # The worker dies mid-delivery (the receiver has the request and holds its answer back); `make up`
-        # starts it again (on the VMs: systemd's Restart=always).
-        receiver.hold_next()
-        assert receiver.held.wait(60), "no delivery reached the receiver"
-        worker = stack.pid("webhooks")
-        os.kill(worker, signal.SIGKILL)
-        assert wait_until(lambda: stack.pid("webhooks") is None, 10)
-        time.sleep(2)
-        up = stack_cli(stack.env, "up")
-        assert up.returncode == 0, up.stdout + up.stderr
-        assert stack.pid("webhooks") not in (None, worker)
-
-        # Later the primary's host is lost: Patroni promotes the synchronous standby.
-        time.sleep(3)
-        old = dbtier.primary_node(stack.ctx)["name"]
-        killed_at = time.monotonic()
-        dbtier.kill_node(stack.ctx, old)
-        assert wait_until(lambda: stream.acknowledged_since(killed_at), RECOVERY, 0.5), stream.failures
-        time.sleep(3)
-    finally:
-        stream.stop()
-
-    def new_primary() -> str | None:
-        try:
-            return dbtier.primary_node(stack.ctx)["name"]
-        except dbtier.StackError:  # Patroni's REST API may answer slowly on a busy machine right after a promotion
-            return None
-
-    assert wait_until(lambda: new_primary() not in (None, old), 30, 1), new_primary()
-    assert stack.pid("webhooks"), "the worker did not survive the failover:\n" + stack.ctx.log_tail("webhooks")
-
-    acknowledged = set(stream.acknowledged)
-
-    def all_delivered() -> bool:
-        return acknowledged <= set(delivered_orders(receiver, secret)[0])
-
-    wait_until(all_delivered, DELIVERED_WITHIN, 1)
-    orders, times = delivered_orders(receiver, secret)
-    lost = sorted(acknowledged - set(orders))
-    duplicates = {msg_id: n for msg_id, n in times.items() if n > 1}
-    print(f"\nwebhooks: {len(acknowledged)} acknowledged changes, {len(times)} webhook-ids received "
-          f"({sum(times.values())} deliveries), {len(duplicates)} delivered more than once, {len(lost)} lost; "
-          f"stream failures {dict(stream.failures)}")
-    assert len(acknowledged) >= 20, stream.failures   # the stream really ran
-    # The delivery in hand when the worker died was sent again once its lease ran out: at least once.
-    assert times[receiver.held_id] >= 2, (receiver.held_id, times[receiver.held_id])
-    assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged changes never arrived: {lost[:10]}"
-    # One event per change: an order's status change arrives under one webhook-id, however often.
-    assert all(len(ids) == 1 for ids in orders.values()), {o: ids for o, ids in orders.items() if len(ids) > 1}
