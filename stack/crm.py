@@ -29,10 +29,6 @@ from .dbtier import (PG_USER, PostgresExporter, _bin, _is_root, _pg_home, _rende
                      render_text, standby_nodes, tls_params)
 from .services import Daemon
 
-def lit(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def schema_sql(ctx: Ctx) -> str:
     """Roles, database, copies, views, crm_sync and the subscription (postgresql/crm_schema.sql.j2, as the
     Ansible role postgresql renders it for group crm_db); psql as the superuser, from database postgres."""
@@ -157,8 +153,10 @@ class CrmGuard(Daemon):
     def env(self, ctx):
         v, node = ctx.vars, ctx.vars["mes_topology"]["crm_db"]
         params = {"host": node["host"], "port": node["port"], "dbname": v["crm_database"],
-                  "user": v["crm_guard_role"], "password": v["mes_secrets"]["crm_guard_password"], **tls_params(ctx)}
-        return {"MES_CRM_GUARD_DSN": " ".join(f"{k}={lit(val)}" for k, val in params.items())}
+                  "user": v["crm_guard_role"], **tls_params(ctx)}
+        quoted = (str(val).replace("\\", "\\\\").replace("'", "\\'") for val in params.values())  # libpq's quoting
+        return {"MES_CRM_GUARD_DSN": " ".join(f"{k}='{val}'" for k, val in zip(params, quoted)),
+                "PGPASSWORD": v["mes_secrets"]["crm_guard_password"]}
 
     def ready(self, ctx):
         return _try_psql(ctx, ctx.vars["mes_topology"]["crm_db"], "SELECT count(*) FROM crm_sync.state WHERE "

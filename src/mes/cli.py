@@ -191,7 +191,7 @@ def run_scheduler():
 
 @main.command("crm-guard", with_appcontext=False)
 @click.option("--crm-dsn", envvar="MES_CRM_GUARD_DSN", required=True,
-              help="The CRM's database as its superuser (the local socket), e.g. \"host=/run/postgresql dbname=crm\".")
+              help="The CRM's database as crm_guard_role (libpq string; the password may come from PGPASSWORD).")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between checks.")
 @click.option("--once", is_flag=True, help="One check (and resync if needed), then exit.")
 @click.option("--resync", is_flag=True, help="Resync the copy now whatever the timeline (implies --once).")

@@ -77,6 +77,20 @@ def _state(crm, name: str) -> tuple[str | None, int | None]:
         return cur.fetchone() or (None, None)
 
 
+def _enabled(crm, oid: int) -> bool:
+    with crm.cursor() as cur:
+        cur.execute("SELECT subenabled FROM pg_subscription WHERE oid = %s", (oid,))
+        return bool(cur.fetchone()[0])
+
+
+def _locked(crm, subscription: str) -> bool:
+    """One guard at a time (the service and an on-call's --resync): two resyncs interleaved could leave the
+    subscription at one's position and the slot at the other's. Held until the connection closes."""
+    with crm.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(hashtext('mes crm-guard ' || %s))", (subscription,))
+        return cur.fetchone()[0]
+
+
 def _tables_ready(crm, oid: int) -> bool:
     """The first copy of every table is done (a resync during it would collide with the copy's rows)."""
     with crm.cursor() as cur:
@@ -98,12 +112,18 @@ def check_once(crm_dsn: str, subscription: str = crm_contract.PUBLICATION, *, fo
     slot, or to repair a copy someone changed by hand). Returns the resync, if any."""
     with closing(psycopg2.connect(crm_dsn, application_name="mes-crm-guard")) as crm:
         crm.autocommit = True
-        oid, conninfo, slot = _subscription(crm, subscription)
+        if not _locked(crm, subscription):
+            if force:
+                raise GuardError("another mes crm-guard is checking right now; try again in a few seconds")
+            return None
         try:
+            oid, conninfo, slot = _subscription(crm, subscription)
             with closing(psycopg2.connect(conninfo, application_name="mes-crm-guard",
                                           connection_factory=psycopg2.extras.LogicalReplicationConnection)) as repl:
                 system_id, timeline = _identify(repl)
-                if not force and (system_id, timeline) == _state(crm, subscription):
+                # A disabled subscription on a verified timeline: a resync that failed halfway (its position
+                # may already have moved), so do it again rather than call the copy verified.
+                if not force and (system_id, timeline) == _state(crm, subscription) and _enabled(crm, oid):
                     _record(crm, subscription, "checked_at = now(), last_error = NULL")
                     return None
                 if not _tables_ready(crm, oid):
@@ -113,7 +133,10 @@ def check_once(crm_dsn: str, subscription: str = crm_contract.PUBLICATION, *, fo
                             timeline, _state(crm, subscription)[1])
                 result = _resync(crm, repl, conninfo, subscription, oid, slot or subscription, timeline)
         except (psycopg2.Error, GuardError) as err:
-            _record(crm, subscription, "last_error = %(e)s, last_error_at = now()", e=str(err).strip()[:500])
+            try:
+                _record(crm, subscription, "last_error = %(e)s, last_error_at = now()", e=str(err).strip()[:500])
+            except psycopg2.Error:
+                pass  # the CRM's database itself is what fails: the error above says more
             raise
         _record(crm, subscription, "system_identifier = %(s)s, timeline = %(t)s, consistent_lsn = %(l)s, "
                 "checked_at = now(), resynced_at = now(), resyncs = state.resyncs + 1, "
