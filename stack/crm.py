@@ -15,18 +15,15 @@ never a failover target, that subscribes to the MES's publication `crm` (Postgre
 """
 from __future__ import annotations
 
-import json
 import signal
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from . import pki
 from .base import ROOT, Ctx, StackError, shared_plugin, wait_until
 from .dbtier import (PG_USER, PostgresExporter, _bin, _is_root, _pg_home, _render, _try_psql, primary_node, psql,
-                     render_text, standby_nodes, tls_params)
+                     render_text, rest_send, standby_nodes, tls_params)
 from .services import Daemon
 
 def schema_sql(ctx: Ctx) -> str:
@@ -38,16 +35,6 @@ def schema_sql(ctx: Ctx) -> str:
         "crm_sslrootcert": str(pki.ca_file(ctx))})
 
 
-def _patroni(node: dict, method: str, path: str, body: dict) -> int:
-    request = urllib.request.Request(f"http://{node['host']}:{node['patroni_port']}{path}", method=method,
-                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            return resp.status
-    except urllib.error.HTTPError as err:
-        return err.code
-
-
 def ensure_logical_wal(ctx: Ctx) -> None:
     """A cluster made before the CRM's database existed runs wal_level replica (Patroni reads bootstrap.dcs
     once): set logical in its configuration and restart each node in place, standbys first. Writes pause
@@ -55,17 +42,17 @@ def ensure_logical_wal(ctx: Ctx) -> None:
     primary = primary_node(ctx)
     if _try_psql(ctx, primary, "SHOW wal_level") == "logical":
         return
-    if _patroni(primary, "PATCH", "/config", {"postgresql": {"parameters": {"wal_level": "logical"}}}) != 200:
+    if rest_send(primary, "PATCH", "/config", {"postgresql": {"parameters": {"wal_level": "logical"}}}) != 200:
         raise StackError("Patroni refused wal_level = logical")
     for node in [*standby_nodes(ctx), primary]:
-        if not wait_until(lambda n=node: _patroni(n, "POST", "/restart", {}) == 200, 60, 2) or not wait_until(
+        if not wait_until(lambda n=node: rest_send(n, "POST", "/restart", {}) == 200, 60, 2) or not wait_until(
                 lambda n=node: _try_psql(ctx, n, "SHOW wal_level") == "logical", 120, 1):
             raise StackError(f"{node['name']} did not restart with wal_level = logical:\n{ctx.log_tail(node['name'])}")
 
 
 class CrmDatabase(Daemon):
-    """The CRM's server, as the postgres user; `up` also applies its schema and subscription and waits
-    until every published table has been copied."""
+    """The CRM's server, as the postgres user; `up` also applies its schema and subscription (made disabled:
+    CrmGuard's first pass copies every table and enables it)."""
 
     name, user = "crmdb", PG_USER
     start_timeout = 60

@@ -202,6 +202,17 @@ def _try_psql(ctx: Ctx, node: dict, sql: str, db: str = "postgres", timeout: flo
 
 # --- Patroni's REST API -----------------------------------------------------------------------------
 
+def rest_send(node: dict, method: str, path: str, body: dict, timeout: float = 60) -> int:
+    """PATCH or POST `body` (JSON) to one of Patroni's REST endpoints on `node`: the HTTP status."""
+    request = urllib.request.Request(f"http://{node['host']}:{node['patroni_port']}{path}", method=method,
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
 def rest(node: dict, path: str, timeout: float = 2) -> tuple[int, dict]:
     """GET one of Patroni's REST endpoints on `node`: (HTTP status, JSON body); (0, {}) if it does not
     answer. /primary, /replica and /health answer 503 with a body when the node is not that."""
@@ -489,12 +500,9 @@ class PatroniCluster:
         leader = primary_node(ctx)
         code, current = rest(leader, "/config")
         if code == 200 and any(current.get(k) != val for k, val in want.items()):
-            request = urllib.request.Request(f"http://{leader['host']}:{leader['patroni_port']}/config",
-                                             data=json.dumps(want).encode(), method="PATCH",
-                                             headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=10) as resp:
-                if resp.status != 200:
-                    raise StackError(f"Patroni refused the settings {want}: {resp.status}")
+            status = rest_send(leader, "PATCH", "/config", want, timeout=10)
+            if status != 200:
+                raise StackError(f"Patroni refused the settings {want}: {status}")
 
     def down(self, ctx: Ctx) -> None:
         pass

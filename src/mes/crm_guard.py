@@ -18,7 +18,7 @@ source; on 15 this guard does, on the CRM's side:
   after it streams: each change exactly once.
 
 It connects to the CRM's database as its own role (crm_guard_role), which may change the copies' rows and
-call the few SECURITY DEFINER functions of schema crm_sync (stack/crm.py: schema_sql) that do what only a
+call the few SECURITY DEFINER functions of schema crm_sync (postgresql/crm_schema.sql.j2) that do what only a
 superuser may on PostgreSQL 15: read the subscription's connection string, disable and enable it, move its
 position. Its state, for on-call and the exporter, is the table crm_sync.state.
 """
