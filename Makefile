@@ -87,11 +87,14 @@ dev: packages-dev venv
 test: test-suite test-deploy
 
 ## Every test but the deploy test, on SQLite and on a real PostgreSQL 15 that the tests start themselves.
+## Two workers, each test file on one (its stack or servers with it): the tests wait on real components
+## much of the time, so two halve the wall time on 2 cores. WORKERS=0 runs them in this process.
+WORKERS ?= 2
 test-suite: packages-test venv
-	$(BIN)/python -m pytest -p no:cacheprovider --durations=25
+	$(BIN)/python -m pytest -p no:cacheprovider --durations=25 $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 
 ## The playbooks against Debian 12 hosts in systemd-nspawn containers on this machine (root, about 25 min):
-## lint, site.yml from bare hosts twice, the app through HAProxy, a rolling deploy under traffic, failover
+## site.yml from bare hosts twice, the app through HAProxy, a rolling deploy under traffic, failover
 ## and rejoin by pg_rewind, switchover, backups, a point-in-time restore onto a fresh host, a replica
 ## restored from the backup repository and added under traffic.
 test-deploy: packages-deploy-test venv

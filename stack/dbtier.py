@@ -256,14 +256,19 @@ def standby_nodes(ctx: Ctx) -> list[dict]:
     return [n for n in nodes(ctx) if rest(n, "/replica")[0] == 200]
 
 
-def pause_replay(ctx: Ctx) -> list[str]:
-    """Pause WAL replay on every running standby (reads there go stale); returns their names."""
-    names = []
-    for node in standby_nodes(ctx):
+def pause_replay(ctx: Ctx, timeout: float = 30) -> list[str]:
+    """Pause WAL replay on every running standby (reads there go stale); returns their names. Raises
+    when there is no standby to pause, or one does not pause: a caller relies on stale reads."""
+    deadline = time.monotonic() + timeout
+    while not (standbys := standby_nodes(ctx)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no running standby to pause within {timeout:.0f} s")
+        time.sleep(0.5)
+    for node in standbys:
         psql(ctx, node, "SELECT pg_wal_replay_pause()")
-        wait_until(lambda n=node: psql(ctx, n, "SELECT pg_get_wal_replay_pause_state()") == "paused", 10)
-        names.append(node["name"])
-    return names
+        if not wait_until(lambda n=node: psql(ctx, n, "SELECT pg_get_wal_replay_pause_state()") == "paused", 10):
+            raise RuntimeError(f"{node['name']}: replay did not pause")
+    return [n["name"] for n in standbys]
 
 
 def resume_replay(ctx: Ctx) -> list[str]:

@@ -21,7 +21,7 @@ from mes.domain.reason_codes import (
 from mes.extensions import limiter
 from mes.migrate import upgrade
 from mes.services import accounts
-from mes.testing.postgres import UNSAFE_FAST_SETTINGS, create_mes_database, temporary_postgres
+from mes.testing.postgres import UNSAFE_FAST_SETTINGS, create_mes_database, port_slice, temporary_postgres
 
 BACKENDS = [b for b in os.environ.get("MES_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
 
@@ -214,6 +214,15 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = [item for item in items if item not in drop]
+
+
+def pytest_configure(config):
+    """Parallel workers (pytest-xdist, `make test-suite`) pick free ports from slices of their own: the
+    stacks of two workers start at the same time, and a port that one has picked but not yet bound
+    looks free to the other."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker and count > 1 and "MES_FREE_PORTS" not in os.environ:
+        os.environ["MES_FREE_PORTS"] = port_slice(int(worker.removeprefix("gw")), count)
 
 
 def pytest_report_header(config):

@@ -29,15 +29,20 @@ def run(*argv: str, cwd: Path = ANSIBLE, timeout: float = 600) -> subprocess.Com
     return subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+# The linters run in a network namespace of their own with nothing but loopback: they reach nothing
+# (ansible-lint would look for a newer version of itself, and for collections).
+OFFLINE = ["unshare", "--net", "--"]
+
+
 def test_ansible_lint_production_profile_is_clean():
-    r = run(str(BIN / "ansible-lint"), "--profile", "production", "--nocolor")
+    r = run(*OFFLINE, str(BIN / "ansible-lint"), "--offline", "--profile", "production", "--nocolor")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert "Profile 'production' was required, and it passed" in r.stdout + r.stderr
 
 
 def test_yamllint_is_clean():
-    r = run(str(BIN / "yamllint"), "--strict", ".")
-    assert r.returncode == 0, r.stdout[-4000:]
+    r = run(*OFFLINE, str(BIN / "yamllint"), "--strict", "-f", "parsable", ".")
+    assert r.returncode == 0 and not r.stdout.strip(), r.stdout[-4000:]
 
 
 @pytest.mark.parametrize("inventory", ["vagrant"])

@@ -31,6 +31,7 @@ __all__ = [
     "PostgresServer",
     "create_mes_database",
     "free_port",
+    "port_slice",
     "start_postgres",
     "temporary_postgres",
 ]
@@ -158,6 +159,23 @@ def _ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) 
         return 32768
 
 
+def _port_range() -> tuple[int, int]:
+    """[low, high) to pick from: 10000 up to the ephemeral range, or the slice MES_FREE_PORTS="LOW-HIGH"
+    names (parallel test workers each get their own, so that two never pick the same port)."""
+    spec = os.environ.get("MES_FREE_PORTS", "")
+    if spec:
+        low, high = (int(part) for part in spec.split("-"))
+        return low, high
+    return 10000, max(_ephemeral_low(), 10001)
+
+
+def port_slice(index: int, count: int) -> str:
+    """MES_FREE_PORTS for the index-th of `count` processes that pick ports at the same time."""
+    low, high = 10000, max(_ephemeral_low(), 10001)
+    size = (high - low) // count
+    return f"{low + index * size}-{low + (index + 1) * size}"
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now.
 
@@ -166,9 +184,9 @@ def free_port() -> int:
     is never handed out twice by this process. Another process may still grab it, which is why
     :func:`start_postgres` retries with a fresh port when it picked the port.
     """
-    low = _ephemeral_low()
+    low, high = _port_range()
     for _ in range(500):
-        port = random.randrange(10000, max(low, 10001))
+        port = random.randrange(low, high)
         if port in _handed_out:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
