@@ -145,7 +145,8 @@ def assert_every_acknowledged_change_once_in_the_crm(stack, crm_db, load: WriteL
     """Every order the API acknowledged is in the CRM's views; its events there are the MES's, by id, each
     once and none extra (once mes crm-guard verified the new timeline). Returns (acknowledged orders, events)."""
     acknowledged = load.acknowledged()
-    assert len(acknowledged) > 75, load.statuses()
+    # At 25 creates/s: 3 s before the change of primary and 3 s after the first write that followed it.
+    assert len(acknowledged) >= 50, load.statuses()
     timeline = mes_timeline(stack)
     assert wait_until(lambda: guard_state(stack)["timeline"] == timeline, RECOVERY, 0.5), guard_state(stack)
     like = f"W-{load.prefix}-%"
