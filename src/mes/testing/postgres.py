@@ -159,19 +159,24 @@ def _ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) 
         return 32768
 
 
+def _all_ports() -> tuple[int, int]:
+    """[low, high): from 10000 up to the kernel's ephemeral range."""
+    return 10000, max(_ephemeral_low(), 10001)
+
+
 def _port_range() -> tuple[int, int]:
-    """[low, high) to pick from: 10000 up to the ephemeral range, or the slice MES_FREE_PORTS="LOW-HIGH"
-    names (parallel test workers each get their own, so that two never pick the same port)."""
+    """[low, high) to pick from: all of them, or the slice MES_FREE_PORTS="LOW-HIGH" names (parallel
+    test workers each get their own, so that two never pick the same port)."""
     spec = os.environ.get("MES_FREE_PORTS", "")
     if spec:
         low, high = (int(part) for part in spec.split("-"))
         return low, high
-    return 10000, max(_ephemeral_low(), 10001)
+    return _all_ports()
 
 
 def port_slice(index: int, count: int) -> str:
     """MES_FREE_PORTS for the index-th of `count` processes that pick ports at the same time."""
-    low, high = 10000, max(_ephemeral_low(), 10001)
+    low, high = _all_ports()
     size = (high - low) // count
     return f"{low + index * size}-{low + (index + 1) * size}"
 
