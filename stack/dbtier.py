@@ -266,7 +266,10 @@ def pause_replay(ctx: Ctx, timeout: float = 30) -> list[str]:
         time.sleep(0.5)
     for node in standbys:
         psql(ctx, node, "SELECT pg_wal_replay_pause()")
-        if not wait_until(lambda n=node: psql(ctx, n, "SELECT pg_get_wal_replay_pause_state()") == "paused", 10):
+        # "pause requested" holds too: the startup process checks before each record it applies, and an
+        # idle standby (no WAL coming) says "paused" only once the next record arrives.
+        if not wait_until(lambda n=node: psql(ctx, n, "SELECT pg_get_wal_replay_pause_state()")
+                          in ("paused", "pause requested"), 10):
             raise RuntimeError(f"{node['name']}: replay did not pause")
     return [n["name"] for n in standbys]
 
