@@ -212,8 +212,9 @@ def test_a_killed_worker_and_a_lost_primary_lose_no_acknowledged_change_for_the_
     The CRM: PostgreSQL 15 sends a transaction to the CRM once it is on the primary's disk, before the
     synchronous standby has it. Here the primary's walsenders to its standbys are stopped before the loss:
     writes wait for the standby (never acknowledged) while the CRM already shows them, and the promoted
-    standby never has them (one such write is committed by the test itself, so that there surely is one). Without mes crm-guard the CRM would keep them, and its subscription would skip
-    the new primary's first transactions; with it, the copy is resynced on the new timeline: the lost writes
+    standby never has them (the test commits one such write itself, so that there surely is one). Without
+    mes crm-guard the CRM would keep them, and its subscription would skip the new primary's first
+    transactions; with it, the copy is resynced on the new timeline: the lost writes
     leave the CRM, and every acknowledged change, before and after, is there exactly once."""
     # The old primary of the switchover before rejoined as a standby (synchronous again).
     assert wait_until(lambda: any(m["role"] == "sync_standby" for m in dbtier.cluster(stack.ctx)["members"]), 60, 1)
