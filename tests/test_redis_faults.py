@@ -31,7 +31,7 @@ def test_a_hung_redis_costs_a_request_at_most_one_timeout(backend, redis_server,
     oid = create_order(client, partner, key="before").get_json()["id"]
     redis_server.pause()
     try:
-        slowest, codes = 0.0, []
+        durations, codes = [], []
         for i in range(12):  # the status cache, the write tracker and the rate limiter all meet the hang
             for method, path, kwargs in (
                     ("GET", "/api/v1/orders", {}),
@@ -42,13 +42,19 @@ def test_a_hung_redis_costs_a_request_at_most_one_timeout(backend, redis_server,
                 headers = {**auth(partner), **kwargs.pop("headers", {})}
                 started = time.monotonic()
                 codes.append(client.open(path, method=method, headers=headers, **kwargs).status_code)
-                slowest = max(slowest, time.monotonic() - started)
+                durations.append(time.monotonic() - started)
     finally:
         redis_server.resume()
         app.extensions["mes_engine"].dispose()
         time.sleep(settings.redis_cooldown)  # the shared limiter's teardown needs Redis
     assert set(codes) <= {200, 201}, codes
-    assert slowest < settings.redis_timeout * 2 + 0.3, slowest  # one timeout (connect or read), plus the work
+    # Most requests skip Redis while the breaker is open; the slowest waited one timeout (connect or read)
+    # plus its work, which a busy machine can stretch. redis-py's retries, which this guards against, cost
+    # ten timeouts and more.
+    durations.sort()
+    median, slowest = durations[len(durations) // 2], durations[-1]
+    assert median < settings.redis_timeout, (median, slowest)
+    assert slowest < settings.redis_timeout * 2 + 1.0, (median, slowest)
 
 
 def test_the_breaker_opens_on_a_failure_for_the_cool_down_only():

@@ -704,9 +704,14 @@ def test_a_hung_redis_under_load_costs_no_request_more_than_the_timeout(stack):
     finally:
         stack.signal_group("redis", signal.SIGCONT)
     codes = {code for code, _ in seen}
-    slowest = max(duration for _, duration in seen)
+    durations = sorted(duration for _, duration in seen)
+    timeout, median, slowest = GROUP_VARS["mes_redis_timeout"], durations[len(durations) // 2], durations[-1]
     assert len(seen) > 40 and codes <= {200, 201}, (len(seen), codes)
-    assert slowest < GROUP_VARS["mes_redis_timeout"] + 1.0, slowest  # one timeout, plus the work on a busy machine
+    # The breaker spares most requests the wait altogether: after one timeout a process skips Redis for
+    # its cool-down. The slowest request may have waited one timeout, and on two shared cores another
+    # test's burst can add a second or two; redis-py's retries, which this guards against, cost 10 s.
+    assert median < timeout, (median, slowest)
+    assert slowest < timeout + 3.0, (median, slowest)
 
 
 def test_a_reload_during_a_redis_outage_leaves_no_stale_status(stack):
