@@ -19,8 +19,8 @@ Every TCP connection to a node or to Pgpool-II is TLS, with certificates of the 
 (stack/pki.py); every client verifies the server's (sslmode=verify-full, `tls_params`).
 
 Each component has `name`, `up(ctx)`, `down(ctx)`, `status(ctx) -> (answers, detail)`. Helpers for
-tests and benchmarks: `psql`, `cluster`, `primary_node`, `standby_nodes`, `pause_replay`,
-`resume_replay`, `pool_nodes`, `kill_node`, `database_urls`, `tls_params`.
+tests and benchmarks: `psql`, `cluster`, `primary_node`, `standby_nodes`, `maintenance`,
+`pause_replay`, `resume_replay`, `pool_nodes`, `kill_node`, `database_urls`, `tls_params`.
 """
 from __future__ import annotations
 
@@ -256,14 +256,31 @@ def standby_nodes(ctx: Ctx) -> list[dict]:
     return [n for n in nodes(ctx) if rest(n, "/replica")[0] == 200]
 
 
+def maintenance(ctx: Ctx, on: bool, timeout: float = 30) -> None:
+    """Patroni's maintenance mode (the cluster's `pause`) on or off; returns once every running node
+    has it (each one reads the setting at its next HA loop)."""
+    if rest_send(primary_node(ctx), "PATCH", "/config", {"pause": on}, timeout=10) != 200:
+        raise StackError(f"Patroni refused pause={on}")
+    if not wait_until(lambda: all(rest(n, "/patroni")[1].get("pause", False) == on
+                                  for n in nodes(ctx) if rest(n, "/health")[0] == 200), timeout, interval=0.3):
+        raise StackError(f"Patroni's nodes did not take pause={on} within {timeout:.0f} s")
+    if on:  # a node's REST API may know it before its HA loop, which read the cluster at the cycle's start
+        time.sleep(ctx.vars["patroni_loop_wait"] + 0.5)
+
+
 def pause_replay(ctx: Ctx, timeout: float = 30) -> list[str]:
     """Pause WAL replay on every running standby (reads there go stale); returns their names. Raises
-    when there is no standby to pause, or one does not pause: a caller relies on stale reads."""
+    when there is no standby to pause, or one does not pause: a caller relies on stale reads.
+
+    Patroni goes into maintenance mode first: otherwise its next HA loop resumes the replay (PostgreSQL
+    14+ pauses replay itself when the primary's settings outgrow the standby's, and Patroni undoes any
+    pause it finds). `resume_replay` ends both."""
     deadline = time.monotonic() + timeout
     while not (standbys := standby_nodes(ctx)):
         if time.monotonic() > deadline:
             raise RuntimeError(f"no running standby to pause within {timeout:.0f} s")
         time.sleep(0.5)
+    maintenance(ctx, True)
     for node in standbys:
         psql(ctx, node, "SELECT pg_wal_replay_pause()")
         # "pause requested" holds too: the startup process checks before each record it applies, and an
@@ -275,11 +292,13 @@ def pause_replay(ctx: Ctx, timeout: float = 30) -> list[str]:
 
 
 def resume_replay(ctx: Ctx) -> list[str]:
-    """Resume WAL replay on every running standby; returns their names."""
+    """Resume WAL replay on every running standby, and end Patroni's maintenance mode; returns their
+    names."""
     names = []
     for node in standby_nodes(ctx):
         psql(ctx, node, "SELECT pg_wal_replay_resume()")
         names.append(node["name"])
+    maintenance(ctx, False)
     return names
 
 

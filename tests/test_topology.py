@@ -754,14 +754,9 @@ def test_read_your_writes_with_a_paused_replay(stack):
     from stack import dbtier
     writer = stack.new_key("ryw-writer")
     markers_before = set(_redis(stack).scan_iter("mes:rw:*"))
-    replica = next(n for n in stack.ctx.vars["mes_topology"]["pg_nodes"]
-                   if n["name"] != dbtier.primary_node(stack.ctx)["name"])
-    dbtier.psql(stack.ctx, replica, "SELECT pg_wal_replay_pause()")
+    paused = dbtier.pause_replay(stack.ctx)
+    replica = next(n for n in stack.ctx.vars["mes_topology"]["pg_nodes"] if n["name"] == paused[0])
     try:
-        deadline = time.monotonic() + 10
-        while dbtier.psql(stack.ctx, replica, "SELECT pg_get_wal_replay_pause_state()").strip() != "paused":
-            assert time.monotonic() < deadline, "replay did not pause"
-            time.sleep(0.1)
         order = create(stack, writer, "RYW-1")
         marker = set(_redis(stack).scan_iter("mes:rw:*")) - markers_before
         assert len(marker) == 1, marker
@@ -772,7 +767,7 @@ def test_read_your_writes_with_a_paused_replay(stack):
             assert r.status_code == 200 and r.json()["reference"] == "RYW-1", r.text
         assert _redis(stack).exists(*marker)  # not replayed: still routed
     finally:
-        dbtier.psql(stack.ctx, replica, "SELECT pg_wal_replay_resume()")
+        dbtier.resume_replay(stack.ctx)
     deadline = time.monotonic() + 15
     while _redis(stack).exists(*marker) and time.monotonic() < deadline:
         assert api(stack, "GET", f"/orders/{order['id']}", writer).status_code == 200
