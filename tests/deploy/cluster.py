@@ -24,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 import yaml
 
@@ -164,6 +165,17 @@ def parse_recap(output: str) -> dict[str, dict[str, int]]:
             keys = ["ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored"]
             recap[match.group(1)] = dict(zip(keys, map(int, match.groups()[1:])))
     return recap
+
+
+def slowest_tasks(junit_dir: Path, count: int = 8) -> list[tuple[float, str]]:
+    """The tasks that took longest in a run's junit reports: (seconds, "play: task"), where a task's
+    time is its slowest host's (the hosts of a batch run it side by side)."""
+    seconds: dict[str, float] = {}
+    for report in junit_dir.glob("*.xml"):
+        for case in ElementTree.parse(report).iter("testcase"):
+            task = case.get("name", "").split("] ", 1)[-1]   # "[host] play: task" -> "play: task"
+            seconds[task] = max(seconds.get(task, 0.0), float(case.get("time") or 0))
+    return sorted(((t, task) for task, t in seconds.items()), reverse=True)[:count]
 
 
 def parse_changed_tasks(output: str) -> list[str]:
@@ -363,11 +375,16 @@ class Cluster:
     def _ansible(self, argv: list[str], label: str, timeout: float) -> AnsibleRun:
         self._ansible_runs += 1
         log_path = self.logs / f"ansible-{self._ansible_runs:02d}-{label}.log"
+        junit_dir = self.logs / f"junit-{self._ansible_runs:02d}-{label}"
         full = ["ip", "netns", "exec", network.CTL_NS, *argv]
         log(f"$ {shlex.join(argv)}   (in {network.CTL_NS}; log {log_path})")
         lines: list[str] = []
+        env = self.ansible_env()
+        # Per-task times (junit reports beside the log): where a run's minutes go.
+        env.update({"ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.junit", "JUNIT_OUTPUT_DIR": str(junit_dir),
+                    "JUNIT_HIDE_TASK_ARGUMENTS": "true"})
         with open(log_path, "w") as out:
-            proc = subprocess.Popen(full, cwd=ANSIBLE_DIR, env=self.ansible_env(), stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(full, cwd=ANSIBLE_DIR, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
             watchdog = threading.Timer(timeout, lambda: (log(f"{label}: no end after {timeout:.0f} s; killing it"),
                                                          proc.kill()))
@@ -393,6 +410,8 @@ class Cluster:
         output = "\n".join(lines)
         result = AnsibleRun(argv, returncode, output, log_path, parse_recap(output), parse_changed_tasks(output))
         log(f"{label}: rc={returncode}, changed={result.changed}")
+        for seconds, task in slowest_tasks(junit_dir):
+            log(f"{label}: {seconds:6.1f} s  {task}")
         return result
 
     def adhoc(self, pattern: str, module: str, args: str = "", *options: str, timeout: float = 600) -> dict:
