@@ -23,8 +23,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from xml.etree import ElementTree
 
 import yaml
 
@@ -167,14 +167,25 @@ def parse_recap(output: str) -> dict[str, dict[str, int]]:
     return recap
 
 
-def slowest_tasks(junit_dir: Path, count: int = 8) -> list[tuple[float, str]]:
-    """The tasks that took longest in a run's junit reports: (seconds, "play: task"), where a task's
-    time is its slowest host's (the hosts of a batch run it side by side)."""
+TIMED_HEADER = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?\| "
+                          r"(?:(TASK|RUNNING HANDLER|PLAY) \[(.*)\]|PLAY RECAP) \*+$")
+
+
+def slowest_tasks(timed_log: Path, count: int = 8) -> list[tuple[float, str]]:
+    """The tasks that took longest in a run: (seconds, "TASK name"), from Ansible's own log (log_path
+    stamps each line): a task lasts from its header to the next one, over all hosts of its batch, and
+    a task of a serial play adds up over the batches."""
     seconds: dict[str, float] = {}
-    for report in junit_dir.glob("*.xml"):
-        for case in ElementTree.parse(report).iter("testcase"):
-            task = case.get("name", "").split("] ", 1)[-1]   # "[host] play: task" -> "play: task"
-            seconds[task] = max(seconds.get(task, 0.0), float(case.get("time") or 0))
+    current, began = None, None
+    for line in timed_log.read_text(errors="replace").splitlines() if timed_log.exists() else ():
+        match = TIMED_HEADER.match(line)
+        if not match:
+            continue
+        at = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if current is not None:
+            seconds[current] = seconds.get(current, 0.0) + at - began
+        current = f"{match.group(2)} {match.group(3)}" if match.group(2) in ("TASK", "RUNNING HANDLER") else None
+        began = at
     return sorted(((t, task) for task, t in seconds.items()), reverse=True)[:count]
 
 
@@ -375,14 +386,12 @@ class Cluster:
     def _ansible(self, argv: list[str], label: str, timeout: float) -> AnsibleRun:
         self._ansible_runs += 1
         log_path = self.logs / f"ansible-{self._ansible_runs:02d}-{label}.log"
-        junit_dir = self.logs / f"junit-{self._ansible_runs:02d}-{label}"
+        timed_log = self.logs / f"ansible-{self._ansible_runs:02d}-{label}.timed.log"
         full = ["ip", "netns", "exec", network.CTL_NS, *argv]
         log(f"$ {shlex.join(argv)}   (in {network.CTL_NS}; log {log_path})")
         lines: list[str] = []
         env = self.ansible_env()
-        # Per-task times (junit reports beside the log): where a run's minutes go.
-        env.update({"ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.junit", "JUNIT_OUTPUT_DIR": str(junit_dir),
-                    "JUNIT_HIDE_TASK_ARGUMENTS": "true"})
+        env["ANSIBLE_LOG_PATH"] = str(timed_log)  # each line with its time: where a run's minutes go
         with open(log_path, "w") as out:
             proc = subprocess.Popen(full, cwd=ANSIBLE_DIR, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -410,7 +419,7 @@ class Cluster:
         output = "\n".join(lines)
         result = AnsibleRun(argv, returncode, output, log_path, parse_recap(output), parse_changed_tasks(output))
         log(f"{label}: rc={returncode}, changed={result.changed}")
-        for seconds, task in slowest_tasks(junit_dir):
+        for seconds, task in slowest_tasks(timed_log):
             log(f"{label}: {seconds:6.1f} s  {task}")
         return result
 
