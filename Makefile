@@ -83,7 +83,7 @@ dev: packages-dev venv
 	LOG_LEVEL=WARNING $(BIN)/mes seed-demo | sed 's/^/   /' && \
 	exec $(BIN)/mes run --host $(HOST) --port $(PORT)
 
-## Every test: the suite, then the deploy test (root; about 47 minutes in all).
+## Every test: the suite, then the deploy test (root; about 44 minutes in all).
 test: test-suite test-deploy
 
 ## Every test but the deploy test, on SQLite and on a real PostgreSQL 15 that the tests start themselves.
