@@ -261,8 +261,12 @@ def maintenance(ctx: Ctx, on: bool, timeout: float = 30) -> None:
     has it (each one reads the setting at its next HA loop)."""
     if rest_send(primary_node(ctx), "PATCH", "/config", {"pause": on}, timeout=10) != 200:
         raise StackError(f"Patroni refused pause={on}")
-    if not wait_until(lambda: all(rest(n, "/patroni")[1].get("pause", False) == on
-                                  for n in nodes(ctx) if rest(n, "/health")[0] == 200), timeout, interval=0.3):
+
+    def taken() -> bool:  # by every node whose Patroni answers
+        answers = [rest(n, "/patroni") for n in nodes(ctx)]
+        return all(body.get("pause", False) == on for code, body in answers if code == 200)
+
+    if not wait_until(taken, timeout, interval=0.3):
         raise StackError(f"Patroni's nodes did not take pause={on} within {timeout:.0f} s")
     if on:  # a node's REST API may know it before its HA loop, which read the cluster at the cycle's start
         time.sleep(ctx.vars["patroni_loop_wait"] + 0.5)
