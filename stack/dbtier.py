@@ -617,12 +617,18 @@ def pgpool_dir(ctx: Ctx) -> Path:
 def pool_nodes(ctx: Ctx, user: str = "app") -> list[dict]:
     """SHOW POOL_NODES through pgpool, as the app (or 'owner') role: one dict per backend with node_id,
     hostname, port, status, pg_status, role, select_cnt, ... (all strings)."""
+    return pgpool_query(ctx, "SHOW POOL_NODES", user)
+
+
+def pgpool_query(ctx: Ctx, sql: str, user: str = "app") -> list[dict]:
+    """One statement through pgpool (e.g. its own SHOW commands), as the app (or 'owner') role: the rows
+    as dicts of strings."""
     v, s, pg = ctx.vars, _secrets(ctx), _topology(ctx)["pgpool"]
     role, password = ((v["pg_app_role"], s["db_app_password"]) if user == "app"
                       else (v["pg_owner_role"], s["db_owner_password"]))
     tls = tls_params(ctx)
     result = ctx.run([_bin(ctx, "psql"), "-X", "--csv", "-h", pg["host"], "-p", str(pg["port"]), "-U", role,
-                      "-d", v["pg_database"], "-c", "SHOW POOL_NODES"],
+                      "-d", v["pg_database"], "-c", sql],
                      env={"PGPASSWORD": password, "PGAPPNAME": "mes-stack", "PGCONNECT_TIMEOUT": "5",
                           "PGSSLMODE": tls["sslmode"], "PGSSLROOTCERT": tls["sslrootcert"]},
                      timeout=30)

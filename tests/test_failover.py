@@ -211,7 +211,11 @@ def test_a_hung_primary_is_replaced_and_takes_no_write_after_it_resumes(stack, w
 
 def test_terminating_app_sessions_on_the_primary_fails_nothing_over(stack, writes):
     """pg_terminate_backend sends the administrative-shutdown message that Pgpool-II once took for a
-    dead node. Now nothing Pgpool-II sees can start a failover."""
+    dead node. Now nothing Pgpool-II sees can start a failover, and no Pgpool-II child sleeps after it
+    (failover_on_backend_shutdown): with the sleep, every pooled connection whose session was ended
+    held its next request for 5 s, and the load here fell to a third of its rate."""
+    assert dbtier.pgpool_query(stack.ctx, "PGPOOL SHOW failover_on_backend_shutdown") == [
+        {"failover_on_backend_shutdown": "off"}]
     load = writes()
     leader, tli = primary(stack), timeline(stack)
     terminated = 0
