@@ -11,7 +11,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from mes import scheduler
 from mes.models import CrmHeartbeat, JobLease, utcnow
@@ -44,6 +44,28 @@ def test_each_run_is_taken_by_one_scheduler(app):
         leases = {row.name: row for row in session.scalars(select(JobLease))}
     assert leases["a"].last_ok and leases["a"].last_result == "done"
     assert leases["a"].next_run_at - leases["a"].started_at == timedelta(minutes=5)
+
+
+def test_a_job_whose_row_exists_is_taken_without_a_failing_insert(app):
+    """Every tick used to try the insert first and swallow the duplicate key: an ERROR in the primary's
+    log per job and tick. Now only a job's first run inserts."""
+    make = app.extensions["mes_sessionmaker"]
+    runs: list[str] = []
+    job = counting_job("often", runs, every=timedelta(0))
+    assert scheduler.run_due(make, (job,), "s1") == ["often"]
+    statements: list[str] = []
+    engine = app.extensions["mes_engine"]
+
+    def listen(conn, cursor, statement, *rest):
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        assert scheduler.run_due(make, (job,), "s1") == ["often"]
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+    assert runs == ["often", "often"]
+    assert statements and not [s for s in statements if "INSERT" in s.upper()], statements
 
 
 def test_a_failing_job_is_recorded_and_the_others_still_run(app):

@@ -81,17 +81,21 @@ def crm_heartbeat(session: Session) -> str:
 
 
 def claim(session: Session, job: Job, now: datetime, holder: str) -> bool:
-    """Take this run of the job if it is due: move its next time forward, unless another scheduler did."""
+    """Take this run of the job if it is due: move its next time forward, unless another scheduler did.
+    The job's row is created by its first run; the update comes first so that the usual case (the row
+    exists) writes no failed insert into the database's log every tick."""
     begin_write(session)
-    try:
-        with session.begin_nested():
-            session.execute(insert(JobLease).values(name=job.name, next_run_at=now))
-    except IntegrityError:
-        pass  # the row exists: the usual case
+    taken = {"next_run_at": now + job.every, "holder": holder, "started_at": now}
     won = session.execute(
-        update(JobLease).where(JobLease.name == job.name, JobLease.next_run_at <= now)
-        .values(next_run_at=now + job.every, holder=holder, started_at=now)
+        update(JobLease).where(JobLease.name == job.name, JobLease.next_run_at <= now).values(**taken)
         .execution_options(synchronize_session=False)).rowcount == 1
+    if not won and session.scalar(select(JobLease.name).where(JobLease.name == job.name)) is None:
+        try:
+            with session.begin_nested():
+                session.execute(insert(JobLease).values(name=job.name, **taken))
+            won = True
+        except IntegrityError:
+            pass  # another scheduler created the row first, and took this run with it
     session.commit()
     return won
 
