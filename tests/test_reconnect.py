@@ -61,6 +61,24 @@ def test_an_idempotent_create_whose_connection_dies_is_created_once(app, client,
     assert db.execute(text("SELECT count(*) FROM orders WHERE reference = 'PO-RECONNECT'")).scalar() == 1
 
 
+def test_a_writers_routing_question_whose_connection_dies_is_asked_again(backend, accounts_):
+    """Before the view, a partner that wrote a moment ago makes the request ask the primary whether every
+    replica has its write (read-your-writes). That question runs outside the view's retries; it is a
+    read, so it is asked again on a fresh connection instead of ending in a 503."""
+    from mes import create_app
+
+    app = create_app(backend.settings(read_your_writes=True))
+    try:
+        client, partner = app.test_client(), accounts_.partner()
+        order = create_order(client, partner).get_json()  # leaves the partner's write marker
+        with connection_dies_before(app, backend, "SELECT PUBLIC.MES_REPLICAS_REPLAYED") as killed:
+            r = client.get(f"/api/v1/orders/{order['id']}", headers=auth(partner))
+        assert killed, "the connection was not terminated: the test proves nothing"
+        assert r.status_code == 200 and r.get_json()["reference"] == order["reference"], r.get_data(as_text=True)
+    finally:
+        app.extensions["mes_engine"].dispose()
+
+
 def test_a_write_without_idempotency_key_gets_503_and_changes_nothing(app, client, backend, accounts_, db):
     partner = accounts_.partner()
     order = create_order(client, partner).get_json()

@@ -9,6 +9,7 @@ from .consistency import WriteTracker
 from .domain.lifecycle import Status
 from .metrics import business_metrics
 from .models import Order
+from .reconnect import retry_while_unavailable
 from .services.holds import HoldChanged
 from .services.orders import StatusChanged
 from .stale_status import CacheSettler, entry_of
@@ -69,5 +70,7 @@ def holder_changed() -> None:
 
 
 def route_reads() -> None:
-    """Before a request's reads: the primary for an actor whose last write is not replicated yet."""
-    write_tracker().route(db_session(), actor_key())
+    """Before a request's reads: the primary for an actor whose last write is not replicated yet. It runs
+    before the view (and outside the view's retries), and its question to the primary is a read: safe to
+    repeat on a fresh connection whatever the request's method."""
+    retry_while_unavailable(lambda: write_tracker().route(db_session(), actor_key()))
