@@ -76,13 +76,17 @@ def cgroup_pids(host: str) -> list[int]:
     return sorted(pids)
 
 
-def _reap(pid: int) -> None:
-    proc = _children.pop(pid, None)
-    if proc is not None:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            _children[pid] = proc
+def _reap(pid: int, timeout: float = 0.0) -> None:
+    """Collect the exit status of a launcher started here, if it has ended within `timeout` s (0: only if
+    it has ended already; a poll, so that waiting for many containers costs no time per container)."""
+    proc = _children.get(pid)
+    if proc is None:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return
+    del _children[pid]
 
 
 def stop_all(hosts: dict[str, int], timeout: float = 30) -> None:
@@ -106,9 +110,12 @@ def stop_all(hosts: dict[str, int], timeout: float = 30) -> None:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            time.sleep(0.5)
-        for pid in list(_children):
-            _reap(pid)
+    for pid in list(_children):   # every launcher is ended or killed by now
+        _reap(pid, timeout=5)
+    gone = time.monotonic() + 5   # killed processes leave their cgroups a moment later
+    while any(cgroup_pids(host) for host in hosts) and time.monotonic() < gone:
+        time.sleep(0.1)
+    for host in hosts:
         remove_cgroups(host)
 
 
