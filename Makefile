@@ -83,7 +83,7 @@ dev: packages-dev venv
 	LOG_LEVEL=WARNING $(BIN)/mes seed-demo | sed 's/^/   /' && \
 	exec $(BIN)/mes run --host $(HOST) --port $(PORT)
 
-## Every test: the suite, then the deploy test (root; about 44 minutes in all).
+## Every test: the suite, then the deploy test (root; 44 to 61 minutes in all).
 test: test-suite test-deploy
 
 ## Every test but the deploy test, on SQLite and on a real PostgreSQL 15 that the tests start themselves.
@@ -93,7 +93,7 @@ WORKERS ?= 2
 test-suite: packages-test venv
 	$(BIN)/python -m pytest -p no:cacheprovider --durations=25 $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 
-## The playbooks against Debian 12 hosts in systemd-nspawn containers on this machine (root, about 28 min):
+## The playbooks against Debian 12 hosts in systemd-nspawn containers on this machine (root, 28 to 43 min):
 ## site.yml from bare hosts twice, the app through HAProxy, a rolling deploy under traffic, failover
 ## and rejoin by pg_rewind, switchover, backups, a point-in-time restore onto a fresh host, a replica
 ## restored from the backup repository and added under traffic.
